@@ -1,0 +1,633 @@
+//! The call path: decide → spawn the work → await up to the deadline → answer, or
+//! promote the still-running work to a job. Every finished run teaches the model.
+//!
+//! The engine is the shell around the pure core: it extracts features, asks the
+//! [`Policy`], spawns the work exactly once, persists jobs, samples and models through
+//! the [`Store`], and keeps the models in memory for the next decision.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::features::{FeatureExtractor, Features, ASYNC_MODE_ARG};
+use crate::jobs::{
+    now_ms, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState, Jobs, RunEnd,
+    WorkHandle,
+};
+use crate::policy::{
+    Call, Decision, Mode, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
+};
+use crate::stats::{Outcome, ToolRecord, ToolStats};
+use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
+
+/// How often finished jobs and old samples are pruned.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// The name the pooled model is reported under.
+pub const POOLED_TOOL: &str = "*";
+
+/// Everything the engine is configured with.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where the sled database lives.
+    pub data_dir: PathBuf,
+    /// Seconds a call may take inline (see [`DEFAULT_BUDGET_S`]).
+    pub budget_s: f64,
+    /// Seconds an inline call runs before it is promoted to a job; the budget if unset.
+    pub deadline_s: Option<f64>,
+    /// Share of runtimes allowed above the predicted bound.
+    pub risk: f64,
+    /// The cold-start table.
+    pub static_table: StaticTable,
+    /// Job retention, concurrency and cancel grace.
+    pub jobs: JobSettings,
+    /// sled's page cache in bytes.
+    pub cache_bytes: u64,
+    /// Samples kept per tool for export; older ones are pruned (the model keeps
+    /// what it learned from them).
+    pub max_samples_per_tool: usize,
+}
+
+impl EngineConfig {
+    /// The defaults, with the database in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            budget_s: DEFAULT_BUDGET_S,
+            deadline_s: None,
+            risk: DEFAULT_RISK,
+            static_table: StaticTable::default(),
+            jobs: JobSettings::default(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            max_samples_per_tool: 10_000,
+        }
+    }
+}
+
+/// How the engine treats one tool.
+#[derive(Clone, Default)]
+pub struct ToolOptions {
+    /// Expensive tools (LLM work) go to the background until their runtime is learned.
+    pub expensive: bool,
+    /// Adds the tool's own features before each call.
+    pub extractor: Option<Arc<dyn FeatureExtractor>>,
+}
+
+impl std::fmt::Debug for ToolOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolOptions")
+            .field("expensive", &self.expensive)
+            .field("extractor", &self.extractor.is_some())
+            .finish()
+    }
+}
+
+/// One call to run.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    /// The tool's name.
+    pub tool: String,
+    /// Its JSON arguments (`async_mode` among them, if the caller set it).
+    pub args: Value,
+    /// A label for job lists; the tool's name if unset.
+    pub label: Option<String>,
+}
+
+impl ToolCall {
+    /// A call of `tool` with `args`.
+    pub fn new(tool: impl Into<String>, args: Value) -> ToolCall {
+        ToolCall {
+            tool: tool.into(),
+            args,
+            label: None,
+        }
+    }
+}
+
+/// What a call came to.
+#[derive(Debug, Clone)]
+pub enum CallOutcome {
+    /// It ran inline and finished within the deadline.
+    Done {
+        /// The work's result or its error message.
+        result: Result<Value, String>,
+        /// Why it ran inline.
+        decision: Decision,
+        /// How long it took.
+        runtime_s: f64,
+    },
+    /// It runs in the background: decided so, or promoted at the deadline
+    /// (`job.promoted`). Poll, wait for or cancel it by `job.id`.
+    Job {
+        /// The job as it was when the handle was made (already durable).
+        job: Job,
+    },
+}
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(#[from] PolicyError),
+    /// The deadline is not a positive number of seconds.
+    #[error(
+        "deadline {0} s is not a positive number of seconds: leave it unset to use the budget"
+    )]
+    Deadline(f64),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A job operation failed.
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+struct Learned {
+    tools: HashMap<String, ToolRecord>,
+    pooled: ToolRecord,
+}
+
+struct Inner {
+    policy: Policy,
+    deadline: Duration,
+    max_samples_per_tool: usize,
+    store: Store,
+    jobs: Jobs,
+    learned: Mutex<Learned>,
+    tools: Mutex<HashMap<String, ToolOptions>>,
+    shutdown: CancellationToken,
+}
+
+/// The smart-async engine. Cheap to clone; clones share everything.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use smart_async::{CallOutcome, Engine, EngineConfig, ToolCall};
+/// let dir = tempfile::tempdir()?;
+/// let engine = Engine::open(EngineConfig::new(dir.path())).await?;
+/// let call = ToolCall::new("add", serde_json::json!({"a": 2, "b": 3}));
+/// let outcome = engine
+///     .call(call, |_ctx| async { Ok(serde_json::json!(5)) })
+///     .await?;
+/// match outcome {
+///     CallOutcome::Done { result, .. } => assert_eq!(result, Ok(serde_json::json!(5))),
+///     CallOutcome::Job { job } => println!("running in the background as {}", job.id),
+/// }
+/// engine.close().await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Runtime::new().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.inner.store.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Learning must go on after a panic elsewhere: every update leaves the maps whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Engine {
+    /// Opens the database, loads what was learned, fails jobs a previous process left
+    /// unfinished ("interrupted by restart") and starts the retention sweeper.
+    pub async fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        let policy = Policy::new(config.budget_s, config.risk, config.static_table)?;
+        let deadline_s = config.deadline_s.unwrap_or(config.budget_s);
+        if !(deadline_s.is_finite() && deadline_s > 0.0) {
+            return Err(EngineError::Deadline(deadline_s));
+        }
+        let store = Store::open(&config.data_dir, config.cache_bytes)?;
+        let (tools, pooled) = store.load_records()?;
+        let jobs = Jobs::open(store.clone(), config.jobs).await?;
+        jobs.prune(now_ms())?;
+        let mut learned = Learned {
+            tools: tools.into_iter().collect(),
+            pooled: pooled.unwrap_or_else(|| ToolRecord::new(false)),
+        };
+        for record in learned.tools.values_mut().chain([&mut learned.pooled]) {
+            record.model.set_risk(config.risk);
+        }
+        let inner = Arc::new(Inner {
+            policy,
+            deadline: Duration::from_secs_f64(deadline_s),
+            max_samples_per_tool: config.max_samples_per_tool,
+            store,
+            jobs,
+            learned: Mutex::new(learned),
+            tools: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(sweep(Arc::downgrade(&inner), inner.shutdown.clone()));
+        Ok(Engine { inner })
+    }
+
+    /// Sets how the engine treats `tool`.
+    pub fn register_tool(&self, tool: impl Into<String>, options: ToolOptions) {
+        lock(&self.inner.tools).insert(tool.into(), options);
+    }
+
+    /// The budget in seconds.
+    pub fn budget_s(&self) -> f64 {
+        self.inner.policy.budget_s()
+    }
+
+    /// Runs one call: decides, spawns `work` once, and answers with its result if it
+    /// ends within the deadline, or with a job handle. `work` gets a [`JobContext`]
+    /// whose cancellation it should honour. If this future is dropped while the call
+    /// is still inline, the work is cancelled (and aborted after the grace period).
+    pub async fn call<F, Fut>(&self, call: ToolCall, work: F) -> Result<CallOutcome, EngineError>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let features = self.features(&call.tool, &call.args).await;
+        let async_mode = call
+            .args
+            .get(ASYNC_MODE_ARG)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let decision = self.decide(&call.tool, &features, async_mode, true);
+        match decision.mode {
+            Mode::Background => self.start_background(call, features, decision, work).await,
+            Mode::Inline => self.run_inline(call, features, decision, work).await,
+        }
+    }
+
+    /// What the engine would decide for this call, without running or counting it.
+    pub async fn predict(&self, tool: &str, args: &Value) -> Decision {
+        let features = self.features(tool, args).await;
+        let async_mode = args
+            .get(ASYNC_MODE_ARG)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.decide(tool, &features, async_mode, false)
+    }
+
+    /// What has been learned, for one tool or for all (the pooled model last, as `*`).
+    pub fn stats(&self, tool: Option<&str>) -> Vec<ToolStats> {
+        let risk = self.inner.policy.risk();
+        let learned = lock(&self.inner.learned);
+        match tool {
+            Some(tool) => learned
+                .tools
+                .get(tool)
+                .map(|record| record.stats(tool, risk))
+                .into_iter()
+                .collect(),
+            None => {
+                let mut names: Vec<&String> = learned.tools.keys().collect();
+                names.sort();
+                names
+                    .into_iter()
+                    .map(|name| learned.tools[name].stats(name, risk))
+                    .chain([learned.pooled.stats(POOLED_TOOL, risk)])
+                    .collect()
+            }
+        }
+    }
+
+    /// A job as it is now.
+    pub fn job(&self, id: Uuid) -> Result<Job, EngineError> {
+        Ok(self.inner.jobs.get(id)?)
+    }
+
+    /// Waits up to `timeout` for a job to end; returns it as it is then.
+    pub async fn wait_job(&self, id: Uuid, timeout: Duration) -> Result<Job, EngineError> {
+        Ok(self.inner.jobs.wait(id, timeout).await?)
+    }
+
+    /// Cancels a job and returns it once it has stopped.
+    pub async fn cancel_job(&self, id: Uuid) -> Result<Job, EngineError> {
+        Ok(self.inner.jobs.cancel(id).await?)
+    }
+
+    /// Jobs, newest first.
+    pub fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, EngineError> {
+        Ok(self.inner.jobs.list(filter)?)
+    }
+
+    /// Stops the sweeper and every running job's tasks (they will read as
+    /// "interrupted by restart" on the next open) and flushes the database. The
+    /// database closes when the last clone of the engine is dropped.
+    pub async fn close(&self) -> Result<(), EngineError> {
+        self.inner.shutdown.cancel();
+        self.inner.jobs.abandon_all().await;
+        self.inner.store.flush().await?;
+        Ok(())
+    }
+
+    async fn features(&self, tool: &str, args: &Value) -> Features {
+        let mut features = Features::from_args(args);
+        let extractor = lock(&self.inner.tools)
+            .get(tool)
+            .and_then(|o| o.extractor.clone());
+        if let Some(extractor) = extractor {
+            let args = args.clone();
+            let base = features.clone();
+            // Extractors may touch the disk: keep them off the async threads.
+            let extracted = tokio::task::spawn_blocking(move || {
+                let mut features = base;
+                extractor.extract(&args, &mut features);
+                features
+            })
+            .await;
+            match extracted {
+                Ok(extended) => features = extended,
+                Err(e) => {
+                    tracing::warn!(tool, error = %e, "feature extractor failed; using the arguments alone")
+                }
+            }
+        }
+        features
+    }
+
+    fn decide(&self, tool: &str, features: &Features, async_mode: bool, count: bool) -> Decision {
+        let expensive = lock(&self.inner.tools)
+            .get(tool)
+            .is_some_and(|o| o.expensive);
+        let call = Call {
+            tool,
+            features,
+            async_mode,
+            expensive,
+        };
+        let mut learned = lock(&self.inner.learned);
+        let decision = self.inner.policy.decide(
+            call,
+            learned.tools.get(tool).map(|r| &r.model),
+            Some(&learned.pooled.model),
+        );
+        if count {
+            learned
+                .tools
+                .entry(tool.to_owned())
+                .or_insert_with(|| ToolRecord::new(true))
+                .counters
+                .decided(&decision);
+        }
+        decision
+    }
+
+    async fn run_inline<F, Fut>(
+        &self,
+        call: ToolCall,
+        features: Features,
+        decision: Decision,
+        work: F,
+    ) -> Result<CallOutcome, EngineError>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let mut work: WorkHandle = tokio::spawn(work(JobContext::new(cancel.clone())));
+        let mut guard = InlineGuard {
+            cancel: cancel.clone(),
+            work: Some(work.abort_handle()),
+            grace: self.inner.jobs.settings().cancel_grace,
+        };
+        let grace = guard.grace;
+        let ended =
+            tokio::time::timeout(self.inner.deadline, run_to_end(&mut work, &cancel, grace)).await;
+        guard.work = None;
+        if let Ok(end) = ended {
+            let runtime_s = started.elapsed().as_secs_f64();
+            let (result, outcome) = match end {
+                RunEnd::Returned(Ok(value)) => (Ok(value), Outcome::Completed),
+                RunEnd::Returned(Err(error)) => (Err(error), Outcome::Failed),
+                RunEnd::Panicked(message) => (Err(panic_error(&message)), Outcome::Failed),
+                RunEnd::Cancelled => (Err("cancelled".to_owned()), Outcome::Cancelled),
+            };
+            self.record(&call.tool, &features, runtime_s, outcome, &decision);
+            return Ok(CallOutcome::Done {
+                result,
+                decision,
+                runtime_s,
+            });
+        }
+        // Overran the deadline: the same work goes on as a job.
+        let job = Job {
+            id: Uuid::new_v4(),
+            label: call.label.unwrap_or_else(|| call.tool.clone()),
+            tool: call.tool,
+            state: JobState::Running,
+            created_at_ms: started_ms,
+            started_at_ms: Some(started_ms),
+            finished_at_ms: None,
+            decision,
+            promoted: true,
+        };
+        if let Err(e) = self.inner.jobs.create(&job, cancel.clone()).await {
+            work.abort();
+            return Err(e.into());
+        }
+        {
+            let mut learned = lock(&self.inner.learned);
+            let record = learned
+                .tools
+                .entry(job.tool.clone())
+                .or_insert_with(|| ToolRecord::new(true));
+            record.counters.promotions += 1;
+        }
+        let work_abort = work.abort_handle();
+        let engine = self.clone();
+        let supervised = job.clone();
+        let supervisor = tokio::spawn(async move {
+            let end = run_to_end(&mut work, &cancel, grace).await;
+            engine.finish(supervised, end, started, &features).await;
+        });
+        self.inner
+            .jobs
+            .attach(job.id, Some(supervisor.abort_handle()), Some(work_abort));
+        Ok(CallOutcome::Job { job })
+    }
+
+    async fn start_background<F, Fut>(
+        &self,
+        call: ToolCall,
+        features: Features,
+        decision: Decision,
+        work: F,
+    ) -> Result<CallOutcome, EngineError>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let job = Job {
+            id: Uuid::new_v4(),
+            label: call.label.unwrap_or_else(|| call.tool.clone()),
+            tool: call.tool,
+            state: JobState::Pending,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            decision,
+            promoted: false,
+        };
+        let cancel = CancellationToken::new();
+        self.inner.jobs.create(&job, cancel.clone()).await?;
+        let engine = self.clone();
+        let mut running = job.clone();
+        let supervisor = tokio::spawn(async move {
+            let jobs = &engine.inner.jobs;
+            let Some(_slot) = jobs.acquire_slot(&cancel).await else {
+                engine
+                    .finish(running, RunEnd::Cancelled, Instant::now(), &features)
+                    .await;
+                return;
+            };
+            running.state = JobState::Running;
+            running.started_at_ms = Some(now_ms());
+            if let Err(e) = jobs.update(&running).await {
+                tracing::warn!(job = %running.id, error = %e, "could not record that the job started");
+            }
+            let started = Instant::now();
+            let mut work: WorkHandle = tokio::spawn(work(JobContext::new(cancel.clone())));
+            jobs.attach(running.id, None, Some(work.abort_handle()));
+            let end = run_to_end(&mut work, &cancel, jobs.settings().cancel_grace).await;
+            engine.finish(running, end, started, &features).await;
+        });
+        self.inner
+            .jobs
+            .attach(job.id, Some(supervisor.abort_handle()), None);
+        Ok(CallOutcome::Job { job })
+    }
+
+    /// Learns from the run, then makes the job's end durable and tells waiters, so a
+    /// job reported completed has both its result and its sample on record.
+    async fn finish(&self, mut job: Job, end: RunEnd, started: Instant, features: &Features) {
+        let runtime_s = started.elapsed().as_secs_f64();
+        let (state, outcome) = match end {
+            RunEnd::Returned(Ok(result)) => (JobState::Completed { result }, Outcome::Completed),
+            RunEnd::Returned(Err(error)) => (JobState::Failed { error }, Outcome::Failed),
+            RunEnd::Panicked(message) => (
+                JobState::Failed {
+                    error: panic_error(&message),
+                },
+                Outcome::Failed,
+            ),
+            RunEnd::Cancelled => (JobState::Cancelled, Outcome::Cancelled),
+        };
+        job.state = state;
+        job.finished_at_ms = Some(now_ms());
+        self.record(&job.tool, features, runtime_s, outcome, &job.decision);
+        if let Err(e) = self.inner.jobs.update(&job).await {
+            tracing::error!(job = %job.id, error = %e, "could not store the job's end");
+        }
+    }
+
+    /// Stores the sample and, for a completed run, teaches the tool's and the pooled
+    /// model. Storage failures are logged: they must not cost the caller its result.
+    fn record(
+        &self,
+        tool: &str,
+        features: &Features,
+        runtime_s: f64,
+        outcome: Outcome,
+        decision: &Decision,
+    ) {
+        let inner = &self.inner;
+        let sample = Sample {
+            tool: tool.to_owned(),
+            features: features.clone(),
+            runtime_s,
+            outcome,
+            finished_at_ms: now_ms(),
+        };
+        if let Err(e) = inner.store.append_sample(&sample) {
+            tracing::warn!(tool, error = %e, "could not store a runtime sample");
+        }
+        let risk = inner.policy.risk();
+        let mut learned = lock(&inner.learned);
+        let Learned { tools, pooled } = &mut *learned;
+        let record = tools
+            .entry(tool.to_owned())
+            .or_insert_with(|| ToolRecord::new(true));
+        record
+            .counters
+            .finished(decision, outcome, runtime_s, inner.policy.budget_s());
+        if outcome == Outcome::Completed {
+            record.model.observe(features, runtime_s, risk);
+            pooled.model.observe(features, runtime_s, risk);
+        }
+        let saved = inner
+            .store
+            .save_record(Some(tool), record)
+            .and_then(|()| inner.store.save_record(None, pooled));
+        if let Err(e) = saved {
+            tracing::warn!(tool, error = %e, "could not store the model");
+        }
+    }
+}
+
+fn panic_error(message: &str) -> String {
+    format!("the tool panicked: {message}")
+}
+
+/// Cancels inline work whose caller went away, and aborts it after the grace period.
+struct InlineGuard {
+    cancel: CancellationToken,
+    work: Option<tokio::task::AbortHandle>,
+    grace: Duration,
+}
+
+impl Drop for InlineGuard {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            self.cancel.cancel();
+            let grace = self.grace;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    work.abort();
+                });
+            } else {
+                work.abort();
+            }
+        }
+    }
+}
+
+async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        if let Err(e) = inner.jobs.prune(now_ms()) {
+            tracing::warn!(error = %e, "could not prune finished jobs");
+        }
+        let tools: Vec<String> = lock(&inner.learned).tools.keys().cloned().collect();
+        for tool in tools {
+            if let Err(e) = inner.store.prune_samples(&tool, inner.max_samples_per_tool) {
+                tracing::warn!(tool, error = %e, "could not prune samples");
+            }
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! Background jobs: their record, their lifecycle, and the live handles that let a job
+//! be waited on and cancelled.
+//!
+//! A [`Job`] is durable in the store before its handle is handed out, and its result
+//! is durable before anyone is told it completed. The live part (cancellation token,
+//! status channel, abort handles) exists only while the job runs in this process; jobs
+//! found pending or running when the store is opened were cut off by a restart and are
+//! marked failed. Finished jobs are kept for a retention age and up to a count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::policy::Decision;
+use crate::store::{Store, StoreError};
+
+/// The error of a job cut off by a restart.
+pub const INTERRUPTED: &str = "interrupted by restart";
+
+/// A job's status, without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a free slot.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            JobStatus::Pending,
+            JobStatus::Running,
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.name() == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown job status '{s}': use pending, running, completed, failed or cancelled"
+            )
+        })
+    }
+}
+
+/// A job's state with what it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a free slot.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished with this result.
+    Completed {
+        /// What the work returned.
+        result: Value,
+    },
+    /// Finished with this error.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl JobState {
+    /// The status without its payload.
+    pub fn status(&self) -> JobStatus {
+        match self {
+            JobState::Pending => JobStatus::Pending,
+            JobState::Running => JobStatus::Running,
+            JobState::Completed { .. } => JobStatus::Completed,
+            JobState::Failed { .. } => JobStatus::Failed,
+            JobState::Cancelled => JobStatus::Cancelled,
+        }
+    }
+}
+
+/// One background job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Random (v4) id: the job handle.
+    pub id: Uuid,
+    /// The tool that runs.
+    pub tool: String,
+    /// A short description for lists.
+    pub label: String,
+    /// Where it is, with its result or error.
+    #[serde(flatten)]
+    pub state: JobState,
+    /// When the job was created (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When the work started.
+    pub started_at_ms: Option<u64>,
+    /// When it ended.
+    pub finished_at_ms: Option<u64>,
+    /// The decision that made it.
+    pub decision: Decision,
+    /// Whether it began inline and overran the deadline.
+    pub promoted: bool,
+}
+
+impl Job {
+    /// The status.
+    pub fn status(&self) -> JobStatus {
+        self.state.status()
+    }
+
+    /// The predicted runtime from the decision, if a model spoke.
+    pub fn predicted_s(&self) -> Option<f64> {
+        self.decision.predicted_s
+    }
+
+    /// Seconds until the predicted end: the prediction less the time run so far, at
+    /// least 0; `None` once ended or when nothing was predicted.
+    pub fn eta_s(&self, now_ms: u64) -> Option<f64> {
+        let predicted_s = self.predicted_s()?;
+        match self.status() {
+            JobStatus::Pending => Some(predicted_s),
+            JobStatus::Running => {
+                let elapsed_s = self.elapsed_s(now_ms).unwrap_or(0.0);
+                Some((predicted_s - elapsed_s).max(0.0))
+            }
+            _ => None,
+        }
+    }
+
+    /// Seconds the work has run (to its end, once ended).
+    pub fn elapsed_s(&self, now_ms: u64) -> Option<f64> {
+        let started = self.started_at_ms?;
+        let end = self.finished_at_ms.unwrap_or(now_ms);
+        Some(end.saturating_sub(started) as f64 / 1000.0)
+    }
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this tool.
+    pub tool: Option<String>,
+    /// At most this many, newest first.
+    pub limit: Option<usize>,
+}
+
+/// What the caller's work gets: the signal to stop.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    cancel: CancellationToken,
+}
+
+impl JobContext {
+    pub(crate) fn new(cancel: CancellationToken) -> JobContext {
+        JobContext { cancel }
+    }
+
+    /// Resolves when the run is cancelled. Work that selects on it stops cleanly;
+    /// work that ignores it is aborted after the grace period.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether cancellation was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The token itself, to hand to other tasks.
+    pub fn token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// Job errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// No job has this id (it never existed or was removed by retention).
+    #[error("no job with id {0}: list_jobs shows the known ones (finished jobs are kept for a limited time)")]
+    NotFound(Uuid),
+    /// The job has already ended.
+    #[error("job {id} has already ended ({}): there is nothing to cancel", status.name())]
+    Finished {
+        /// The job.
+        id: Uuid,
+        /// How it ended.
+        status: JobStatus,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Retention and concurrency settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobSettings {
+    /// How long finished jobs are kept.
+    pub retention: Duration,
+    /// How many finished jobs are kept at most.
+    pub max_finished: usize,
+    /// How many background jobs run at once; the rest wait as pending.
+    pub max_running: usize,
+    /// How long cancelled work may take to stop before it is aborted.
+    pub cancel_grace: Duration,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            retention: Duration::from_secs(24 * 3600),
+            max_finished: 1000,
+            max_running: 4,
+            cancel_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The work of a run, spawned once.
+pub(crate) type WorkHandle = JoinHandle<Result<Value, String>>;
+
+/// How a run ended, as seen by its supervisor.
+#[derive(Debug)]
+pub(crate) enum RunEnd {
+    Returned(Result<Value, String>),
+    Panicked(String),
+    Cancelled,
+}
+
+struct Live {
+    cancel: CancellationToken,
+    status: watch::Sender<JobStatus>,
+    supervisor: Option<AbortHandle>,
+    work: Option<AbortHandle>,
+}
+
+/// The job table: the store for records, the live map for running jobs.
+pub(crate) struct Jobs {
+    store: Store,
+    live: Mutex<HashMap<Uuid, Live>>,
+    permits: Arc<Semaphore>,
+    settings: JobSettings,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Jobs {
+    /// Opens the table and fails every job a previous process left unfinished.
+    pub(crate) async fn open(store: Store, settings: JobSettings) -> Result<Jobs, StoreError> {
+        let now = now_ms();
+        for mut job in store.jobs()? {
+            if !job.status().is_terminal() {
+                job.state = JobState::Failed {
+                    error: INTERRUPTED.to_owned(),
+                };
+                job.finished_at_ms = Some(now);
+                store.put_job(&job, false).await?;
+            }
+        }
+        store.flush().await?;
+        Ok(Jobs {
+            store,
+            live: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
+            settings,
+        })
+    }
+
+    pub(crate) fn settings(&self) -> JobSettings {
+        self.settings
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<Uuid, Live>> {
+        // A panic while holding this lock leaves the map consistent (single inserts and
+        // removes), so a poisoned lock is still safe to use.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes the job durable, then live under `cancel`.
+    pub(crate) async fn create(
+        &self,
+        job: &Job,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError> {
+        self.store.put_job(job, true).await?;
+        let (status, _) = watch::channel(job.status());
+        self.live().insert(
+            job.id,
+            Live {
+                cancel,
+                status,
+                supervisor: None,
+                work: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records the tasks that can be stopped when the engine closes.
+    pub(crate) fn attach(
+        &self,
+        id: Uuid,
+        supervisor: Option<AbortHandle>,
+        work: Option<AbortHandle>,
+    ) {
+        if let Some(live) = self.live().get_mut(&id) {
+            if supervisor.is_some() {
+                live.supervisor = supervisor;
+            }
+            if work.is_some() {
+                live.work = work;
+            }
+        }
+    }
+
+    /// Waits for a run slot; `None` if cancelled first.
+    pub(crate) async fn acquire_slot(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            _ = cancel.cancelled() => None,
+        }
+    }
+
+    /// Writes a new state (durably when terminal) and tells waiters.
+    pub(crate) async fn update(&self, job: &Job) -> Result<(), StoreError> {
+        let terminal = job.status().is_terminal();
+        let written = self.store.put_job(job, terminal).await;
+        let mut live = self.live();
+        if let Some(entry) = live.get(&job.id) {
+            entry.status.send_replace(job.status());
+        }
+        if terminal {
+            live.remove(&job.id);
+        }
+        written
+    }
+
+    /// Reads a job.
+    pub(crate) fn get(&self, id: Uuid) -> Result<Job, JobError> {
+        self.store.job(id)?.ok_or(JobError::NotFound(id))
+    }
+
+    /// Waits until the job ends or `timeout` passes, then returns it as it is.
+    pub(crate) async fn wait(&self, id: Uuid, timeout: Duration) -> Result<Job, JobError> {
+        let receiver = self.live().get(&id).map(|live| live.status.subscribe());
+        if let Some(mut receiver) = receiver {
+            let _ = tokio::time::timeout(timeout, receiver.wait_for(|s| s.is_terminal())).await;
+        }
+        self.get(id)
+    }
+
+    /// Asks a job to stop and waits for it to end (at most the grace period and a
+    /// little more).
+    pub(crate) async fn cancel(&self, id: Uuid) -> Result<Job, JobError> {
+        let token = self.live().get(&id).map(|live| live.cancel.clone());
+        match token {
+            Some(token) => {
+                token.cancel();
+                self.wait(id, self.settings.cancel_grace + Duration::from_secs(1))
+                    .await
+            }
+            None => {
+                let job = self.get(id)?;
+                Err(JobError::Finished {
+                    id,
+                    status: job.status(),
+                })
+            }
+        }
+    }
+
+    /// Jobs matching the filter, newest first.
+    pub(crate) fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let mut jobs: Vec<Job> = self
+            .store
+            .jobs()?
+            .into_iter()
+            .filter(|job| filter.status.is_none_or(|s| job.status() == s))
+            .filter(|job| filter.tool.as_deref().is_none_or(|t| job.tool == t))
+            .collect();
+        jobs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
+        jobs.truncate(filter.limit.unwrap_or(usize::MAX));
+        Ok(jobs)
+    }
+
+    /// Removes finished jobs older than the retention age and past the count; returns
+    /// how many.
+    pub(crate) fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut finished: Vec<Job> = self
+            .store
+            .jobs()?
+            .into_iter()
+            .filter(|job| job.status().is_terminal())
+            .collect();
+        finished.sort_by_key(|job| std::cmp::Reverse(job.finished_at_ms));
+        let oldest_kept_ms = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
+        let mut removed = 0;
+        for (rank, job) in finished.iter().enumerate() {
+            let too_old = job.finished_at_ms.unwrap_or(0) < oldest_kept_ms;
+            if too_old || rank >= self.settings.max_finished {
+                self.store.remove_job(job.id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stops every live task without writing a state: what a killed process would
+    /// leave, so the next open reports these jobs as interrupted.
+    pub(crate) async fn abandon_all(&self) {
+        let entries: Vec<Live> = self.live().drain().map(|(_, live)| live).collect();
+        for live in &entries {
+            for handle in [&live.supervisor, &live.work].into_iter().flatten() {
+                handle.abort();
+            }
+        }
+        // Give the aborted tasks a turn to drop their futures (and their engine handles).
+        for _ in 0..entries.len().min(64) + 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs `work` until it returns or `cancel` fires; after a cancel it gets `grace` to
+/// return, then it is aborted. A cancelled run is reported cancelled even if the work
+/// returned within the grace, so a cancelled job never shows as completed.
+pub(crate) async fn run_to_end(
+    work: &mut WorkHandle,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> RunEnd {
+    let joined = tokio::select! {
+        joined = &mut *work => joined,
+        _ = cancel.cancelled() => {
+            if tokio::time::timeout(grace, &mut *work).await.is_err() {
+                work.abort();
+            }
+            return RunEnd::Cancelled;
+        }
+    };
+    match joined {
+        Ok(returned) => RunEnd::Returned(returned),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "no message".to_owned());
+            RunEnd::Panicked(message)
+        }
+        Err(_) => RunEnd::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Mode, Source};
+
+    fn job(status: JobState, finished_at_ms: Option<u64>, predicted_s: Option<f64>) -> Job {
+        Job {
+            id: Uuid::new_v4(),
+            tool: "t".into(),
+            label: "t".into(),
+            state: status,
+            created_at_ms: 1_000,
+            started_at_ms: Some(1_000),
+            finished_at_ms,
+            decision: Decision {
+                mode: Mode::Background,
+                source: Source::Learned,
+                predicted_s,
+                upper_bound_s: None,
+                budget_s: 50.0,
+                risk: 0.05,
+                rule: None,
+            },
+            promoted: false,
+        }
+    }
+
+    #[test]
+    fn eta_counts_down_from_the_prediction_and_stops_at_zero() {
+        let running = job(JobState::Running, None, Some(60.0));
+        assert_eq!(running.eta_s(1_000 + 20_000), Some(40.0));
+        assert_eq!(running.eta_s(1_000 + 90_000), Some(0.0));
+        assert_eq!(job(JobState::Running, None, None).eta_s(5_000), None);
+        assert_eq!(
+            job(JobState::Cancelled, Some(2_000), Some(9.0)).eta_s(5_000),
+            None
+        );
+    }
+
+    #[test]
+    fn job_json_carries_status_and_payload_flat() {
+        let done = job(
+            JobState::Completed {
+                result: serde_json::json!({"ok": 1}),
+            },
+            Some(3_000),
+            None,
+        );
+        let value = serde_json::to_value(&done).unwrap();
+        assert_eq!(value["status"], "completed");
+        assert_eq!(value["result"]["ok"], 1);
+        let back: Job = serde_json::from_value(value).unwrap();
+        assert_eq!(back, done);
+    }
+
+    #[test]
+    fn status_names_parse_back_and_bad_ones_say_what_is_allowed() {
+        assert_eq!("running".parse::<JobStatus>(), Ok(JobStatus::Running));
+        assert!("done"
+            .parse::<JobStatus>()
+            .unwrap_err()
+            .contains("completed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_ignores_cancel_is_aborted_after_the_grace() {
+        let cancel = CancellationToken::new();
+        let mut work: WorkHandle = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Value::Null)
+        });
+        let started = tokio::time::Instant::now();
+        cancel.cancel();
+        let end = run_to_end(&mut work, &cancel, Duration::from_secs(5)).await;
+        assert!(matches!(end, RunEnd::Cancelled));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(work.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_work_is_reported_with_its_message() {
+        let cancel = CancellationToken::new();
+        let mut work: WorkHandle = tokio::spawn(async { panic!("boom") });
+        match run_to_end(&mut work, &cancel, Duration::from_secs(1)).await {
+            RunEnd::Panicked(message) => assert_eq!(message, "boom"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_drops_old_and_surplus_finished_jobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let settings = JobSettings {
+            retention: Duration::from_secs(10),
+            max_finished: 2,
+            ..JobSettings::default()
+        };
+        let jobs = Jobs::open(store.clone(), settings).await.unwrap();
+        let now = 100_000;
+        let old = job(JobState::Cancelled, Some(now - 20_000), None);
+        let kept: Vec<Job> = (1..=3)
+            .map(|i| job(JobState::Cancelled, Some(now - i * 1000), None))
+            .collect();
+        let running = job(JobState::Running, None, None);
+        for j in kept.iter().chain([&old, &running]) {
+            store.put_job(j, false).await.unwrap();
+        }
+        assert_eq!(
+            jobs.prune(now).unwrap(),
+            2,
+            "the old one and the third newest"
+        );
+        let left: Vec<Uuid> = jobs
+            .list(&JobFilter::default())
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(left.len(), 3);
+        assert!(
+            left.contains(&kept[0].id) && left.contains(&kept[1].id) && left.contains(&running.id)
+        );
+    }
+}

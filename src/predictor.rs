@@ -1,0 +1,847 @@
+//! A tool's runtime model: learns `ln(runtime)` from a call's features and predicts a
+//! median and an upper bound for the next call.
+//!
+//! Pure: plain data in, plain data out; no clock, disk or async. The engine owns one
+//! [`RuntimeModel`] per tool plus one pooled over all tools, and persists them.
+//!
+//! # The model
+//! Bayesian linear regression of `y = ln(runtime_s)` on
+//! `x = [1, u_1, u_1², u_2, u_2², …]` with `u_i = ln(1+|f_i|)`, under a Normal–Inverse-Gamma prior `β | σ² ~ N(0, σ² Λ₀⁻¹)`, `σ² ~ IG(a₀, b₀)`
+//! (Λ₀ = [`RIDGE`]·I, so the posterior exists from the first sample). The state is the
+//! sufficient statistics `XᵀX, Xᵀy, yᵀy, n`, each scaled by [`FORGETTING_FACTOR`]
+//! before an update so the model follows drift. The posterior (Bishop, *PRML* §3.3;
+//! Murphy, *Conjugate Bayesian analysis of the Gaussian distribution*, 2007, §7.6):
+//!
+//! ```text
+//! Λₙ = Λ₀ + XᵀX      mₙ = Λₙ⁻¹ Xᵀy      aₙ = a₀ + n/2      bₙ = b₀ + ½(yᵀy − mₙᵀ Xᵀy)
+//! y* | x* ~ Student-t(ν = 2aₙ, loc = x*ᵀmₙ, scale² = bₙ/aₙ · (1 + x*ᵀ Λₙ⁻¹ x*))
+//! ```
+//!
+//! The upper bound is the predictive quantile at `1 - risk`, in seconds.
+//!
+//! The square terms are a departure from a plain log-log line, and they earn their
+//! place: runtimes are usually a fixed start-up plus work in proportion to the input
+//! (`a + b·bytes`), which is flat then rising in log-log space; one slope per feature
+//! missed that curve by 36% (median) on such a tool, the squares bring it under 25%.
+//! The ridge pulls the square coefficients to 0, so with little data the model is the
+//! plain line. Outside the range of `u` it was taught, a feature's square term follows
+//! its tangent at the edge of that range: a parabola fitted to 1–40 MB would bend back
+//! down at 400 MB (it predicted half the runtime there), the tangent keeps the slope.
+//!
+//! # Recency
+//! Runtimes often repeat what the last call did beyond what the arguments say (see
+//! DESIGN.md, "What measurement has taught us"). The model keeps an AR(1) term on its
+//! one-step residuals: it adds `φ · last_residual` to the mean and scales the spread by
+//! the innovations' share of the residuals. It is used only while its own one-step
+//! record is better than the plain model's, so tools whose runtimes do not repeat are
+//! not hurt.
+//!
+//! # Features that come and go
+//! A model has one slot per feature name, in order of first appearance, up to
+//! [`MAX_SLOTS`]. A new name grows the model with the prior (past samples count as 0
+//! for it); a name absent from a call counts as 0 (`ln(1+0) = 0`); names past the cap
+//! are ignored.
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use crate::features::{Features, MAX_FEATURES_PER_CALL};
+
+/// Weight kept by past statistics at each update: a memory of about
+/// `1 / (1 - 0.98) = 50` calls, short enough to follow a tool that got slower within
+/// tens of calls, long enough for 16 features.
+pub const FORGETTING_FACTOR: f64 = 0.98;
+/// Prior precision on every coefficient (in units of σ²): small enough that a few
+/// samples outweigh it, large enough that `Λₙ` is never singular.
+pub const RIDGE: f64 = 0.01;
+/// Prior shape of σ²: worth `2·a₀ = 2` pseudo-observations.
+pub const PRIOR_SHAPE: f64 = 1.0;
+/// Prior scale of σ²: `b₀ / a₀ = 0.25`, a spread of about ×1.6 in runtime until data
+/// says otherwise, so the first bounds are wide, not absent.
+pub const PRIOR_SCALE: f64 = 0.25;
+/// A model is warm once it has this many samples more than it has coefficients.
+pub const WARM_EXTRA_SAMPLES: u64 = 3;
+/// Most feature slots one model holds; see the module docs for the rule past it.
+pub const MAX_SLOTS: usize = MAX_FEATURES_PER_CALL;
+/// The AR(1) coefficient is shrunk towards 0 as if this much squared residual with no
+/// correlation had been seen, and kept inside ±[`MAX_AR_COEFFICIENT`].
+pub const AR_PRIOR_WEIGHT: f64 = 1.0;
+/// Bound on |φ|: a unit root would let one outlier steer every later prediction.
+pub const MAX_AR_COEFFICIENT: f64 = 0.95;
+/// One-step errors the recency term needs before it can be chosen.
+pub const AR_MIN_ERRORS: f64 = 5.0;
+/// Runtimes under a millisecond are taught as a millisecond: `ln(0)` has no meaning and
+/// sub-millisecond differences never change a decision.
+pub const MIN_RUNTIME_S: f64 = 1e-3;
+
+/// A tool's runtime model: serialisable state plus a cached posterior.
+///
+/// ```
+/// use smart_async::{Features, RuntimeModel};
+/// let mut model = RuntimeModel::new(true);
+/// for mb in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0] {
+///     let features = Features::from_args(&serde_json::json!({ "mb": mb }));
+///     model.observe(&features, 0.1 * mb, 0.05);
+/// }
+/// let next = Features::from_args(&serde_json::json!({ "mb": 128.0 }));
+/// let prediction = model.predict(&next).unwrap();
+/// assert!(model.is_warm());
+/// assert!((prediction.median_s / 12.8 - 1.0).abs() < 0.25);
+/// assert!(prediction.upper_bound_s > prediction.median_s);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ModelState", into = "ModelState")]
+pub struct RuntimeModel {
+    state: ModelState,
+    posterior: Option<Posterior>,
+}
+
+/// How one feature moves the runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureEffect {
+    /// The feature's name.
+    pub name: String,
+    /// `d ln(runtime) / d ln(1+|f|)` at the typical value: near it, runtime grows like
+    /// `f^elasticity` (1 = proportional, 0 = no effect).
+    pub elasticity: f64,
+    /// Coefficient of `u = ln(1+|f|)`.
+    pub linear: f64,
+    /// Coefficient of `u²`.
+    pub square: f64,
+    /// The (discounted) mean of `u`, mapped back: a typical value of the feature.
+    pub typical_value: f64,
+}
+
+/// What a model says about one call.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The predicted median runtime, `exp(location)`.
+    pub median_s: f64,
+    /// The runtime exceeded with probability `risk` under the model.
+    pub upper_bound_s: f64,
+    /// Location of the Student-t over `ln(runtime_s)`.
+    pub location_ln: f64,
+    /// Scale of the Student-t over `ln(runtime_s)`.
+    pub scale_ln: f64,
+    /// Degrees of freedom.
+    pub dof: f64,
+    /// Whether the recency term took part.
+    pub uses_recency: bool,
+}
+
+/// How well a model's past predictions matched, over its warm predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Warm predictions checked against the runtime that followed.
+    pub checked: u64,
+    /// Of those, how many runtimes were at or under the upper bound.
+    pub covered: u64,
+    /// Sum of `|ln(runtime) - location|` over the checked predictions.
+    pub abs_error_ln_sum: f64,
+}
+
+impl Calibration {
+    /// Share of runtimes at or under the bound; `None` before any check.
+    pub fn coverage(&self) -> Option<f64> {
+        (self.checked > 0).then(|| self.covered as f64 / self.checked as f64)
+    }
+
+    /// Mean absolute error of `ln(runtime)`; `None` before any check.
+    pub fn mean_abs_error_ln(&self) -> Option<f64> {
+        (self.checked > 0).then(|| self.abs_error_ln_sum / self.checked as f64)
+    }
+}
+
+/// The persisted part of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ModelState {
+    feature_names: Vec<String>,
+    /// Per slot, the smallest and largest `u` taught: the square term is used inside
+    /// this range and continued along its tangent outside it.
+    ranges_ln: Vec<(f64, f64)>,
+    /// `XᵀX`, row-major, `dim × dim` with `dim = 1 + 2·feature_names.len()`.
+    xtx: Vec<f64>,
+    xty: Vec<f64>,
+    yty: f64,
+    /// Discounted sample count.
+    weight: f64,
+    samples: u64,
+    recency: Option<Recency>,
+    calibration: Calibration,
+    /// The risk the cached bound quantile was computed for.
+    risk: f64,
+}
+
+/// Discounted sums behind the AR(1) term on one-step residuals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Recency {
+    last_residual: Option<f64>,
+    /// Σ e_t · e_{t-1}
+    cross: f64,
+    /// Σ e_{t-1}²
+    lagged: f64,
+    /// Σ of squared one-step errors of the plain model, and of the model with recency.
+    plain_sq: f64,
+    recency_sq: f64,
+    errors: f64,
+}
+
+impl Recency {
+    fn coefficient(&self) -> f64 {
+        (self.cross / (self.lagged + AR_PRIOR_WEIGHT))
+            .clamp(-MAX_AR_COEFFICIENT, MAX_AR_COEFFICIENT)
+    }
+
+    /// The shift to add to the location and the factor on the scale, when the term's
+    /// own record says it helps.
+    fn adjustment(&self) -> Option<(f64, f64)> {
+        let last = self.last_residual?;
+        let helps = self.errors >= AR_MIN_ERRORS && self.recency_sq < self.plain_sq;
+        helps.then(|| {
+            (
+                self.coefficient() * last,
+                (self.recency_sq / self.plain_sq).sqrt(),
+            )
+        })
+    }
+
+    fn learn(&mut self, residual: f64) {
+        if let Some(last) = self.last_residual {
+            let with_recency = residual - self.coefficient() * last;
+            self.plain_sq = FORGETTING_FACTOR * self.plain_sq + residual * residual;
+            self.recency_sq = FORGETTING_FACTOR * self.recency_sq + with_recency * with_recency;
+            self.errors = FORGETTING_FACTOR * self.errors + 1.0;
+            self.cross = FORGETTING_FACTOR * self.cross + residual * last;
+            self.lagged = FORGETTING_FACTOR * self.lagged + last * last;
+        }
+        self.last_residual = Some(residual);
+    }
+}
+
+/// Derived from the state after each update; never persisted.
+#[derive(Debug, Clone, PartialEq)]
+struct Posterior {
+    mean: Vec<f64>,
+    /// Lower Cholesky factor of Λₙ, row-major.
+    cholesky: Vec<f64>,
+    /// `bₙ / aₙ`
+    variance: f64,
+    dof: f64,
+    /// Student-t quantile at `1 - risk` for `dof` on the grid ([`quantile_dof`]).
+    quantile: f64,
+    /// The grid point and risk `quantile` is for.
+    quantile_key: (f64, f64),
+}
+
+impl From<ModelState> for RuntimeModel {
+    fn from(state: ModelState) -> Self {
+        let posterior = posterior(&state, None);
+        RuntimeModel { state, posterior }
+    }
+}
+
+impl From<RuntimeModel> for ModelState {
+    fn from(model: RuntimeModel) -> Self {
+        model.state
+    }
+}
+
+impl RuntimeModel {
+    /// An empty model; `recency` enables the AR(1) term (off for a pooled model, whose
+    /// consecutive samples come from different tools).
+    pub fn new(recency: bool) -> RuntimeModel {
+        let state = ModelState {
+            feature_names: Vec::new(),
+            ranges_ln: Vec::new(),
+            xtx: vec![0.0],
+            xty: vec![0.0],
+            yty: 0.0,
+            weight: 0.0,
+            samples: 0,
+            recency: recency.then(Recency::default),
+            calibration: Calibration::default(),
+            risk: crate::policy::DEFAULT_RISK,
+        };
+        RuntimeModel::from(state)
+    }
+
+    /// Sets the risk whose quantile [`RuntimeModel::predict`] reports as the bound.
+    /// `risk` must lie in (0, 1); other values leave the model unchanged.
+    pub fn set_risk(&mut self, risk: f64) {
+        if risk > 0.0 && risk < 1.0 && risk != self.state.risk {
+            self.state.risk = risk;
+            self.posterior = posterior(&self.state, self.posterior.as_ref());
+        }
+    }
+
+    /// Total samples taught.
+    pub fn samples(&self) -> u64 {
+        self.state.samples
+    }
+
+    /// Whether the model has enough samples for its number of coefficients.
+    pub fn is_warm(&self) -> bool {
+        self.posterior.is_some() && self.state.samples >= self.dim() as u64 + WARM_EXTRA_SAMPLES
+    }
+
+    /// The feature names the model has slots for, in slot order.
+    pub fn feature_names(&self) -> &[String] {
+        &self.state.feature_names
+    }
+
+    /// The posterior mean intercept: `ln` of the runtime when every feature is 0.
+    pub fn intercept_ln(&self) -> Option<f64> {
+        self.posterior.as_ref().map(|p| p.mean[0])
+    }
+
+    /// What each feature does to the runtime, in slot order.
+    pub fn effects(&self) -> Vec<FeatureEffect> {
+        let Some(posterior) = &self.posterior else {
+            return Vec::new();
+        };
+        let weight = self.state.weight.max(f64::MIN_POSITIVE);
+        self.state
+            .feature_names
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| {
+                let (linear, square) = (posterior.mean[1 + 2 * slot], posterior.mean[2 + 2 * slot]);
+                // Σu sits in the intercept row of XᵀX.
+                let typical_ln = self.state.xtx[1 + 2 * slot] / weight;
+                FeatureEffect {
+                    name: name.clone(),
+                    elasticity: linear + 2.0 * square * typical_ln,
+                    linear,
+                    square,
+                    typical_value: typical_ln.exp_m1(),
+                }
+            })
+            .collect()
+    }
+
+    /// The posterior residual spread σ of `ln(runtime)`, as `sqrt(bₙ/aₙ)`.
+    pub fn residual_spread_ln(&self) -> Option<f64> {
+        self.posterior.as_ref().map(|p| p.variance.sqrt())
+    }
+
+    /// The recency coefficient φ while the recency term is in use.
+    pub fn recency_coefficient(&self) -> Option<f64> {
+        let recency = self.state.recency.as_ref()?;
+        recency.adjustment().map(|_| recency.coefficient())
+    }
+
+    /// How past warm predictions matched the runtimes that followed.
+    pub fn calibration(&self) -> Calibration {
+        self.state.calibration
+    }
+
+    /// Predicts the runtime of a call with these features; `None` only if the
+    /// posterior could not be formed (see [`RuntimeModel::observe`]).
+    pub fn predict(&self, features: &Features) -> Option<Prediction> {
+        let posterior = self.posterior.as_ref()?;
+        let x = self.design_row(features);
+        let mut location_ln = dot(&posterior.mean, &x);
+        let leverage = leverage(&posterior.cholesky, &x);
+        let mut scale_ln = (posterior.variance * (1.0 + leverage)).sqrt();
+        let mut uses_recency = false;
+        if let Some((shift, factor)) = self.state.recency.as_ref().and_then(Recency::adjustment) {
+            location_ln += shift;
+            scale_ln *= factor;
+            uses_recency = true;
+        }
+        let upper_ln = location_ln + posterior.quantile * scale_ln;
+        Some(Prediction {
+            median_s: location_ln.exp(),
+            upper_bound_s: upper_ln.exp(),
+            location_ln,
+            scale_ln,
+            dof: posterior.dof,
+            uses_recency,
+        })
+    }
+
+    /// Teaches one finished run. Before learning it checks the warm prediction for this
+    /// call against the runtime (calibration). A non-finite or negative runtime is
+    /// ignored. Should the posterior fail to form (a matrix that lost positive
+    /// definiteness to rounding), the model stays cold until the next update forms it.
+    pub fn observe(&mut self, features: &Features, runtime_s: f64, risk: f64) {
+        if !(runtime_s.is_finite() && runtime_s >= 0.0) {
+            return;
+        }
+        self.set_risk(risk);
+        let y = runtime_s.max(MIN_RUNTIME_S).ln();
+        if self.is_warm() {
+            if let Some(prediction) = self.predict(features) {
+                let calibration = &mut self.state.calibration;
+                calibration.checked += 1;
+                calibration.covered += u64::from(y <= prediction.upper_bound_s.ln());
+                calibration.abs_error_ln_sum += (y - prediction.location_ln).abs();
+            }
+        }
+        self.grow(features);
+        for (name, range) in self
+            .state
+            .feature_names
+            .iter()
+            .zip(&mut self.state.ranges_ln)
+        {
+            let u = features.get(name).map_or(0.0, |v| v.abs().ln_1p());
+            *range = (range.0.min(u), range.1.max(u));
+        }
+        let x = self.design_row(features);
+        if let (Some(posterior), Some(recency)) = (&self.posterior, &mut self.state.recency) {
+            if self.state.samples > 0 {
+                recency.learn(y - dot(&posterior.mean, &x));
+            }
+        }
+        let state = &mut self.state;
+        let dim = x.len();
+        for (i, xi) in x.iter().enumerate() {
+            for (j, xj) in x.iter().enumerate() {
+                let cell = &mut state.xtx[i * dim + j];
+                *cell = FORGETTING_FACTOR * *cell + xi * xj;
+            }
+            state.xty[i] = FORGETTING_FACTOR * state.xty[i] + xi * y;
+        }
+        state.yty = FORGETTING_FACTOR * state.yty + y * y;
+        state.weight = FORGETTING_FACTOR * state.weight + 1.0;
+        state.samples += 1;
+        self.posterior = posterior(&self.state, self.posterior.as_ref());
+    }
+
+    /// Serialises the state compactly (postcard).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain numbers, strings and vectors into a Vec cannot fail.
+        postcard::to_stdvec(&self.state).unwrap_or_default()
+    }
+
+    /// Reads state written by [`RuntimeModel::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<RuntimeModel, postcard::Error> {
+        postcard::from_bytes::<ModelState>(bytes).map(RuntimeModel::from)
+    }
+
+    fn dim(&self) -> usize {
+        dim_for(self.state.feature_names.len())
+    }
+
+    /// Adds slots for names this model has not seen, up to the cap.
+    fn grow(&mut self, features: &Features) {
+        let state = &mut self.state;
+        let old_dim = dim_for(state.feature_names.len());
+        for feature in features.iter() {
+            if state.feature_names.len() >= MAX_SLOTS {
+                break;
+            }
+            if !state.feature_names.contains(&feature.name) {
+                state.feature_names.push(feature.name.clone());
+                state.ranges_ln.push((f64::INFINITY, f64::NEG_INFINITY));
+            }
+        }
+        let dim = dim_for(state.feature_names.len());
+        if dim == old_dim {
+            return;
+        }
+        let mut xtx = vec![0.0; dim * dim];
+        for i in 0..old_dim {
+            xtx[i * dim..i * dim + old_dim]
+                .copy_from_slice(&state.xtx[i * old_dim..(i + 1) * old_dim]);
+        }
+        state.xtx = xtx;
+        state.xty.resize(dim, 0.0);
+    }
+
+    /// The regressors of a call, on the stack: deciding allocates nothing.
+    fn design_row(&self, features: &Features) -> Row {
+        let mut row = Row {
+            values: [0.0; MAX_DIM],
+            len: self.dim(),
+        };
+        row.values[0] = 1.0;
+        let slots = self.state.feature_names.iter().zip(&self.state.ranges_ln);
+        for (slot, (name, &(lo, hi))) in slots.enumerate() {
+            let u = features.get(name).map_or(0.0, |v| v.abs().ln_1p());
+            // Past the taught range a parabola turns back on itself; its tangent at the
+            // edge does not, so extrapolation keeps the slope seen at the edge.
+            let edge = if lo <= hi { u.clamp(lo, hi) } else { u };
+            row.values[1 + 2 * slot] = u;
+            row.values[2 + 2 * slot] = edge * edge + 2.0 * edge * (u - edge);
+        }
+        row
+    }
+}
+
+/// The most coefficients a model has.
+const MAX_DIM: usize = 1 + 2 * MAX_SLOTS;
+
+struct Row {
+    values: [f64; MAX_DIM],
+    len: usize,
+}
+
+impl std::ops::Deref for Row {
+    type Target = [f64];
+
+    fn deref(&self) -> &[f64] {
+        &self.values[..self.len]
+    }
+}
+
+/// The degrees of freedom the bound's quantile is computed at: rounded down (a little
+/// wider, never narrower) to a grid, so the costly inverse CDF runs only when the grid
+/// point changes, and the quantile stays a pure function of the state.
+fn quantile_dof(dof: f64) -> f64 {
+    if dof < 16.0 {
+        (dof * 4.0).floor() / 4.0
+    } else {
+        dof.floor()
+    }
+}
+
+/// The Student-t quantile at `1 - risk`, reusing `previous` when it is for the same
+/// grid point.
+fn bound_quantile(dof: f64, risk: f64, previous: Option<&Posterior>) -> Option<f64> {
+    let key = (quantile_dof(dof), risk);
+    if let Some(previous) = previous.filter(|p| p.quantile_key == key) {
+        return Some(previous.quantile);
+    }
+    let quantile = StudentsT::new(0.0, 1.0, key.0)
+        .ok()?
+        .inverse_cdf(1.0 - risk);
+    quantile.is_finite().then_some(quantile)
+}
+
+/// Coefficients for `slots` features: the intercept, then a linear and a square term each.
+fn dim_for(slots: usize) -> usize {
+    1 + 2 * slots
+}
+
+fn posterior(state: &ModelState, previous: Option<&Posterior>) -> Option<Posterior> {
+    let dim = dim_for(state.feature_names.len());
+    let mut precision = state.xtx.clone();
+    for i in 0..dim {
+        precision[i * dim + i] += RIDGE;
+    }
+    let cholesky = cholesky(&precision, dim)?;
+    let mean = cholesky_solve(&cholesky, dim, &state.xty);
+    let shape = PRIOR_SHAPE + state.weight / 2.0;
+    // yᵀy − mₙᵀXᵀy is a sum of squares; rounding can push it a hair below zero.
+    let scale = PRIOR_SCALE + 0.5 * (state.yty - dot(&mean, &state.xty)).max(0.0);
+    let dof = 2.0 * shape;
+    let quantile = bound_quantile(dof, state.risk, previous)?;
+    Some(Posterior {
+        mean,
+        cholesky,
+        variance: scale / shape,
+        dof,
+        quantile,
+        quantile_key: (quantile_dof(dof), state.risk),
+    })
+}
+
+/// Lower Cholesky factor of a symmetric positive definite `dim × dim` matrix; `None`
+/// when a pivot is not positive.
+fn cholesky(matrix: &[f64], dim: usize) -> Option<Vec<f64>> {
+    let mut lower = vec![0.0; dim * dim];
+    for i in 0..dim {
+        for j in 0..=i {
+            let partial: f64 = (0..j)
+                .map(|k| lower[i * dim + k] * lower[j * dim + k])
+                .sum();
+            let value = matrix[i * dim + j] - partial;
+            if i == j {
+                if value.is_nan() || value <= 0.0 || !value.is_finite() {
+                    return None;
+                }
+                lower[i * dim + i] = value.sqrt();
+            } else {
+                lower[i * dim + j] = value / lower[j * dim + j];
+            }
+        }
+    }
+    Some(lower)
+}
+
+/// Solves `L z = b` by forward substitution (`dim ≤ MAX_DIM`).
+fn forward(lower: &[f64], dim: usize, b: &[f64]) -> [f64; MAX_DIM] {
+    let mut z = [0.0; MAX_DIM];
+    for i in 0..dim {
+        let partial: f64 = (0..i).map(|k| lower[i * dim + k] * z[k]).sum();
+        z[i] = (b[i] - partial) / lower[i * dim + i];
+    }
+    z
+}
+
+/// Solves `L Lᵀ x = b`.
+fn cholesky_solve(lower: &[f64], dim: usize, b: &[f64]) -> Vec<f64> {
+    let z = forward(lower, dim, b);
+    let mut x = vec![0.0; dim];
+    for i in (0..dim).rev() {
+        let partial: f64 = (i + 1..dim).map(|k| lower[k * dim + i] * x[k]).sum();
+        x[i] = (z[i] - partial) / lower[i * dim + i];
+    }
+    x
+}
+
+/// `xᵀ Λ⁻¹ x = ‖L⁻¹x‖²`.
+fn leverage(lower: &[f64], x: &[f64]) -> f64 {
+    forward(lower, x.len(), x)[..x.len()]
+        .iter()
+        .map(|z| z * z)
+        .sum()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// A small deterministic generator, so the statistical tests are reproducible.
+    struct Lcg(u64);
+    impl Lcg {
+        fn uniform(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f64 {
+            // Box–Muller
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        }
+    }
+
+    fn call(args: serde_json::Value) -> Features {
+        Features::from_args(&args)
+    }
+
+    #[test]
+    fn an_empty_model_is_cold_and_still_has_a_wide_bound() {
+        let model = RuntimeModel::new(true);
+        assert!(!model.is_warm());
+        let prediction = model.predict(&Features::default()).unwrap();
+        // Prior only: median 1 s, bound far above it.
+        assert!((prediction.median_s - 1.0).abs() < 1e-9);
+        assert!(prediction.upper_bound_s > 2.0);
+    }
+
+    #[test]
+    fn one_sample_gives_a_bound_that_is_wide() {
+        let mut model = RuntimeModel::new(true);
+        model.observe(&call(json!({})), 10.0, 0.05);
+        let p = model.predict(&call(json!({}))).unwrap();
+        assert!((p.median_s.ln() - 10f64.ln()).abs() < 0.1);
+        assert!(p.upper_bound_s > 1.5 * p.median_s, "{p:?}");
+    }
+
+    #[test]
+    fn zero_variance_runtimes_give_a_tight_but_positive_spread() {
+        let mut model = RuntimeModel::new(false);
+        for _ in 0..200 {
+            model.observe(&call(json!({})), 3.0, 0.05);
+        }
+        let p = model.predict(&call(json!({}))).unwrap();
+        assert!((p.median_s - 3.0).abs() < 0.01);
+        // The prior keeps a floor under the spread, sqrt(b₀ / (a₀ + 1/(2(1-λ)))) ≈ 0.1,
+        // so a model never claims to know a runtime to the millisecond.
+        assert!(
+            p.upper_bound_s > p.median_s && p.upper_bound_s < 1.25 * p.median_s,
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_95_bound_covers_at_least_93_percent_on_log_linear_data() {
+        // ln(rt) = 0.5 + 0.8 ln(1+items) - 0.3 ln(1+depth) + N(0, 0.3²)
+        let mut rng = Lcg(7);
+        let mut model = RuntimeModel::new(true);
+        let (mut checked, mut covered) = (0, 0);
+        for i in 0..2000 {
+            let items = (rng.uniform() * 1000.0).floor();
+            let depth = (rng.uniform() * 10.0).floor();
+            let features = call(json!({"items": items, "depth": depth}));
+            let y = 0.5 + 0.8 * items.ln_1p() - 0.3 * depth.ln_1p() + 0.3 * rng.normal();
+            if i >= 50 {
+                let bound = model.predict(&features).unwrap().upper_bound_s;
+                checked += 1;
+                covered += usize::from(y.exp() <= bound);
+            }
+            model.observe(&features, y.exp(), 0.05);
+        }
+        let coverage = covered as f64 / checked as f64;
+        assert!(coverage >= 0.93, "coverage {coverage}");
+        assert!(
+            coverage <= 0.99,
+            "a bound this loose is useless: {coverage}"
+        );
+        let tracked = model.calibration().coverage().unwrap();
+        assert!(
+            (tracked - coverage).abs() < 0.02,
+            "tracked {tracked} vs {coverage}"
+        );
+    }
+
+    #[test]
+    fn affine_runtime_in_bytes_has_median_error_under_25_percent_after_30_samples() {
+        // A hash tool: 0.2 s start-up plus 200 MB/s, on inputs from 1 MB to 2 GB.
+        let runtime = |bytes: f64| 0.2 + bytes / 200e6;
+        let mut rng = Lcg(11);
+        let draw = |rng: &mut Lcg| (rng.uniform() * (2e9f64 / 1e6).ln()).exp() * 1e6;
+        let mut model = RuntimeModel::new(true);
+        for _ in 0..30 {
+            let bytes = draw(&mut rng);
+            let noise = (0.05 * rng.normal()).exp();
+            model.observe(
+                &call(json!({"path.bytes": bytes})),
+                runtime(bytes) * noise,
+                0.05,
+            );
+        }
+        let mut errors: Vec<f64> = (0..200)
+            .map(|_| {
+                let bytes = draw(&mut rng);
+                let p = model.predict(&call(json!({"path.bytes": bytes}))).unwrap();
+                (p.median_s / runtime(bytes) - 1.0).abs()
+            })
+            .collect();
+        errors.sort_by(f64::total_cmp);
+        let median = errors[errors.len() / 2];
+        assert!(median < 0.25, "median relative error {median}");
+    }
+
+    #[test]
+    fn follows_a_tool_that_got_three_times_slower() {
+        // 20 s calls under a 50 s budget, then the same calls take 60 s.
+        let mut rng = Lcg(3);
+        let mut model = RuntimeModel::new(true);
+        let features = call(json!({"n": 5}));
+        for _ in 0..300 {
+            model.observe(&features, 20.0 * (0.1 * rng.normal()).exp(), 0.05);
+        }
+        assert!(model.predict(&features).unwrap().upper_bound_s < 50.0);
+        let mut flipped_at = None;
+        for i in 0..150 {
+            if model.predict(&features).unwrap().upper_bound_s > 50.0 && flipped_at.is_none() {
+                flipped_at = Some(i);
+            }
+            model.observe(&features, 60.0 * (0.1 * rng.normal()).exp(), 0.05);
+        }
+        let flipped_at = flipped_at.expect("never followed the drift");
+        assert!(flipped_at <= 100, "followed after {flipped_at} calls");
+        // And it stays followed.
+        let p = model.predict(&features).unwrap();
+        assert!(p.median_s > 45.0 && p.upper_bound_s > 50.0, "{p:?}");
+    }
+
+    #[test]
+    fn recency_is_chosen_where_runtimes_repeat_and_not_where_they_do_not() {
+        let mut rng = Lcg(5);
+        let features = call(json!({}));
+        // Repeating: a level that wanders slowly (AR(1) with φ = 0.9).
+        let mut repeating = RuntimeModel::new(true);
+        let mut level = 0.0;
+        // Not repeating: white noise.
+        let mut white = RuntimeModel::new(true);
+        for _ in 0..500 {
+            level = 0.9 * level + 0.4 * rng.normal();
+            repeating.observe(&features, (2.0 + level).exp(), 0.05);
+            white.observe(&features, (2.0 + 0.4 * rng.normal()).exp(), 0.05);
+        }
+        let phi = repeating
+            .recency_coefficient()
+            .expect("recency should help here");
+        assert!(phi > 0.5, "phi {phi}");
+        assert!(
+            white.recency_coefficient().is_none()
+                || white.recency_coefficient().unwrap().abs() < 0.2
+        );
+    }
+
+    #[test]
+    fn features_that_appear_and_disappear_are_handled() {
+        let mut model = RuntimeModel::new(true);
+        for i in 0..20 {
+            model.observe(&call(json!({"a": i})), 1.0 + i as f64, 0.05);
+        }
+        model.observe(&call(json!({"a": 3, "b": 100})), 5.0, 0.05);
+        assert_eq!(model.feature_names(), ["a", "b"]);
+        assert!(model.predict(&call(json!({"b": 7}))).is_some());
+        assert!(model.predict(&call(json!({"zzz": 7}))).is_some());
+        let names: Vec<_> = model.effects().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn slots_stop_at_the_cap() {
+        let mut model = RuntimeModel::new(true);
+        for round in 0..3 {
+            let args: serde_json::Map<_, _> = (0..MAX_FEATURES_PER_CALL)
+                .map(|i| (format!("r{round}f{i:02}"), json!(i)))
+                .collect();
+            model.observe(
+                &Features::from_args(&serde_json::Value::Object(args)),
+                1.0,
+                0.05,
+            );
+        }
+        assert_eq!(model.feature_names().len(), MAX_SLOTS);
+        assert!(model.predict(&call(json!({"r2f00": 1}))).is_some());
+    }
+
+    #[test]
+    fn bad_runtimes_are_ignored() {
+        let mut model = RuntimeModel::new(true);
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            model.observe(&call(json!({})), bad, 0.05);
+        }
+        assert_eq!(model.samples(), 0);
+        model.observe(&call(json!({})), 0.0, 0.05);
+        assert_eq!(model.samples(), 1, "zero is a real (instant) runtime");
+    }
+
+    #[test]
+    fn cholesky_solves_a_known_system() {
+        // [[4, 2], [2, 3]] x = [2, 1] → x = [0.5, 0]
+        let lower = cholesky(&[4.0, 2.0, 2.0, 3.0], 2).unwrap();
+        let x = cholesky_solve(&lower, 2, &[2.0, 1.0]);
+        assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12);
+        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none(), "indefinite");
+    }
+
+    proptest! {
+        #[test]
+        fn serialisation_round_trips_exactly(
+            runs in prop::collection::vec((0.0f64..1e6, 0u32..1000, any::<bool>()), 0..40),
+        ) {
+            let mut model = RuntimeModel::new(true);
+            for (runtime_s, items, flag) in runs {
+                model.observe(&call(json!({"items": items, "flag": flag})), runtime_s, 0.05);
+            }
+            let back = RuntimeModel::from_bytes(&model.to_bytes()).unwrap();
+            prop_assert_eq!(&back, &model);
+            let features = call(json!({"items": 10, "flag": true}));
+            prop_assert_eq!(back.predict(&features), model.predict(&features));
+        }
+
+        #[test]
+        fn predictions_are_finite_and_ordered(
+            runs in prop::collection::vec((0.0f64..1e9, -1e12f64..1e12), 1..60),
+            probe in -1e300f64..1e300,
+        ) {
+            let mut model = RuntimeModel::new(true);
+            for (runtime_s, size) in runs {
+                model.observe(&call(json!({"size": size})), runtime_s, 0.05);
+            }
+            if let Some(p) = model.predict(&call(json!({"size": probe}))) {
+                prop_assert!(p.location_ln.is_finite() && p.scale_ln.is_finite());
+                prop_assert!(p.upper_bound_s >= p.median_s);
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! What the engine has learned about each tool, as counters it keeps and the report
+//! it shows (`predictor_stats`, `smart-async stats`).
+//!
+//! [`ToolRecord`] is what the store persists per tool: the model and its counters.
+//! [`ToolStats`] is the read-only report made from it; it renders as text for people
+//! and serialises as JSON for programs.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Decision, Mode, Seconds, Source};
+use crate::predictor::{FeatureEffect, RuntimeModel};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The work returned a result: its runtime is taught to the model.
+    Completed,
+    /// The work returned an error or panicked: counted, not taught (a run that fails
+    /// fast says nothing about how long a good one takes).
+    Failed,
+    /// The run was cancelled: counted, not taught. Its elapsed time is only a lower
+    /// bound on the runtime, and the model has no censored-data term to use it.
+    Cancelled,
+}
+
+/// Counters kept per tool next to its model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Decisions made, by source, in [`Source::ALL`] order.
+    pub decisions: [u64; 5],
+    /// Calls decided inline that overran the deadline and became jobs (late answers).
+    pub promotions: u64,
+    /// Calls the engine chose to background (not asked) that finished within budget.
+    pub needless_backgrounds: u64,
+    /// Runs by how they ended, in [`Outcome`] order: completed, failed, cancelled.
+    pub outcomes: [u64; 3],
+}
+
+impl Counters {
+    /// Counts a decision.
+    pub fn decided(&mut self, decision: &Decision) {
+        self.decisions[source_index(decision.source)] += 1;
+    }
+
+    /// Counts a finished run of a call decided by `decision`.
+    pub fn finished(
+        &mut self,
+        decision: &Decision,
+        outcome: Outcome,
+        runtime_s: f64,
+        budget_s: f64,
+    ) {
+        self.outcomes[outcome as usize] += 1;
+        let chosen_background =
+            decision.mode == Mode::Background && decision.source != Source::Explicit;
+        if outcome == Outcome::Completed && chosen_background && runtime_s <= budget_s {
+            self.needless_backgrounds += 1;
+        }
+    }
+}
+
+fn source_index(source: Source) -> usize {
+    Source::ALL.iter().position(|s| *s == source).unwrap_or(0)
+}
+
+/// A tool's model and counters, as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    /// The runtime model.
+    pub model: RuntimeModel,
+    /// The counters.
+    pub counters: Counters,
+}
+
+impl ToolRecord {
+    /// A record with an empty model; `recency` as in [`RuntimeModel::new`].
+    pub fn new(recency: bool) -> ToolRecord {
+        ToolRecord {
+            model: RuntimeModel::new(recency),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Serialises compactly (postcard).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain numbers, strings and vectors into a Vec: cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Reads what [`ToolRecord::to_bytes`] wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ToolRecord, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    /// The report for this record.
+    pub fn stats(&self, tool: &str, risk: f64) -> ToolStats {
+        let model = &self.model;
+        let calibration = model.calibration();
+        let taught = model.samples() > 0;
+        let decisions = Source::ALL
+            .iter()
+            .zip(self.counters.decisions)
+            .map(|(source, count)| (source.name().to_owned(), count))
+            .collect();
+        ToolStats {
+            tool: tool.to_owned(),
+            samples: model.samples(),
+            state: if model.is_warm() { "warm" } else { "cold" }.to_owned(),
+            // An untaught model only echoes its prior: nothing to report.
+            intercept_ln: model.intercept_ln().filter(|_| taught),
+            effects: model.effects(),
+            residual_spread_ln: model.residual_spread_ln().filter(|_| taught),
+            recency_coefficient: model.recency_coefficient(),
+            coverage: calibration.coverage(),
+            coverage_target: 1.0 - risk,
+            checked_predictions: calibration.checked,
+            mean_abs_error_ln: calibration.mean_abs_error_ln(),
+            decisions,
+            promotions: self.counters.promotions,
+            needless_backgrounds: self.counters.needless_backgrounds,
+            completed: self.counters.outcomes[Outcome::Completed as usize],
+            failed: self.counters.outcomes[Outcome::Failed as usize],
+            cancelled: self.counters.outcomes[Outcome::Cancelled as usize],
+        }
+    }
+}
+
+/// The report on one tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolStats {
+    /// The tool, or `*` for the model pooled over all tools.
+    pub tool: String,
+    /// Runtimes taught.
+    pub samples: u64,
+    /// `warm` once the model has enough samples for its features, else `cold`.
+    pub state: String,
+    /// `ln` of the runtime in seconds when every feature is 0.
+    pub intercept_ln: Option<f64>,
+    /// Per feature: elasticity and coefficients.
+    pub effects: Vec<FeatureEffect>,
+    /// Posterior spread σ of `ln(runtime)`.
+    pub residual_spread_ln: Option<f64>,
+    /// φ of the recency term, while it is in use.
+    pub recency_coefficient: Option<f64>,
+    /// Share of warm predictions whose runtime was within the bound.
+    pub coverage: Option<f64>,
+    /// The share the bound aims for, `1 - risk`.
+    pub coverage_target: f64,
+    /// How many warm predictions the coverage is over.
+    pub checked_predictions: u64,
+    /// Mean absolute error of `ln(runtime)` over those predictions.
+    pub mean_abs_error_ln: Option<f64>,
+    /// Decisions by source name.
+    pub decisions: Vec<(String, u64)>,
+    /// Inline calls that overran the deadline and became jobs.
+    pub promotions: u64,
+    /// Background runs the engine chose that finished within the budget.
+    pub needless_backgrounds: u64,
+    /// Runs that completed.
+    pub completed: u64,
+    /// Runs that failed.
+    pub failed: u64,
+    /// Runs that were cancelled.
+    pub cancelled: u64,
+}
+
+struct Opt<T>(Option<T>, fn(&T, &mut fmt::Formatter<'_>) -> fmt::Result);
+
+impl<T> fmt::Display for Opt<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(value) => (self.1)(value, f),
+            None => f.write_str("n/a"),
+        }
+    }
+}
+
+impl fmt::Display for ToolStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} ({} samples)",
+            self.tool, self.state, self.samples
+        )?;
+        let base = self.intercept_ln.map(f64::exp);
+        writeln!(
+            f,
+            "  base runtime: {}",
+            Opt(base, |s, f| write!(f, "{}", Seconds(*s)))
+        )?;
+        for effect in &self.effects {
+            writeln!(
+                f,
+                "  {}: elasticity {:+.2} near {:.3} (u {:+.3}, u² {:+.4})",
+                effect.name, effect.elasticity, effect.typical_value, effect.linear, effect.square
+            )?;
+        }
+        writeln!(
+            f,
+            "  residual spread (ln): {}   recency φ: {}",
+            Opt(self.residual_spread_ln, |v, f| write!(f, "{v:.3}")),
+            Opt(self.recency_coefficient, |v, f| write!(f, "{v:.2}")),
+        )?;
+        writeln!(
+            f,
+            "  bound coverage: {} of {} checked (target {:.0}%)   mean |error| (ln): {}",
+            Opt(self.coverage, |v, f| write!(f, "{:.1}%", v * 100.0)),
+            self.checked_predictions,
+            self.coverage_target * 100.0,
+            Opt(self.mean_abs_error_ln, |v, f| write!(f, "{v:.3}")),
+        )?;
+        let decisions: Vec<String> = self
+            .decisions
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(source, n)| format!("{source} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "  decisions: {}",
+            if decisions.is_empty() {
+                "none".to_owned()
+            } else {
+                decisions.join(", ")
+            }
+        )?;
+        write!(
+            f,
+            "  runs: {} completed, {} failed, {} cancelled; promotions (late) {}; needless backgrounds {}",
+            self.completed, self.failed, self.cancelled, self.promotions, self.needless_backgrounds
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Features;
+    use serde_json::json;
+
+    fn decision(mode: Mode, source: Source) -> Decision {
+        Decision {
+            mode,
+            source,
+            predicted_s: None,
+            upper_bound_s: None,
+            budget_s: 50.0,
+            risk: 0.05,
+            rule: None,
+        }
+    }
+
+    #[test]
+    fn needless_backgrounds_count_only_engine_choices_that_fit_the_budget() {
+        let mut counters = Counters::default();
+        counters.finished(
+            &decision(Mode::Background, Source::Learned),
+            Outcome::Completed,
+            10.0,
+            50.0,
+        );
+        counters.finished(
+            &decision(Mode::Background, Source::Explicit),
+            Outcome::Completed,
+            10.0,
+            50.0,
+        );
+        counters.finished(
+            &decision(Mode::Background, Source::Static),
+            Outcome::Completed,
+            90.0,
+            50.0,
+        );
+        counters.finished(
+            &decision(Mode::Background, Source::Static),
+            Outcome::Failed,
+            1.0,
+            50.0,
+        );
+        assert_eq!(counters.needless_backgrounds, 1);
+        assert_eq!(counters.outcomes, [3, 1, 0]);
+    }
+
+    #[test]
+    fn a_record_round_trips_and_reports_what_it_learned() {
+        let mut record = ToolRecord::new(true);
+        for kb in 1..=40 {
+            let features = Features::from_args(&json!({"kb": kb * 100}));
+            record
+                .model
+                .observe(&features, 0.01 * (kb * 100) as f64, 0.05);
+            record
+                .counters
+                .decided(&decision(Mode::Inline, Source::Default));
+        }
+        let back = ToolRecord::from_bytes(&record.to_bytes()).unwrap();
+        assert_eq!(back, record);
+        let stats = back.stats("scan", 0.05);
+        assert_eq!((stats.samples, stats.state.as_str()), (40, "warm"));
+        assert_eq!(stats.effects.len(), 1);
+        assert!(stats.effects[0].elasticity > 0.8, "{:?}", stats.effects);
+        assert_eq!(stats.decisions[4], ("default".to_owned(), 40));
+        let text = stats.to_string();
+        assert!(text.starts_with("scan: warm (40 samples)"), "{text}");
+        assert!(text.contains("kb: elasticity +"), "{text}");
+    }
+}

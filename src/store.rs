@@ -1,0 +1,366 @@
+//! The sled database: the only module that touches it.
+//!
+//! Layout, declared once here: tree `samples` (key `tool \0 id:u64be`, value a postcard
+//! [`Sample`]), tree `models` (key tool name, value a postcard [`ToolRecord`]), tree
+//! `jobs` (key the job's 16 uuid bytes, value the [`Job`] as JSON, since results are
+//! arbitrary JSON) and tree `meta` (the format version and the pooled model).
+//!
+//! Opening says plainly what went wrong and what to do: another process holds the
+//! database, the directory cannot be written, the data is corrupt, or it was written by
+//! an incompatible version.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::features::Features;
+use crate::jobs::Job;
+use crate::stats::{Outcome, ToolRecord};
+
+/// Bumped when the layout or an encoding changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+/// sled's page cache; its own default is 1 GiB, far more than a few models and jobs need.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+const TREE_SAMPLES: &str = "samples";
+const TREE_MODELS: &str = "models";
+const TREE_JOBS: &str = "jobs";
+const TREE_META: &str = "meta";
+const KEY_FORMAT_VERSION: &[u8] = b"format_version";
+const KEY_POOLED_MODEL: &[u8] = b"pooled_model";
+
+/// One finished run, as stored and exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The tool.
+    pub tool: String,
+    /// The call's features (arguments are not kept: they may be large or private).
+    pub features: Features,
+    /// How long the run took.
+    pub runtime_s: f64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When it ended, in ms since the Unix epoch.
+    pub finished_at_ms: u64,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process has the database open.
+    #[error("the database in {path} is in use by another process (a running smart-async server?): stop that process, or pass a different --data-dir")]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The directory cannot be created or written.
+    #[error("cannot write the database directory {path}: {source}; choose a writable --data-dir or fix its permissions")]
+    Unwritable {
+        /// The data directory.
+        path: PathBuf,
+        /// The error from the file system.
+        source: std::io::Error,
+    },
+    /// The files are damaged.
+    #[error("the database in {path} is corrupt ({detail}): move the directory aside (smart-async then starts fresh, losing what it learned) or restore it from a backup")]
+    Corrupt {
+        /// The data directory.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// Written by a version with another layout.
+    #[error("the database in {path} has format version {found}, this smart-async reads version {expected}: use the matching smart-async version, or move the directory aside to start fresh")]
+    Version {
+        /// The data directory.
+        path: PathBuf,
+        /// The version on disk.
+        found: u32,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// Any other I/O failure.
+    #[error("database I/O failed in {path}: {source}")]
+    Io {
+        /// The data directory.
+        path: PathBuf,
+        /// The error from sled.
+        source: sled::Error,
+    },
+}
+
+/// The open database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    samples: sled::Tree,
+    models: sled::Tree,
+    jobs: sled::Tree,
+    meta: sled::Tree,
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Every tool's record by name, and the pooled record if one was saved.
+pub type Records = (Vec<(String, ToolRecord)>, Option<ToolRecord>);
+
+impl Store {
+    /// Opens or creates the database in `dir` with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Unwritable {
+            path: path.clone(),
+            source,
+        })?;
+        let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
+        let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
+        // sled can panic on some damaged files instead of returning an error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
+            .map_err(|panic| {
+                let detail = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "sled panicked while reading it".to_owned());
+                StoreError::Corrupt {
+                    path: path.clone(),
+                    detail,
+                }
+            })?;
+        let db = opened.map_err(|e| open_error(&path, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&path, e));
+        let store = Store {
+            samples: tree(TREE_SAMPLES)?,
+            models: tree(TREE_MODELS)?,
+            jobs: tree(TREE_JOBS)?,
+            meta: tree(TREE_META)?,
+            db,
+            path,
+        };
+        store.check_version(had_data)?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `had_data`: the data file existed before this open. sled reads a damaged log as
+    /// a torn write and opens empty, so an existing database without our version key
+    /// is reported as corrupt rather than silently started afresh.
+    fn check_version(&self, had_data: bool) -> Result<()> {
+        match self.meta.get(KEY_FORMAT_VERSION).map_err(|e| self.io(e))? {
+            None if had_data => Err(self.corrupt("sled found no readable data in its files")),
+            None => {
+                self.meta
+                    .insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(|e| self.io(e))?;
+                self.db.flush().map_err(|e| self.io(e))?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| self.corrupt("the format version key is not 4 bytes"))?;
+                if found == FORMAT_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::Version {
+                        path: self.path.clone(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Appends a sample.
+    pub fn append_sample(&self, sample: &Sample) -> Result<()> {
+        let id = self.db.generate_id().map_err(|e| self.io(e))?;
+        let value = postcard::to_stdvec(sample).map_err(|e| self.corrupt(&e.to_string()))?;
+        self.samples
+            .insert(sample_key(&sample.tool, id), value)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Samples in the order they were written, of one tool or all. A sample that
+    /// cannot be read ends the iteration with an error.
+    pub fn samples(&self, tool: Option<&str>) -> impl Iterator<Item = Result<Sample>> + '_ {
+        let iter = match tool {
+            Some(tool) => self.samples.scan_prefix(sample_prefix(tool)),
+            None => self.samples.iter(),
+        };
+        let mut all: Vec<(u64, sled::IVec)> = Vec::new();
+        let mut failure = None;
+        for item in iter {
+            match item {
+                Ok((key, value)) => all.push((sample_id(&key), value)),
+                Err(e) => {
+                    failure = Some(self.io(e));
+                    break;
+                }
+            }
+        }
+        // Keys sort by tool first; ids give the order of writing across tools.
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter()
+            .map(move |(_, value)| {
+                postcard::from_bytes::<Sample>(&value)
+                    .map_err(|e| self.corrupt(&format!("a sample cannot be read: {e}")))
+            })
+            .chain(failure.map(Err))
+    }
+
+    /// Drops the oldest samples of `tool` past the newest `keep`; returns how many.
+    pub fn prune_samples(&self, tool: &str, keep: usize) -> Result<usize> {
+        let keys: Vec<sled::IVec> = self
+            .samples
+            .scan_prefix(sample_prefix(tool))
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.io(e))?;
+        let excess = keys.len().saturating_sub(keep);
+        for key in &keys[..excess] {
+            self.samples.remove(key).map_err(|e| self.io(e))?;
+        }
+        Ok(excess)
+    }
+
+    /// Saves a tool's record, or the pooled one when `tool` is `None`.
+    pub fn save_record(&self, tool: Option<&str>, record: &ToolRecord) -> Result<()> {
+        let bytes = record.to_bytes();
+        match tool {
+            Some(tool) => self.models.insert(tool.as_bytes(), bytes),
+            None => self.meta.insert(KEY_POOLED_MODEL, bytes),
+        }
+        .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// All tools' records, and the pooled one if any.
+    pub fn load_records(&self) -> Result<Records> {
+        let mut tools = Vec::new();
+        for item in self.models.iter() {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let tool = String::from_utf8_lossy(&key).into_owned();
+            let record = ToolRecord::from_bytes(&value).map_err(|e| {
+                self.corrupt(&format!("the model of tool '{tool}' cannot be read: {e}"))
+            })?;
+            tools.push((tool, record));
+        }
+        let pooled = match self.meta.get(KEY_POOLED_MODEL).map_err(|e| self.io(e))? {
+            Some(bytes) => Some(
+                ToolRecord::from_bytes(&bytes)
+                    .map_err(|e| self.corrupt(&format!("the pooled model cannot be read: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok((tools, pooled))
+    }
+
+    /// Writes a job; with `durable`, returns only once it is on disk.
+    pub async fn put_job(&self, job: &Job, durable: bool) -> Result<()> {
+        let value = serde_json::to_vec(job).map_err(|e| self.corrupt(&e.to_string()))?;
+        self.jobs
+            .insert(job.id.as_bytes(), value)
+            .map_err(|e| self.io(e))?;
+        if durable {
+            self.jobs.flush_async().await.map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads one job.
+    pub fn job(&self, id: Uuid) -> Result<Option<Job>> {
+        match self.jobs.get(id.as_bytes()).map_err(|e| self.io(e))? {
+            Some(bytes) => self.decode_job(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// All jobs, in key order.
+    pub fn jobs(&self) -> Result<Vec<Job>> {
+        self.jobs
+            .iter()
+            .values()
+            .map(|value| self.decode_job(&value.map_err(|e| self.io(e))?))
+            .collect()
+    }
+
+    /// Deletes a job.
+    pub fn remove_job(&self, id: Uuid) -> Result<()> {
+        self.jobs.remove(id.as_bytes()).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Writes everything to disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    fn decode_job(&self, bytes: &[u8]) -> Result<Job> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| self.corrupt(&format!("a job cannot be read: {e}")))
+    }
+
+    fn io(&self, source: sled::Error) -> StoreError {
+        open_error(&self.path, source)
+    }
+
+    fn corrupt(&self, detail: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+fn open_error(path: &Path, error: sled::Error) -> StoreError {
+    let path = path.to_path_buf();
+    match error {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::InUse { path }
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            StoreError::Unwritable { path, source: io }
+        }
+        // Garbage in sled's config file reads as an unsupported old version.
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => StoreError::Corrupt {
+            path,
+            detail: error.to_string(),
+        },
+        other => StoreError::Io {
+            path,
+            source: other,
+        },
+    }
+}
+
+fn sample_prefix(tool: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tool.len() + 1);
+    key.extend_from_slice(tool.as_bytes());
+    key.push(0);
+    key
+}
+
+fn sample_key(tool: &str, id: u64) -> Vec<u8> {
+    let mut key = sample_prefix(tool);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn sample_id(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
+        .map_or(0, u64::from_be_bytes)
+}

@@ -1,0 +1,484 @@
+//! The engine's call path on a real sled database in a temp dir: inline answers,
+//! promotion at the deadline, background jobs, cancellation, failures and learning.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use smart_async::{
+    CallOutcome, Engine, EngineConfig, EngineError, Job, JobError, JobFilter, JobSettings,
+    JobState, JobStatus, Mode, Source, ToolCall, ToolOptions,
+};
+use tempfile::TempDir;
+
+async fn engine_with(config: impl FnOnce(&mut EngineConfig)) -> (Engine, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = EngineConfig::new(dir.path());
+    config(&mut settings);
+    (Engine::open(settings).await.unwrap(), dir)
+}
+
+/// Work that sleeps `seconds` (on tokio's clock) and returns them.
+fn sleeper(
+    seconds: f64,
+) -> impl FnOnce(
+    smart_async::JobContext,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send>> {
+    move |_ctx| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            Ok(json!({ "slept_s": seconds }))
+        })
+    }
+}
+
+fn expect_job(outcome: CallOutcome) -> Job {
+    match outcome {
+        CallOutcome::Job { job } => job,
+        CallOutcome::Done { decision, .. } => {
+            panic!("expected a job, ran inline: {}", decision.reason())
+        }
+    }
+}
+
+fn expect_done(outcome: CallOutcome) -> (Result<Value, String>, f64) {
+    match outcome {
+        CallOutcome::Done {
+            result, runtime_s, ..
+        } => (result, runtime_s),
+        CallOutcome::Job { job } => panic!("expected inline, got job: {}", job.decision.reason()),
+    }
+}
+
+#[tokio::test]
+async fn work_that_overruns_the_deadline_is_promoted_and_its_runtime_learned() {
+    let (engine, _dir) = engine_with(|c| c.deadline_s = Some(0.2)).await;
+    let started = std::time::Instant::now();
+    let outcome = engine
+        .call(ToolCall::new("slow", json!({"n": 1})), sleeper(1.0))
+        .await
+        .unwrap();
+    let returned_after = started.elapsed();
+    let job = expect_job(outcome);
+    assert!(job.promoted);
+    assert_eq!(
+        job.status(),
+        JobStatus::Running,
+        "handed back before the work ended"
+    );
+    assert!(
+        returned_after >= Duration::from_millis(200),
+        "{returned_after:?}"
+    );
+    assert_eq!(job.decision.mode, Mode::Inline, "it was decided inline");
+
+    let done = engine
+        .wait_job(job.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    match &done.state {
+        JobState::Completed { result } => assert_eq!(result, &json!({"slept_s": 1.0})),
+        other => panic!("{other:?}"),
+    }
+    let runtime_s = done.elapsed_s(0).unwrap();
+    assert!(
+        runtime_s >= 1.0,
+        "the job's timing covers the whole run: {runtime_s}"
+    );
+    let stats = &engine.stats(Some("slow"))[0];
+    assert_eq!(
+        (stats.samples, stats.promotions, stats.completed),
+        (1, 1, 1)
+    );
+    // Nothing ran twice: one decision, one run.
+    assert_eq!(stats.decisions.iter().map(|(_, n)| n).sum::<u64>(), 1);
+}
+
+#[tokio::test]
+async fn a_short_call_answers_inline_with_its_result() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let outcome = engine
+        .call(ToolCall::new("add", json!({"a": 2, "b": 3})), |_| async {
+            Ok(json!(5))
+        })
+        .await
+        .unwrap();
+    let (result, _) = expect_done(outcome);
+    assert_eq!(result, Ok(json!(5)));
+    assert!(
+        engine.list_jobs(&JobFilter::default()).unwrap().is_empty(),
+        "no job for an inline answer"
+    );
+}
+
+#[tokio::test]
+async fn async_mode_true_runs_in_the_background_and_the_result_can_be_awaited() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let job = expect_job(
+        engine
+            .call(ToolCall::new("t", json!({"async_mode": true})), |_| async {
+                Ok(json!("done"))
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(job.decision.source, Source::Explicit);
+    assert!(!job.promoted);
+    // Durable before the handle came back.
+    assert_eq!(engine.job(job.id).unwrap().id, job.id);
+    let done = engine
+        .wait_job(job.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.state,
+        JobState::Completed {
+            result: json!("done")
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn learns_runtime_from_arguments_and_sends_a_predicted_long_call_to_the_background() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    // 0.5 s per MB, up to 40 MB: all within the 50 s budget, so all inline.
+    for i in 0..30 {
+        let mb = 1.0 + (i % 10) as f64 * 4.0;
+        let outcome = engine
+            .call(
+                ToolCall::new("scan", json!({ "mb": mb })),
+                sleeper(0.5 * mb),
+            )
+            .await
+            .unwrap();
+        let (result, runtime_s) = expect_done(outcome);
+        assert!(result.is_ok());
+        assert!(
+            (runtime_s - 0.5 * mb).abs() < 0.05,
+            "measured on tokio's clock: {runtime_s}"
+        );
+    }
+    let stats = &engine.stats(Some("scan"))[0];
+    assert_eq!(stats.state, "warm");
+    assert!(stats.effects[0].elasticity > 0.8, "{:?}", stats.effects);
+
+    let big = engine.predict("scan", &json!({"mb": 400})).await;
+    assert_eq!(
+        (big.mode, big.source),
+        (Mode::Background, Source::Learned),
+        "{}",
+        big.reason()
+    );
+    assert!(
+        big.reason().starts_with("learned: predicted "),
+        "{}",
+        big.reason()
+    );
+    let predicted = big.predicted_s.unwrap();
+    assert!(
+        (predicted / 200.0 - 1.0).abs() < 0.5,
+        "predicted {predicted} s for 200 s of work"
+    );
+    let small = engine.predict("scan", &json!({"mb": 2})).await;
+    assert_eq!(
+        (small.mode, small.source),
+        (Mode::Inline, Source::Learned),
+        "{}",
+        small.reason()
+    );
+
+    // And a real call follows the prediction.
+    let job = expect_job(
+        engine
+            .call(ToolCall::new("scan", json!({"mb": 400})), sleeper(200.0))
+            .await
+            .unwrap(),
+    );
+    assert!(!job.promoted);
+    let done = engine
+        .wait_job(job.id, Duration::from_secs(1000))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), JobStatus::Completed);
+    let stats = &engine.stats(Some("scan"))[0];
+    assert_eq!(stats.samples, 31);
+    assert_eq!(stats.needless_backgrounds, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_tool_borrows_the_pooled_model() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    for i in 0..12 {
+        let tool = format!("slow_tool_{}", i % 6);
+        engine
+            .call(ToolCall::new(tool, json!({})), sleeper(45.0))
+            .await
+            .unwrap();
+    }
+    let decision = engine.predict("brand_new", &json!({})).await;
+    assert_eq!(decision.source, Source::Pooled, "{}", decision.reason());
+    assert!(engine
+        .stats(None)
+        .iter()
+        .any(|s| s.tool == "*" && s.state == "warm"));
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_stops_its_work_and_teaches_nothing() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let flag = stopped.clone();
+    let job = expect_job(
+        engine
+            .call(
+                ToolCall::new("loop", json!({"async_mode": true})),
+                move |ctx| async move {
+                    ctx.cancelled().await;
+                    flag.store(true, Ordering::SeqCst);
+                    Err("stopped".to_owned())
+                },
+            )
+            .await
+            .unwrap(),
+    );
+    wait_for_status(&engine, &job, JobStatus::Running).await;
+    let cancelled = engine.cancel_job(job.id).await.unwrap();
+    assert_eq!(
+        cancelled.status(),
+        JobStatus::Cancelled,
+        "never reported completed or failed"
+    );
+    assert!(
+        stopped.load(Ordering::SeqCst),
+        "the work saw the cancellation"
+    );
+    let stats = &engine.stats(Some("loop"))[0];
+    assert_eq!((stats.samples, stats.cancelled), (0, 1));
+
+    match engine.cancel_job(job.id).await {
+        Err(EngineError::Job(JobError::Finished { status, .. })) => {
+            assert_eq!(status, JobStatus::Cancelled)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn wait_for_status(engine: &Engine, job: &Job, status: JobStatus) {
+    for _ in 0..500 {
+        if engine.job(job.id).unwrap().status() == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job never reached {status:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_that_ignores_cancellation_is_aborted_after_the_grace() {
+    let (engine, _dir) = engine_with(|c| c.jobs.cancel_grace = Duration::from_secs(2)).await;
+    let job = expect_job(
+        engine
+            .call(
+                ToolCall::new("stubborn", json!({"async_mode": true})),
+                sleeper(3600.0),
+            )
+            .await
+            .unwrap(),
+    );
+    wait_for_status(&engine, &job, JobStatus::Running).await;
+    let cancelled = engine.cancel_job(job.id).await.unwrap();
+    assert_eq!(cancelled.status(), JobStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn jobs_over_the_concurrency_limit_wait_as_pending() {
+    let (engine, _dir) = engine_with(|c| {
+        c.jobs = JobSettings {
+            max_running: 1,
+            ..JobSettings::default()
+        }
+    })
+    .await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let first_gate = gate.clone();
+    let first = expect_job(
+        engine
+            .call(
+                ToolCall::new("t", json!({"async_mode": true})),
+                move |_| async move {
+                    first_gate.notified().await;
+                    Ok(json!(1))
+                },
+            )
+            .await
+            .unwrap(),
+    );
+    wait_for_status(&engine, &first, JobStatus::Running).await;
+    let second = expect_job(
+        engine
+            .call(ToolCall::new("t", json!({"async_mode": true})), |_| async {
+                Ok(json!(2))
+            })
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.job(second.id).unwrap().status(), JobStatus::Pending);
+    assert_eq!(
+        engine.job(second.id).unwrap().eta_s(0),
+        None,
+        "nothing was predicted"
+    );
+    gate.notify_one();
+    let done = engine
+        .wait_job(second.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Completed { result: json!(2) });
+    let pending = engine
+        .list_jobs(&JobFilter {
+            status: Some(JobStatus::Completed),
+            tool: Some("t".into()),
+            limit: Some(1),
+        })
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+}
+
+#[tokio::test]
+async fn failures_and_panics_are_reported_counted_and_not_taught() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let (result, _) = expect_done(
+        engine
+            .call(ToolCall::new("flaky", json!({})), |_| async {
+                Err("disk full".to_owned())
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(result, Err("disk full".to_owned()));
+    let job = expect_job(
+        engine
+            .call(
+                ToolCall::new("flaky", json!({"async_mode": true})),
+                |_| async { panic!("bad index") },
+            )
+            .await
+            .unwrap(),
+    );
+    let done = engine
+        .wait_job(job.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.state,
+        JobState::Failed {
+            error: "the tool panicked: bad index".into()
+        }
+    );
+    let stats = &engine.stats(Some("flaky"))[0];
+    assert_eq!((stats.samples, stats.failed), (0, 2));
+}
+
+#[tokio::test]
+async fn dropping_an_inline_call_cancels_its_work() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let call = engine.call(ToolCall::new("t", json!({})), move |ctx| async move {
+        ctx.cancelled().await;
+        let _ = tx.send(());
+        Ok(Value::Null)
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(100), call).await;
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_job_ids_get_a_clear_error() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let id = uuid::Uuid::new_v4();
+    let err = engine.job(id).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("no job with id {id}")),
+        "{err}"
+    );
+    assert!(matches!(
+        engine.cancel_job(id).await,
+        Err(EngineError::Job(JobError::NotFound(_)))
+    ));
+}
+
+#[tokio::test]
+async fn an_expensive_tool_goes_to_the_background_until_learned() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    engine.register_tool(
+        "review",
+        ToolOptions {
+            expensive: true,
+            extractor: None,
+        },
+    );
+    let decision = engine.predict("review", &json!({})).await;
+    assert_eq!(
+        (decision.mode, decision.source),
+        (Mode::Background, Source::Static)
+    );
+    assert_eq!(
+        decision.reason(),
+        "static: tool 'review' is marked expensive"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_extractor_adds_features_the_arguments_do_not_show() {
+    struct Bytes;
+    impl smart_async::FeatureExtractor for Bytes {
+        fn extract(&self, args: &Value, features: &mut smart_async::Features) {
+            if args.get("path").is_some() {
+                features.insert(
+                    "path.bytes",
+                    50.0 * 1024.0 * 1024.0,
+                    smart_async::FeatureKind::Custom,
+                );
+            }
+        }
+    }
+    let (engine, _dir) = engine_with(|_| {}).await;
+    engine.register_tool(
+        "hash",
+        ToolOptions {
+            expensive: false,
+            extractor: Some(Arc::new(Bytes)),
+        },
+    );
+    let decision = engine.predict("hash", &json!({"path": "big"})).await;
+    assert_eq!(decision.source, Source::Static, "{}", decision.reason());
+    assert!(
+        decision.reason().contains("path.bytes"),
+        "{}",
+        decision.reason()
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.budget_s = -1.0;
+    let err = Engine::open(config).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("budget -1 s is not a positive number"),
+        "{err}"
+    );
+    let mut config = EngineConfig::new(dir.path());
+    config.deadline_s = Some(0.0);
+    assert!(matches!(
+        Engine::open(config).await,
+        Err(EngineError::Deadline(_))
+    ));
+}
