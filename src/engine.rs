@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -169,7 +170,8 @@ struct Inner {
 /// The smart-async engine. Cheap to clone; clones share everything.
 ///
 /// ```
-/// # tokio_test_block_on(async {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use smart_async::{CallOutcome, Engine, EngineConfig, ToolCall};
 /// let dir = tempfile::tempdir()?;
 /// let engine = Engine::open(EngineConfig::new(dir.path())).await?;
@@ -182,10 +184,7 @@ struct Inner {
 ///     CallOutcome::Job { job } => println!("running in the background as {}", job.id),
 /// }
 /// engine.close().await?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # });
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Runtime::new().unwrap().block_on(f)
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
@@ -268,6 +267,7 @@ impl Engine {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let decision = self.decide(&call.tool, &features, async_mode, true);
+        let work: BoxedWork = Box::new(move |ctx| Box::pin(work(ctx)));
         match decision.mode {
             Mode::Background => self.start_background(call, features, decision, work).await,
             Mode::Inline => self.run_inline(call, features, decision, work).await,
@@ -389,17 +389,13 @@ impl Engine {
         decision
     }
 
-    async fn run_inline<F, Fut>(
+    async fn run_inline(
         &self,
         call: ToolCall,
         features: Features,
         decision: Decision,
-        work: F,
-    ) -> Result<CallOutcome, EngineError>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Value, String>> + Send + 'static,
-    {
+        work: BoxedWork,
+    ) -> Result<CallOutcome, EngineError> {
         let cancel = CancellationToken::new();
         let started = Instant::now();
         let started_ms = now_ms();
@@ -429,17 +425,10 @@ impl Engine {
             });
         }
         // Overran the deadline: the same work goes on as a job.
-        let job = Job {
-            id: Uuid::new_v4(),
-            label: call.label.unwrap_or_else(|| call.tool.clone()),
-            tool: call.tool,
-            state: JobState::Running,
-            created_at_ms: started_ms,
-            started_at_ms: Some(started_ms),
-            finished_at_ms: None,
-            decision,
-            promoted: true,
-        };
+        let mut job = new_job(call, decision, started_ms);
+        job.state = JobState::Running;
+        job.started_at_ms = Some(started_ms);
+        job.promoted = true;
         if let Err(e) = self.inner.jobs.create(&job, cancel.clone()).await {
             work.abort();
             return Err(e.into());
@@ -465,28 +454,14 @@ impl Engine {
         Ok(CallOutcome::Job { job })
     }
 
-    async fn start_background<F, Fut>(
+    async fn start_background(
         &self,
         call: ToolCall,
         features: Features,
         decision: Decision,
-        work: F,
-    ) -> Result<CallOutcome, EngineError>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Value, String>> + Send + 'static,
-    {
-        let job = Job {
-            id: Uuid::new_v4(),
-            label: call.label.unwrap_or_else(|| call.tool.clone()),
-            tool: call.tool,
-            state: JobState::Pending,
-            created_at_ms: now_ms(),
-            started_at_ms: None,
-            finished_at_ms: None,
-            decision,
-            promoted: false,
-        };
+        work: BoxedWork,
+    ) -> Result<CallOutcome, EngineError> {
+        let job = new_job(call, decision, now_ms());
         let cancel = CancellationToken::new();
         self.inner.jobs.create(&job, cancel.clone()).await?;
         let engine = self.clone();
@@ -580,6 +555,26 @@ impl Engine {
         if let Err(e) = saved {
             tracing::warn!(tool, error = %e, "could not store the model");
         }
+    }
+}
+
+/// A call's work, boxed once at the door so the paths inside are not generic.
+type BoxedWork = Box<
+    dyn FnOnce(JobContext) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send>> + Send,
+>;
+
+/// A pending job for `call`, created at `created_at_ms`.
+fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {
+    Job {
+        id: Uuid::new_v4(),
+        label: call.label.unwrap_or_else(|| call.tool.clone()),
+        tool: call.tool,
+        state: JobState::Pending,
+        created_at_ms,
+        started_at_ms: None,
+        finished_at_ms: None,
+        decision,
+        promoted: false,
     }
 }
 

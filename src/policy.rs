@@ -274,7 +274,7 @@ impl Policy {
     }
 }
 
-/// Seconds for people: two significant digits under 10 s, whole seconds above.
+/// Seconds for people: whole seconds from 10 s, then one or two decimals, then ms.
 pub struct Seconds(pub f64);
 
 impl fmt::Display for Seconds {
@@ -286,8 +286,12 @@ impl fmt::Display for Seconds {
             write!(f, "{s:.0} s")
         } else if s >= 1.0 {
             write!(f, "{s:.1} s")
-        } else {
+        } else if s >= 0.01 {
             write!(f, "{s:.2} s")
+        } else if s >= 0.001 {
+            write!(f, "{:.0} ms", s * 1000.0)
+        } else {
+            f.write_str("<1 ms")
         }
     }
 }
@@ -316,8 +320,8 @@ impl fmt::Display for Percent {
 ///     kinds = ["array_len"]
 ///     name_contains = ["files"]
 ///     over = 20
-/// "#).unwrap();
-/// assert_eq!(table.rules().len(), 1);
+/// "#);
+/// assert_eq!(table.map(|t| t.rules().len()).ok(), Some(1));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -636,6 +640,8 @@ mod tests {
         assert_eq!(Seconds(72.4).to_string(), "72 s");
         assert_eq!(Seconds(3.25).to_string(), "3.2 s");
         assert_eq!(Seconds(0.049).to_string(), "0.05 s");
+        assert_eq!(Seconds(0.0042).to_string(), "4 ms");
+        assert_eq!(Seconds(0.0001).to_string(), "<1 ms");
         assert_eq!(Percent(0.95).to_string(), "95");
         assert_eq!(Percent(0.975).to_string(), "97.5");
     }
