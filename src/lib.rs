@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 pub mod engine;
 pub mod features;
 pub mod jobs;
@@ -28,6 +29,7 @@ pub mod policy;
 pub mod predictor;
 pub mod stats;
 pub mod store;
+pub mod tools;
 
 pub use engine::{
     CallOutcome, Engine, EngineConfig, EngineError, ToolCall, ToolOptions, POOLED_TOOL,

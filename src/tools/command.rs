@@ -1,0 +1,538 @@
+//! Command tools: commands the user declared in the config, run without a shell,
+//! with typed parameters, a bounded output tail and a process group to stop.
+//!
+//! Only configured commands run. Parameters fill `{name}` placeholders in the argv
+//! template, each as one argument (an element that is only a placeholder of a missing
+//! optional parameter is dropped), so no value can become two arguments or a shell
+//! command. With `shell = true` the single argv element is run by `sh -c`, and
+//! parameters reach it only as environment variables (`filter` → `$FILTER`), never
+//! spliced into the script.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{Tool, ToolOutput, ToolWork};
+use crate::engine::ToolOptions;
+use crate::features::ASYNC_MODE_ARG;
+use crate::jobs::JobContext;
+use crate::policy::Seconds;
+
+/// Output kept per stream, from the end, when the config does not say.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// How long a stopped command gets after SIGTERM before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// The type of a command parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    /// Any string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// true or false.
+    Boolean,
+}
+
+impl ParamType {
+    /// The JSON Schema type name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::Boolean => "boolean",
+        }
+    }
+}
+
+/// One parameter of a command tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    /// What it means, for the model.
+    #[serde(default)]
+    pub description: String,
+    /// Whether a call must give it.
+    #[serde(default)]
+    pub required: bool,
+    /// The value used when a call does not give it.
+    pub default: Option<Value>,
+}
+
+/// A command tool as declared in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    /// Tool name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// Program and arguments; `{param}` placeholders are filled per call.
+    pub argv: Vec<String>,
+    /// Working directory (relative paths are relative to the first root).
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Kill the command after this many seconds.
+    pub timeout_s: Option<f64>,
+    /// Run `argv[0]` with `sh -c` (parameters become environment variables).
+    #[serde(default)]
+    pub shell: bool,
+    /// Background until learned (LLM work and the like).
+    #[serde(default)]
+    pub expensive: bool,
+    /// Bytes of output kept per stream, from the end.
+    pub max_output_bytes: Option<usize>,
+    /// Typed parameters by name.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+}
+
+/// A command tool ready to run.
+#[derive(Debug, Clone)]
+pub struct CommandTool {
+    spec: CommandSpec,
+    cwd: PathBuf,
+}
+
+impl CommandTool {
+    /// Checks the spec; `base_dir` anchors a relative `cwd`.
+    pub fn new(spec: CommandSpec, base_dir: &std::path::Path) -> Result<CommandTool, String> {
+        let name = &spec.name;
+        if spec.argv.is_empty() || spec.argv[0].is_empty() {
+            return Err(format!("command '{name}': argv must name a program"));
+        }
+        if spec.shell && spec.argv.len() != 1 {
+            return Err(format!("command '{name}': with shell = true, argv must be one script string"));
+        }
+        if spec.params.contains_key(ASYNC_MODE_ARG) {
+            return Err(format!("command '{name}': '{ASYNC_MODE_ARG}' is reserved; rename that parameter"));
+        }
+        if let Some(timeout_s) = spec.timeout_s {
+            if !(timeout_s.is_finite() && timeout_s > 0.0) {
+                return Err(format!("command '{name}': timeout_s must be a positive number of seconds"));
+            }
+        }
+        if !spec.shell {
+            for element in &spec.argv {
+                for placeholder in placeholders(element) {
+                    if !spec.params.contains_key(placeholder) {
+                        return Err(format!(
+                            "command '{name}': argv uses {{{placeholder}}} but no parameter '{placeholder}' is declared"
+                        ));
+                    }
+                }
+            }
+        }
+        let cwd = match &spec.cwd {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => base_dir.join(dir),
+            None => base_dir.to_path_buf(),
+        };
+        Ok(CommandTool { spec, cwd })
+    }
+
+    /// The parameters a call gives, checked against their types, with defaults.
+    fn values(&self, args: &Value) -> Result<BTreeMap<String, String>, String> {
+        let name = &self.spec.name;
+        let empty = Map::new();
+        let args = match args {
+            Value::Object(map) => map,
+            Value::Null => &empty,
+            other => return Err(format!("{name}: arguments must be a JSON object, got {other}")),
+        };
+        if let Some(unknown) = args.keys().find(|k| *k != ASYNC_MODE_ARG && !self.spec.params.contains_key(*k)) {
+            let known: Vec<&str> = self.spec.params.keys().map(String::as_str).collect();
+            return Err(format!("{name}: unknown parameter '{unknown}' (parameters: {})", known.join(", ")));
+        }
+        let mut values = BTreeMap::new();
+        for (param, spec) in &self.spec.params {
+            let value = match args.get(param).filter(|v| !v.is_null()).or(spec.default.as_ref()) {
+                Some(value) => value,
+                None if spec.required => return Err(format!("{name}: parameter '{param}' is required")),
+                None => continue,
+            };
+            let text = match (spec.kind, value) {
+                (ParamType::String, Value::String(s)) => s.clone(),
+                (ParamType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+                (ParamType::Number, Value::Number(n)) => n.to_string(),
+                (ParamType::Boolean, Value::Bool(b)) => b.to_string(),
+                (kind, other) => {
+                    return Err(format!("{name}: parameter '{param}' must be of type {}, got {other}", kind.name()))
+                }
+            };
+            values.insert(param.clone(), text);
+        }
+        Ok(values)
+    }
+
+    fn command(&self, values: &BTreeMap<String, String>) -> tokio::process::Command {
+        let mut command = if self.spec.shell {
+            let mut command = tokio::process::Command::new("sh");
+            command.arg("-c").arg(&self.spec.argv[0]);
+            for (param, value) in values {
+                command.env(param.to_uppercase(), value);
+            }
+            command
+        } else {
+            let argv = fill(&self.spec.argv, values);
+            let mut command = tokio::process::Command::new(&argv[0]);
+            command.args(&argv[1..]);
+            command
+        };
+        command
+            .current_dir(&self.cwd)
+            .envs(&self.spec.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        command
+    }
+}
+
+fn placeholders(element: &str) -> impl Iterator<Item = &str> {
+    element.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+}
+
+/// Fills the template; an element that is only a placeholder with no value is dropped.
+fn fill(template: &[String], values: &BTreeMap<String, String>) -> Vec<String> {
+    template
+        .iter()
+        .filter_map(|element| {
+            let mut names = placeholders(element);
+            if let (Some(name), None) = (names.next(), names.next()) {
+                if element == &format!("{{{name}}}") && !values.contains_key(name) {
+                    return None;
+                }
+            }
+            let mut filled = element.clone();
+            for name in placeholders(element) {
+                let value = values.get(name).map_or("", String::as_str);
+                filled = filled.replace(&format!("{{{name}}}"), value);
+            }
+            Some(filled)
+        })
+        .collect()
+}
+
+impl Tool for CommandTool {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn description(&self) -> &str {
+        &self.spec.description
+    }
+
+    fn input_schema(&self) -> Map<String, Value> {
+        let properties: Map<String, Value> = self
+            .spec
+            .params
+            .iter()
+            .map(|(name, spec)| {
+                let mut property = json!({
+                    "type": spec.kind.name(),
+                    "description": spec.description,
+                });
+                if let Some(default) = &spec.default {
+                    property["default"] = default.clone();
+                }
+                (name.clone(), property)
+            })
+            .collect();
+        let required: Vec<&String> = self.spec.params.iter().filter(|(_, s)| s.required).map(|(n, _)| n).collect();
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!("object"));
+        schema.insert("properties".into(), Value::Object(properties));
+        schema.insert("required".into(), json!(required));
+        schema
+    }
+
+    fn options(&self) -> ToolOptions {
+        ToolOptions {
+            expensive: self.spec.expensive,
+            extractor: None,
+        }
+    }
+
+    fn start(&self, args: &Value) -> Result<ToolWork, String> {
+        let values = self.values(args)?;
+        let mut command = self.command(&values);
+        let name = self.spec.name.clone();
+        let timeout = self.spec.timeout_s.map(Duration::from_secs_f64);
+        let max_bytes = self.spec.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        Ok(Box::new(move |ctx: JobContext| {
+            Box::pin(async move { run(&name, &mut command, timeout, max_bytes, &ctx).await })
+        }))
+    }
+}
+
+/// The end of a stream, at most `max` bytes, and how many bytes were dropped before it.
+async fn tail(mut stream: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, u64) {
+    let mut kept = VecDeque::with_capacity(max.min(1 << 16));
+    let mut dropped = 0u64;
+    let mut buffer = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend(&buffer[..n]);
+        let excess = kept.len().saturating_sub(max);
+        kept.drain(..excess);
+        dropped += excess as u64;
+    }
+    (kept.into(), dropped)
+}
+
+async fn run(
+    name: &str,
+    command: &mut tokio::process::Command,
+    timeout: Option<Duration>,
+    max_bytes: usize,
+    ctx: &JobContext,
+) -> Result<ToolOutput, String> {
+    let started = Instant::now();
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("{name}: cannot start '{program}': {e}"))?;
+    let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let stdout = child.stdout.take().map(|s| tokio::spawn(tail(s, max_bytes)));
+    let stderr = child.stderr.take().map(|s| tokio::spawn(tail(s, max_bytes)));
+    let deadline = async {
+        match timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = tokio::select! {
+        status = child.wait() => Ok(status),
+        _ = ctx.cancelled() => Err("cancelled".to_owned()),
+        _ = deadline => Err(format!(
+            "{name}: timed out after {} and was stopped",
+            Seconds(timeout.unwrap_or_default().as_secs_f64())
+        )),
+    };
+    let status = match stopped {
+        Ok(status) => status.map_err(|e| format!("{name}: waiting for the command failed: {e}"))?,
+        Err(reason) => {
+            stop_group(group, &mut child).await;
+            return Err(reason);
+        }
+    };
+    let collect = |handle: Option<tokio::task::JoinHandle<(Vec<u8>, u64)>>| async move {
+        match handle {
+            Some(handle) => handle.await.unwrap_or_default(),
+            None => (Vec::new(), 0),
+        }
+    };
+    let (stdout, stdout_dropped) = collect(stdout).await;
+    let (stderr, stderr_dropped) = collect(stderr).await;
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    let runtime_s = started.elapsed().as_secs_f64();
+    let exit = status.code().map_or_else(|| format!("killed by a signal ({status})"), |c| format!("exit code {c}"));
+    let mut text = format!("{name}: {exit} after {runtime_s:.1} s\n");
+    for (label, body, dropped) in [("stdout", &stdout, stdout_dropped), ("stderr", &stderr, stderr_dropped)] {
+        if body.is_empty() {
+            continue;
+        }
+        if dropped > 0 {
+            text.push_str(&format!("--- {label} (last {} bytes; {dropped} earlier bytes cut) ---\n", body.len()));
+        } else {
+            text.push_str(&format!("--- {label} ---\n"));
+        }
+        text.push_str(body);
+        if !body.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    if !status.success() {
+        return Err(text);
+    }
+    let structured = json!({
+        "exit_code": status.code(),
+        "runtime_s": runtime_s,
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_bytes_cut": stdout_dropped,
+        "stderr_bytes_cut": stderr_dropped,
+    });
+    Ok(ToolOutput { text, structured })
+}
+
+/// SIGTERM to the whole process group, then SIGKILL if it is still there.
+async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child) {
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGTERM);
+        if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        // Children of the command may outlive it in the group: make sure they go too.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn spec(argv: &[&str]) -> CommandSpec {
+        CommandSpec {
+            name: "cmd".into(),
+            description: "test".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout_s: None,
+            shell: false,
+            expensive: false,
+            max_output_bytes: None,
+            params: BTreeMap::new(),
+        }
+    }
+
+    fn param(kind: ParamType, required: bool) -> ParamSpec {
+        ParamSpec { kind, description: String::new(), required, default: None }
+    }
+
+    async fn run_tool(tool: &CommandTool, args: Value) -> Result<ToolOutput, String> {
+        tool.start(&args)?(JobContext::new(CancellationToken::new())).await
+    }
+
+    #[test]
+    fn placeholders_fill_one_argument_each_and_missing_optionals_vanish() {
+        let template: Vec<String> = ["grep", "-n", "{pattern}", "--max={count}", "{path}"].map(String::from).to_vec();
+        let values = BTreeMap::from([("pattern".to_owned(), "a b; rm -rf /".to_owned())]);
+        assert_eq!(fill(&template, &values), ["grep", "-n", "a b; rm -rf /", "--max="]);
+    }
+
+    #[tokio::test]
+    async fn runs_with_typed_parameters_and_captures_output() {
+        let mut s = spec(&["sh", "-c", "echo \"$0 $1\"; echo err >&2", "{word}", "{n}"]);
+        s.params.insert("word".into(), param(ParamType::String, true));
+        s.params.insert("n".into(), param(ParamType::Integer, false));
+        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let out = run_tool(&tool, json!({"word": "hi there", "n": 3})).await.unwrap();
+        assert_eq!(out.structured["stdout"], "hi there 3\n");
+        assert_eq!(out.structured["stderr"], "err\n");
+        assert!(out.text.starts_with("cmd: exit code 0 after"), "{}", out.text);
+        let err = run_tool(&tool, json!({"n": 3})).await.unwrap_err();
+        assert!(err.contains("parameter 'word' is required"), "{err}");
+        let err = run_tool(&tool, json!({"word": "x", "n": 1.5})).await.unwrap_err();
+        assert!(err.contains("parameter 'n' must be of type integer, got 1.5"), "{err}");
+        let err = run_tool(&tool, json!({"word": "x", "bogus": 1})).await.unwrap_err();
+        assert!(err.contains("unknown parameter 'bogus'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_is_an_error_with_its_output() {
+        let tool = CommandTool::new(spec(&["sh", "-c", "echo boom; exit 3"]), &std::env::temp_dir()).unwrap();
+        let err = run_tool(&tool, json!({})).await.unwrap_err();
+        assert!(err.contains("exit code 3") && err.contains("boom"), "{err}");
+        let missing = CommandTool::new(spec(&["/no/such/program"]), &std::env::temp_dir()).unwrap();
+        let err = run_tool(&missing, json!({})).await.unwrap_err();
+        assert!(err.contains("cannot start '/no/such/program'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn output_keeps_the_tail_within_the_bound() {
+        let mut s = spec(&["sh", "-c", "seq 1 20000"]);
+        s.max_output_bytes = Some(100);
+        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let out = run_tool(&tool, json!({})).await.unwrap();
+        let stdout = out.structured["stdout"].as_str().unwrap();
+        assert_eq!(stdout.len(), 100);
+        assert!(stdout.ends_with("19999\n20000\n"));
+        assert!(out.text.contains("earlier bytes cut"), "{}", out.text);
+    }
+
+    #[tokio::test]
+    async fn shell_mode_passes_parameters_as_environment_only() {
+        let mut s = spec(&["printf '%s' \"$WORD\""]);
+        s.shell = true;
+        s.params.insert("word".into(), param(ParamType::String, true));
+        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let out = run_tool(&tool, json!({"word": "$(echo injected)"})).await.unwrap();
+        assert_eq!(out.structured["stdout"], "$(echo injected)");
+    }
+
+    #[tokio::test]
+    async fn cancelling_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // The shell starts a grandchild and records its pid.
+        let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path()).unwrap();
+        let token = CancellationToken::new();
+        let work = tool.start(&json!({})).unwrap();
+        let running = tokio::spawn(work(JobContext::new(token.clone())));
+        let mut grandchild = None;
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    grandchild = Some(pid);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let grandchild = grandchild.expect("the command started");
+        token.cancel();
+        assert_eq!(running.await.unwrap().unwrap_err(), "cancelled");
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            nix::sys::signal::kill(Pid::from_raw(grandchild), None).is_err()
+                || std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok_and(|s| s.contains(") Z"))
+        });
+        assert!(gone, "the grandchild {grandchild} is still running");
+    }
+
+    #[tokio::test]
+    async fn a_hard_timeout_stops_the_command() {
+        let mut s = spec(&["sleep", "30"]);
+        s.timeout_s = Some(0.2);
+        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let err = run_tool(&tool, json!({})).await.unwrap_err();
+        assert!(err.contains("timed out after 0.20 s"), "{err}");
+    }
+
+    #[test]
+    fn bad_specs_say_what_to_fix() {
+        let err = CommandTool::new(spec(&["echo", "{nope}"]), &std::env::temp_dir()).unwrap_err();
+        assert!(err.contains("no parameter 'nope' is declared"), "{err}");
+        let err = CommandTool::new(spec(&[]), &std::env::temp_dir()).unwrap_err();
+        assert!(err.contains("argv must name a program"), "{err}");
+        let mut s = spec(&["a", "b"]);
+        s.shell = true;
+        assert!(CommandTool::new(s, &std::env::temp_dir()).unwrap_err().contains("one script string"));
+    }
+
+    #[test]
+    fn the_schema_lists_typed_parameters_and_required_ones() {
+        let mut s = spec(&["echo", "{a}"]);
+        s.params.insert("a".into(), param(ParamType::Number, true));
+        let schema = CommandTool::new(s, &std::env::temp_dir()).unwrap().input_schema();
+        assert_eq!(schema["properties"]["a"]["type"], "number");
+        assert_eq!(schema["required"], json!(["a"]));
+    }
+}

@@ -1,0 +1,363 @@
+//! The built-in file tools, `hash_files` and `search_text`: real work whose runtime
+//! grows with the files under their path, confined to the roots.
+//!
+//! Both run on a blocking thread and check for cancellation between files. Their
+//! output is bounded, and says so when it is cut.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::{Regex, RegexBuilder};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::roots::{files_under, tree_size, Roots};
+use super::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
+use crate::engine::ToolOptions;
+use crate::features::{FeatureExtractor, FeatureKind, Features};
+use crate::jobs::JobContext;
+
+/// Manifest lines shown; the digest still covers every file.
+pub const MAX_MANIFEST_LINES: usize = 1000;
+/// Matches returned when the call does not say.
+pub const DEFAULT_MAX_MATCHES: u32 = 100;
+/// The most matches a call may ask for.
+pub const MAX_MATCHES: u32 = 1000;
+/// A matching line is cut to this many chars.
+pub const MAX_LINE_CHARS: usize = 240;
+/// How long the feature extractor may walk a path before it stops counting.
+pub const SIZE_WALK_CAP: Duration = Duration::from_millis(250);
+/// How many entries the feature extractor looks at, at most.
+pub const SIZE_WALK_MAX_ENTRIES: u64 = 200_000;
+
+/// Adds `path.files` and `path.bytes` for a call's `path` argument.
+pub struct PathSize {
+    roots: Arc<Roots>,
+}
+
+impl FeatureExtractor for PathSize {
+    fn extract(&self, args: &Value, features: &mut Features) {
+        let Some(path) = args.get("path").and_then(Value::as_str) else { return };
+        let Ok(resolved) = self.roots.resolve(path) else { return };
+        let size = tree_size(&resolved, SIZE_WALK_CAP, SIZE_WALK_MAX_ENTRIES);
+        features.insert("path.files", size.files as f64, FeatureKind::Custom);
+        features.insert("path.bytes", size.bytes as f64, FeatureKind::Custom);
+    }
+}
+
+fn path_options(roots: &Arc<Roots>) -> ToolOptions {
+    ToolOptions {
+        expensive: false,
+        extractor: Some(Arc::new(PathSize { roots: roots.clone() })),
+    }
+}
+
+/// `hash_files`: a SHA-256 manifest of every file under a directory.
+pub struct HashFiles {
+    roots: Arc<Roots>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct HashArgs {
+    /// Directory (or file) to hash, relative to the first root.
+    path: String,
+}
+
+impl HashFiles {
+    /// The tool over these roots.
+    pub fn new(roots: Arc<Roots>) -> HashFiles {
+        HashFiles { roots }
+    }
+}
+
+impl Tool for HashFiles {
+    fn name(&self) -> &str {
+        "hash_files"
+    }
+
+    fn description(&self) -> &str {
+        "SHA-256 manifest of every file under a directory (symlinks are skipped). \
+         Takes time in proportion to the bytes under the path; smart-async answers inline \
+         or returns a job id, as its learned prediction says."
+    }
+
+    fn input_schema(&self) -> serde_json::Map<String, Value> {
+        schema_of::<HashArgs>()
+    }
+
+    fn options(&self) -> ToolOptions {
+        path_options(&self.roots)
+    }
+
+    fn start(&self, args: &Value) -> Result<ToolWork, String> {
+        let args: HashArgs = parse_args(self.name(), args)?;
+        let root = self.roots.resolve(&args.path)?;
+        Ok(Box::new(move |ctx: JobContext| {
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || hash_tree(&root, &ctx))
+                    .await
+                    .map_err(|e| format!("hashing stopped: {e}"))?
+            })
+        }))
+    }
+}
+
+fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
+    let (files, symlinks) = files_under(root);
+    let mut manifest = Sha256::new();
+    let mut entries = Vec::with_capacity(files.len().min(MAX_MANIFEST_LINES));
+    let mut bytes = 0u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    for file in &files {
+        if ctx.is_cancelled() {
+            return Err("cancelled".to_owned());
+        }
+        let mut hasher = Sha256::new();
+        let mut reader = File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            hasher.update(&buffer[..n]);
+        }
+        let digest = hex(&hasher.finalize());
+        let relative = file.strip_prefix(root).unwrap_or(file).display().to_string();
+        let relative = if relative.is_empty() { file.display().to_string() } else { relative };
+        manifest.update(format!("{digest}  {relative}\n"));
+        if entries.len() < MAX_MANIFEST_LINES {
+            entries.push((digest, relative));
+        }
+    }
+    let digest = hex(&manifest.finalize());
+    let truncated = files.len() > entries.len();
+    let mut text = format!(
+        "{} files, {bytes} bytes under {}; manifest digest {digest}\n",
+        files.len(),
+        root.display()
+    );
+    for (hash, path) in &entries {
+        text.push_str(&format!("{hash}  {path}\n"));
+    }
+    if truncated {
+        text.push_str(&format!(
+            "… {} more files not shown (the digest covers all of them)\n",
+            files.len() - entries.len()
+        ));
+    }
+    if symlinks > 0 {
+        text.push_str(&format!("{symlinks} symlinks skipped\n"));
+    }
+    let structured = json!({
+        "path": root.display().to_string(),
+        "files": files.len(),
+        "bytes": bytes,
+        "digest": digest,
+        "entries": entries.iter().map(|(sha256, path)| json!({"path": path, "sha256": sha256})).collect::<Vec<_>>(),
+        "truncated": truncated,
+        "symlinks_skipped": symlinks,
+    });
+    Ok(ToolOutput { text, structured })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `search_text`: a regex search over the files under a path.
+pub struct SearchText {
+    roots: Arc<Roots>,
+}
+
+impl SearchText {
+    /// The tool over these roots.
+    pub fn new(roots: Arc<Roots>) -> SearchText {
+        SearchText { roots }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SearchArgs {
+    /// Directory (or file) to search, relative to the first root.
+    path: String,
+    /// Regular expression (Rust regex syntax), matched per line.
+    pattern: String,
+    /// Stop after this many matches (default 100, at most 1000).
+    max_matches: Option<u32>,
+}
+
+impl Tool for SearchText {
+    fn name(&self) -> &str {
+        "search_text"
+    }
+
+    fn description(&self) -> &str {
+        "Regex search, line by line, over the text files under a path (binary files and \
+         symlinks are skipped). Returns file, line number and line for each match."
+    }
+
+    fn input_schema(&self) -> serde_json::Map<String, Value> {
+        schema_of::<SearchArgs>()
+    }
+
+    fn options(&self) -> ToolOptions {
+        path_options(&self.roots)
+    }
+
+    fn start(&self, args: &Value) -> Result<ToolWork, String> {
+        let args: SearchArgs = parse_args(self.name(), args)?;
+        let root = self.roots.resolve(&args.path)?;
+        let regex = RegexBuilder::new(&args.pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("pattern is not a valid regex: {e}"))?;
+        let max_matches = args.max_matches.unwrap_or(DEFAULT_MAX_MATCHES);
+        if max_matches == 0 || max_matches > MAX_MATCHES {
+            return Err(format!("max_matches must be between 1 and {MAX_MATCHES}, got {max_matches}"));
+        }
+        Ok(Box::new(move |ctx: JobContext| {
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || search_tree(&root, &regex, max_matches as usize, &ctx))
+                    .await
+                    .map_err(|e| format!("search stopped: {e}"))?
+            })
+        }))
+    }
+}
+
+fn search_tree(root: &Path, regex: &Regex, max_matches: usize, ctx: &JobContext) -> Result<ToolOutput, String> {
+    let (files, _) = files_under(root);
+    let mut matches = Vec::new();
+    let mut searched = 0usize;
+    let mut truncated = false;
+    'files: for file in &files {
+        if ctx.is_cancelled() {
+            return Err("cancelled".to_owned());
+        }
+        let Ok(handle) = File::open(file) else { continue };
+        let mut reader = BufReader::new(handle);
+        if reader.fill_buf().map_or(true, |head| head.contains(&0)) {
+            continue; // binary or unreadable
+        }
+        searched += 1;
+        let relative = file.strip_prefix(root).unwrap_or(file).display().to_string();
+        for (number, line) in reader.lines().enumerate() {
+            let Ok(line) = line else { continue 'files };
+            if regex.is_match(&line) {
+                if matches.len() == max_matches {
+                    truncated = true;
+                    break 'files;
+                }
+                let text: String = line.chars().take(MAX_LINE_CHARS).collect();
+                matches.push(json!({"path": relative, "line": number + 1, "text": text}));
+            }
+        }
+    }
+    let mut text = format!(
+        "{} matches in {searched} files under {}{}\n",
+        matches.len(),
+        root.display(),
+        if truncated { format!(" (stopped at max_matches={max_matches})") } else { String::new() }
+    );
+    for m in &matches {
+        text.push_str(&format!("{}:{}: {}\n", m["path"].as_str().unwrap_or(""), m["line"], m["text"].as_str().unwrap_or("")));
+    }
+    let structured = json!({
+        "path": root.display().to_string(),
+        "files_searched": searched,
+        "matches": matches,
+        "truncated": truncated,
+    });
+    Ok(ToolOutput { text, structured })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn setup() -> (tempfile::TempDir, Arc<Roots>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.rs"), "fn main() {}\n// TODO: one\n").unwrap();
+        std::fs::write(dir.path().join("src/b.rs"), "// TODO: two\nlet x = 1;\n").unwrap();
+        std::fs::write(dir.path().join("src/bin.dat"), [0u8, 1, 2, 84, 79, 68, 79]).unwrap();
+        let roots = Arc::new(Roots::new(&[dir.path().to_path_buf()]).unwrap());
+        (dir, roots)
+    }
+
+    async fn run(tool: &dyn Tool, args: Value) -> Result<ToolOutput, String> {
+        let work = tool.start(&args)?;
+        work(JobContext::new(CancellationToken::new())).await
+    }
+
+    #[tokio::test]
+    async fn hash_files_lists_every_file_with_its_sha256() {
+        let (_dir, roots) = setup();
+        let out = run(&HashFiles::new(roots), json!({"path": "src"})).await.unwrap();
+        assert_eq!(out.structured["files"], 3);
+        assert_eq!(out.structured["entries"][0]["path"], "a.rs");
+        // sha256("fn main() {}\n// TODO: one\n")
+        let expected = hex(&Sha256::digest(b"fn main() {}\n// TODO: one\n"));
+        assert_eq!(out.structured["entries"][0]["sha256"], expected.as_str());
+        assert!(out.text.contains(&format!("{expected}  a.rs")), "{}", out.text);
+    }
+
+    #[tokio::test]
+    async fn search_text_finds_lines_and_skips_binary_files() {
+        let (_dir, roots) = setup();
+        let out = run(&SearchText::new(roots.clone()), json!({"path": ".", "pattern": "TODO: \\w+"})).await.unwrap();
+        assert_eq!(out.structured["matches"].as_array().unwrap().len(), 2);
+        assert_eq!(out.structured["files_searched"], 2);
+        assert!(out.text.contains("src/b.rs:1: // TODO: two"), "{}", out.text);
+        let capped = run(&SearchText::new(roots), json!({"path": ".", "pattern": "TODO", "max_matches": 1})).await.unwrap();
+        assert_eq!(capped.structured["truncated"], true);
+        assert!(capped.text.contains("stopped at max_matches=1"), "{}", capped.text);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_anything_runs() {
+        let (_dir, roots) = setup();
+        let search = SearchText::new(roots.clone());
+        let err = search.start(&json!({"path": ".", "pattern": "("})).err().unwrap();
+        assert!(err.contains("pattern is not a valid regex"), "{err}");
+        let err = search.start(&json!({"path": ".", "pattern": "x", "max_matches": 0})).err().unwrap();
+        assert!(err.contains("between 1 and 1000"), "{err}");
+        let err = HashFiles::new(roots.clone()).start(&json!({"path": "../.."})).err().unwrap();
+        assert!(err.contains("outside the allowed roots"), "{err}");
+        let err = HashFiles::new(roots).start(&json!({"dir": "src"})).err().unwrap();
+        assert!(err.contains("hash_files"), "{err}");
+    }
+
+    #[test]
+    fn the_extractor_adds_file_count_and_bytes() {
+        let (_dir, roots) = setup();
+        let mut features = Features::from_args(&json!({"path": "src"}));
+        PathSize { roots }.extract(&json!({"path": "src"}), &mut features);
+        assert_eq!(features.get("path.files"), Some(3.0));
+        let bytes: u64 = ["a.rs", "b.rs", "bin.dat"]
+            .iter()
+            .map(|f| std::fs::metadata(_dir.path().join("src").join(f)).unwrap().len())
+            .sum();
+        assert_eq!(features.get("path.bytes"), Some(bytes as f64));
+    }
+
+    #[tokio::test]
+    async fn hashing_stops_when_cancelled() {
+        let (_dir, roots) = setup();
+        let work = HashFiles::new(roots).start(&json!({"path": "src"})).unwrap();
+        let token = CancellationToken::new();
+        token.cancel();
+        assert_eq!(work(JobContext::new(token)).await.unwrap_err(), "cancelled");
+    }
+}

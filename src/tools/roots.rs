@@ -1,0 +1,174 @@
+//! The directories the built-in tools may read, and the one rule for resolving a path
+//! argument inside them.
+//!
+//! A path is resolved against the first root when relative, then canonicalised (which
+//! follows `..` and symlinks), and must land inside one of the roots. So `..`, absolute
+//! paths and symlinks that lead out of the roots are refused, while the same moves
+//! that stay inside are fine. Walks never follow symlinks.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use walkdir::WalkDir;
+
+/// The allowed roots, canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roots {
+    roots: Vec<PathBuf>,
+}
+
+/// A root that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("root directory {path} cannot be used: {source}; pass an existing directory to --root")]
+pub struct RootError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl Roots {
+    /// Canonicalises each root; every one must be an existing directory.
+    pub fn new(roots: &[PathBuf]) -> Result<Roots, RootError> {
+        let mut canonical = Vec::with_capacity(roots.len());
+        for root in roots {
+            let path = root.canonicalize().map_err(|source| RootError {
+                path: root.clone(),
+                source,
+            })?;
+            if !path.is_dir() {
+                return Err(RootError {
+                    path: root.clone(),
+                    source: std::io::Error::other("not a directory"),
+                });
+            }
+            canonical.push(path);
+        }
+        Ok(Roots { roots: canonical })
+    }
+
+    /// The roots, first one first.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// Resolves a path argument to a canonical path inside the roots.
+    pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
+        let first = self
+            .roots
+            .first()
+            .ok_or_else(|| "no root directory is configured: start the server with --root DIR".to_owned())?;
+        let joined = first.join(path);
+        let canonical = joined.canonicalize().map_err(|e| {
+            format!("path '{path}' cannot be read ({e}); paths are relative to {}", first.display())
+        })?;
+        if self.roots.iter().any(|root| canonical.starts_with(root)) {
+            Ok(canonical)
+        } else {
+            Err(format!(
+                "path '{path}' is outside the allowed roots ({}): use a path inside them",
+                self.describe()
+            ))
+        }
+    }
+
+    /// The roots as a comma-separated list.
+    pub fn describe(&self) -> String {
+        self.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Files under a path, found cheaply: used to predict a call's runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeSize {
+    /// Regular files seen.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Whether the walk stopped at its time or entry cap (the counts are then a floor).
+    pub capped: bool,
+}
+
+/// Counts files and bytes under `path` (a file counts as itself), stopping after
+/// `time_cap` or `max_entries`, without following symlinks.
+pub fn tree_size(path: &Path, time_cap: Duration, max_entries: u64) -> TreeSize {
+    let started = Instant::now();
+    let mut size = TreeSize::default();
+    for (seen, entry) in WalkDir::new(path).follow_links(false).into_iter().enumerate() {
+        if seen as u64 >= max_entries || started.elapsed() > time_cap {
+            size.capped = true;
+            break;
+        }
+        let Ok(entry) = entry else { continue };
+        if entry.file_type().is_file() {
+            size.files += 1;
+            size.bytes += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    size
+}
+
+/// The regular files under `path` in name order, without following symlinks; also
+/// how many symlinks were skipped.
+pub fn files_under(path: &Path) -> (Vec<PathBuf>, u64) {
+    let mut files = Vec::new();
+    let mut symlinks = 0;
+    for entry in WalkDir::new(path).follow_links(false).sort_by_file_name().into_iter().flatten() {
+        if entry.file_type().is_file() {
+            files.push(entry.into_path());
+        } else if entry.file_type().is_symlink() {
+            symlinks += 1;
+        }
+    }
+    (files, symlinks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, Roots) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/one.txt"), "12345").unwrap();
+        std::fs::write(dir.path().join("a/b/two.txt"), "123").unwrap();
+        let roots = Roots::new(&[dir.path().join("a")]).unwrap();
+        (dir, roots)
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_first_root() {
+        let (_dir, roots) = tree();
+        assert_eq!(roots.resolve("b").unwrap(), roots.paths()[0].join("b"));
+        assert_eq!(roots.resolve(".").unwrap(), roots.paths()[0]);
+        assert_eq!(roots.resolve("b/../one.txt").unwrap(), roots.paths()[0].join("one.txt"));
+    }
+
+    #[test]
+    fn paths_out_of_the_roots_are_refused() {
+        let (dir, roots) = tree();
+        let err = roots.resolve("..").unwrap_err();
+        assert!(err.contains("outside the allowed roots"), "{err}");
+        assert!(roots.resolve("/etc").unwrap_err().contains("outside"));
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("a/escape")).unwrap();
+        assert!(roots.resolve("escape").unwrap_err().contains("outside"));
+        let inside = roots.paths()[0].join("one.txt");
+        assert_eq!(roots.resolve(inside.to_str().unwrap()).unwrap(), inside, "absolute inside is fine");
+        assert!(roots.resolve("missing").unwrap_err().contains("cannot be read"));
+    }
+
+    #[test]
+    fn sizes_and_listings_skip_symlinks() {
+        let (dir, roots) = tree();
+        std::os::unix::fs::symlink(dir.path().join("a/one.txt"), dir.path().join("a/link")).unwrap();
+        let size = tree_size(&roots.paths()[0], Duration::from_secs(5), 1000);
+        assert_eq!(size, TreeSize { files: 2, bytes: 8, capped: false });
+        let (files, symlinks) = files_under(&roots.paths()[0]);
+        assert_eq!((files.len(), symlinks), (2, 1));
+        assert!(tree_size(&roots.paths()[0], Duration::from_secs(5), 2).capped);
+    }
+
+    #[test]
+    fn a_missing_root_says_what_to_pass() {
+        let err = Roots::new(&[PathBuf::from("/no/such/dir")]).unwrap_err();
+        assert!(err.to_string().contains("pass an existing directory to --root"), "{err}");
+    }
+}
