@@ -109,7 +109,10 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "budget_s = \"soon\"\n").unwrap();
         let err = FileConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("bad.toml") && err.contains("budget_s"), "{err}");
+        assert!(
+            err.contains("bad.toml") && err.contains("budget_s"),
+            "{err}"
+        );
         std::fs::write(&path, "bugdet_s = 3\n").unwrap();
         let err = FileConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");

@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod features;
 pub mod jobs;
+pub mod mcp;
 pub mod policy;
 pub mod predictor;
 pub mod stats;

@@ -1,11 +1,22 @@
-//! The `smart-async` command: parse, run, map errors to an exit code.
+//! The `smart-async` command: parse flags, turn them into settings, run, and map the
+//! error to an exit code.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use smart_async::{Engine, EngineConfig};
+use clap::{Args, Parser, Subcommand};
+use smart_async::config::FileConfig;
+use smart_async::mcp::SmartServer;
+use smart_async::tools::command::CommandTool;
+use smart_async::tools::files::{HashFiles, SearchText};
+use smart_async::tools::roots::Roots;
+use smart_async::tools::Tool;
+use smart_async::{Engine, EngineConfig, StaticTable};
+use tokio_util::sync::CancellationToken;
 
 /// Keeps long MCP tool calls from timing out: learns each tool's runtime from its
 /// arguments and answers inline or with a job handle.
@@ -18,6 +29,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the MCP server (stdio by default, Streamable HTTP with --http).
+    ///
+    /// It offers hash_files and search_text over the roots, the command tools of the
+    /// config file, the job tools (job_status, list_jobs, cancel_job) and
+    /// predictor_stats, and learns every tool's runtime as it runs.
+    Serve(ServeArgs),
     /// Show what has been learned per tool, read from the database.
     ///
     /// The database can be open in one process at a time: stop a server that uses
@@ -29,11 +46,44 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// Where the database lives [default: the user data directory, e.g.
-        /// ~/.local/share/smart-async on Linux].
-        #[arg(long, env = "SMART_ASYNC_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataDirArg,
     },
+}
+
+#[derive(Debug, Args)]
+struct DataDirArg {
+    /// Where the database lives [default: the user data directory, e.g.
+    /// ~/.local/share/smart-async on Linux].
+    #[arg(long, env = "SMART_ASYNC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Serve Streamable HTTP at ADDR (PORT or HOST:PORT; a bare port binds 127.0.0.1)
+    /// under the path /mcp, instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    #[command(flatten)]
+    data: DataDirArg,
+    /// A directory the built-in tools may read (repeatable; relative paths in calls
+    /// resolve against the first) [default: the current directory].
+    #[arg(long = "root", value_name = "DIR")]
+    roots: Vec<PathBuf>,
+    /// Seconds a call may take inline; calls predicted longer run as jobs [default: 50].
+    #[arg(long)]
+    budget_s: Option<f64>,
+    /// Share of runtimes allowed above the predicted bound [default: 0.05].
+    #[arg(long)]
+    risk: Option<f64>,
+    /// Seconds an inline call runs before it becomes a job [default: the budget].
+    #[arg(long)]
+    deadline_s: Option<f64>,
+    /// A TOML config file: settings and command tools (see
+    /// data/smart-async.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -42,34 +92,167 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("this platform has no user data directory: pass --data-dir")
 }
 
+/// Where to listen: a bare port means loopback.
+fn http_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().with_context(|| {
+        format!("--http '{text}' is not PORT or HOST:PORT (for example 8080 or 127.0.0.1:8080)")
+    })
+}
+
+/// The server's settings: flags over the config file over defaults, all checked.
+struct ServeSettings {
+    engine: EngineConfig,
+    roots: Roots,
+    tools: Vec<Arc<dyn Tool>>,
+    http: Option<SocketAddr>,
+}
+
+fn serve_settings(args: ServeArgs) -> anyhow::Result<ServeSettings> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = match args
+        .data
+        .data_dir
+        .or_else(|| file.data_dir.as_ref().map(|d| file.resolve(d)))
+    {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let mut engine = EngineConfig::new(data_dir);
+    if let Some(budget_s) = args.budget_s.or(file.budget_s) {
+        engine.budget_s = budget_s;
+    }
+    if let Some(risk) = args.risk.or(file.risk) {
+        engine.risk = risk;
+    }
+    engine.deadline_s = args.deadline_s.or(file.deadline_s);
+    if let Some(table) = &file.static_table {
+        engine.static_table = StaticTable::load(&file.resolve(table))?;
+    }
+    if let Some(max_running) = file.max_running_jobs {
+        anyhow::ensure!(max_running > 0, "max_running_jobs must be at least 1");
+        engine.jobs.max_running = max_running;
+    }
+    if let Some(hours) = file.job_retention_h {
+        anyhow::ensure!(
+            hours.is_finite() && hours >= 0.0,
+            "job_retention_h must be a number of hours ≥ 0"
+        );
+        engine.jobs.retention = Duration::from_secs_f64(hours * 3600.0);
+    }
+    if let Some(max_finished) = file.max_finished_jobs {
+        engine.jobs.max_finished = max_finished;
+    }
+    let roots = if !args.roots.is_empty() {
+        args.roots
+    } else if !file.roots.is_empty() {
+        file.roots.iter().map(|r| file.resolve(r)).collect()
+    } else {
+        vec![std::env::current_dir().context("cannot read the current directory: pass --root")?]
+    };
+    let roots = Roots::new(&roots)?;
+    let shared_roots = Arc::new(roots.clone());
+    let mut tools: Vec<Arc<dyn Tool>> = vec![
+        Arc::new(HashFiles::new(shared_roots.clone())),
+        Arc::new(SearchText::new(shared_roots)),
+    ];
+    for spec in file.commands.clone() {
+        let name = spec.name.clone();
+        anyhow::ensure!(
+            tools.iter().all(|t| t.name() != name),
+            "command '{name}' is declared twice or clashes with a built-in tool: rename it"
+        );
+        let tool = CommandTool::new(spec, &file.base_dir).map_err(anyhow::Error::msg)?;
+        tools.push(Arc::new(tool));
+    }
+    let http = args.http.as_deref().map(http_addr).transpose()?;
+    Ok(ServeSettings {
+        engine,
+        roots,
+        tools,
+        http,
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = serve_settings(args)?;
+    let data_dir = settings.engine.data_dir.clone();
+    let budget_s = settings.engine.budget_s;
+    let engine = Engine::open(settings.engine)
+        .await
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+    let tool_names: Vec<&str> = settings.tools.iter().map(|t| t.name()).collect();
+    tracing::info!(
+        "smart-async {}: data in {}, roots {}, budget {budget_s} s, tools: {}",
+        env!("CARGO_PKG_VERSION"),
+        data_dir.display(),
+        settings.roots.describe(),
+        tool_names.join(", ")
+    );
+    let server = SmartServer::new(engine.clone(), settings.tools);
+    let served = match settings.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr}: is another server using that port?")
+            })?;
+            let bound = listener.local_addr()?;
+            tracing::info!(
+                "listening for MCP clients on http://{bound}/mcp (Streamable HTTP); Ctrl-C stops"
+            );
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            server.serve_http(listener, shutdown).await
+        }
+        None => {
+            tracing::info!(
+                "waiting for an MCP client on stdin/stdout: configure your client to run `smart-async serve` \
+                 (or use --http PORT); Ctrl-D or closing stdin stops"
+            );
+            server.serve_stdio().await
+        }
+    };
+    engine.close().await?;
+    served
+}
+
+async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Result<()> {
+    let data_dir = match data.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let engine = Engine::open(EngineConfig::new(&data_dir))
+        .await
+        .with_context(|| format!("cannot read the statistics in {}", data_dir.display()))?;
+    let stats = engine.stats(tool.as_deref());
+    engine.close().await?;
+    if let (Some(tool), true) = (&tool, stats.is_empty()) {
+        anyhow::bail!(
+            "nothing has been learned about tool '{tool}' yet: run it through smart-async first"
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        for tool in &stats {
+            println!("{tool}\n");
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Stats {
-            tool,
-            json,
-            data_dir,
-        } => {
-            let data_dir = match data_dir {
-                Some(dir) => dir,
-                None => default_data_dir()?,
-            };
-            let engine = Engine::open(EngineConfig::new(&data_dir))
-                .await
-                .with_context(|| format!("cannot read the statistics in {}", data_dir.display()))?;
-            let stats = engine.stats(tool.as_deref());
-            engine.close().await?;
-            if let (Some(tool), true) = (&tool, stats.is_empty()) {
-                anyhow::bail!("nothing has been learned about tool '{tool}' yet: run it through smart-async first");
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                for tool in &stats {
-                    println!("{tool}\n");
-                }
-            }
-            Ok(())
-        }
+        Command::Serve(args) => serve(args).await,
+        Command::Stats { tool, json, data } => stats(tool, json, data).await,
     }
 }
 

@@ -6,8 +6,9 @@
 //!
 //! # The model
 //! Bayesian linear regression of `y = ln(runtime_s)` on
-//! `x = [1, u_1, u_1², u_2, u_2², …]` with `u_i = ln(1+|f_i|)`, under a Normal–Inverse-Gamma prior `β | σ² ~ N(0, σ² Λ₀⁻¹)`, `σ² ~ IG(a₀, b₀)`
-//! (Λ₀ = [`RIDGE`]·I, so the posterior exists from the first sample). The state is the
+//! `x = [1, u_1-c_1, (u_1-c_1)², u_2-c_2, (u_2-c_2)², …]` with `u_i = ln(1+|f_i|)` and
+//! `c_i` the first value of `u_i` the model saw, under a Normal–Inverse-Gamma prior `β | σ² ~ N(0, σ² Λ₀⁻¹)`, `σ² ~ IG(a₀, b₀)`
+//! (a ridge Λ₀, so the posterior exists from the first sample; see [`ridge`]). The state is the
 //! sufficient statistics `XᵀX, Xᵀy, yᵀy, n`, each scaled by [`FORGETTING_FACTOR`]
 //! before an update so the model follows drift. The posterior (Bishop, *PRML* §3.3;
 //! Murphy, *Conjugate Bayesian analysis of the Gaussian distribution*, 2007, §7.6):
@@ -51,9 +52,19 @@ use crate::features::{Features, MAX_FEATURES_PER_CALL};
 /// `1 / (1 - 0.98) = 50` calls, short enough to follow a tool that got slower within
 /// tens of calls, long enough for 16 features.
 pub const FORGETTING_FACTOR: f64 = 0.98;
-/// Prior precision on every coefficient (in units of σ²): small enough that a few
-/// samples outweigh it, large enough that `Λₙ` is never singular.
-pub const RIDGE: f64 = 0.01;
+/// Prior precision of the intercept, in pseudo-observations: barely there, so the
+/// first sample sets the level.
+pub const INTERCEPT_RIDGE: f64 = 1e-3;
+/// Prior precision of each linear coefficient, in pseudo-observations at the
+/// feature's typical scale: a few samples outweigh it.
+pub const LINEAR_RIDGE: f64 = 0.1;
+/// Prior precision of each square coefficient, in pseudo-observations: a curve needs
+/// the support of several samples before it bends the line.
+pub const SQUARE_RIDGE: f64 = 1.0;
+/// Floor of a regressor's mean square in the ridge. A feature that has barely varied
+/// is priced as if it had varied by about ×e: a new value of it widens the bound, as
+/// it should, without blowing it up to infinity (and `Λ₀` stays positive definite).
+pub const MIN_SCALE: f64 = 1.0;
 /// Prior shape of σ²: worth `2·a₀ = 2` pseudo-observations.
 pub const PRIOR_SHAPE: f64 = 1.0;
 /// Prior scale of σ²: `b₀ / a₀ = 0.25`, a spread of about ×1.6 in runtime until data
@@ -104,9 +115,10 @@ pub struct FeatureEffect {
     /// `d ln(runtime) / d ln(1+|f|)` at the typical value: near it, runtime grows like
     /// `f^elasticity` (1 = proportional, 0 = no effect).
     pub elasticity: f64,
-    /// Coefficient of `u = ln(1+|f|)`.
+    /// Coefficient of `u - c`, with `u = ln(1+|f|)` and `c` the first value of `u` the
+    /// model saw.
     pub linear: f64,
-    /// Coefficient of `u²`.
+    /// Coefficient of `(u - c)²`.
     pub square: f64,
     /// The (discounted) mean of `u`, mapped back: a typical value of the feature.
     pub typical_value: f64,
@@ -159,6 +171,11 @@ struct ModelState {
     /// Per slot, the smallest and largest `u` taught: the square term is used inside
     /// this range and continued along its tangent outside it.
     ranges_ln: Vec<(f64, f64)>,
+    /// Per slot, the `u` the regressors are centred on: the first value taught.
+    /// Centred, a regressor is 0 on the first call (so that call sets the intercept,
+    /// not a slope), and its mean square is its spread, which is what the ridge is
+    /// scaled to.
+    centers_ln: Vec<f64>,
     /// `XᵀX`, row-major, `dim × dim` with `dim = 1 + 2·feature_names.len()`.
     xtx: Vec<f64>,
     xty: Vec<f64>,
@@ -253,6 +270,7 @@ impl RuntimeModel {
         let state = ModelState {
             feature_names: Vec::new(),
             ranges_ln: Vec::new(),
+            centers_ln: Vec::new(),
             xtx: vec![0.0],
             xty: vec![0.0],
             yty: 0.0,
@@ -289,7 +307,8 @@ impl RuntimeModel {
         &self.state.feature_names
     }
 
-    /// The posterior mean intercept: `ln` of the runtime when every feature is 0.
+    /// The posterior mean intercept: `ln` of the runtime at the reference call (every
+    /// feature at the first value the model saw for it).
     pub fn intercept_ln(&self) -> Option<f64> {
         self.posterior.as_ref().map(|p| p.mean[0])
     }
@@ -306,11 +325,13 @@ impl RuntimeModel {
             .enumerate()
             .map(|(slot, name)| {
                 let (linear, square) = (posterior.mean[1 + 2 * slot], posterior.mean[2 + 2 * slot]);
-                // Σu sits in the intercept row of XᵀX.
-                let typical_ln = self.state.xtx[1 + 2 * slot] / weight;
+                let center = self.state.centers_ln[slot];
+                // Σ(u − c) sits in the intercept row of XᵀX.
+                let typical_offset = self.state.xtx[1 + 2 * slot] / weight;
+                let typical_ln = center + typical_offset;
                 FeatureEffect {
                     name: name.clone(),
-                    elasticity: linear + 2.0 * square * typical_ln,
+                    elasticity: linear + 2.0 * square * typical_offset,
                     linear,
                     square,
                     typical_value: typical_ln.exp_m1(),
@@ -435,6 +456,7 @@ impl RuntimeModel {
             if !state.feature_names.contains(&feature.name) {
                 state.feature_names.push(feature.name.clone());
                 state.ranges_ln.push((f64::INFINITY, f64::NEG_INFINITY));
+                state.centers_ln.push(feature.value.abs().ln_1p());
             }
         }
         let dim = dim_for(state.feature_names.len());
@@ -457,14 +479,20 @@ impl RuntimeModel {
             len: self.dim(),
         };
         row.values[0] = 1.0;
-        let slots = self.state.feature_names.iter().zip(&self.state.ranges_ln);
-        for (slot, (name, &(lo, hi))) in slots.enumerate() {
+        let state = &self.state;
+        let slots = state
+            .feature_names
+            .iter()
+            .zip(&state.ranges_ln)
+            .zip(&state.centers_ln);
+        for (slot, ((name, &(lo, hi)), &center)) in slots.enumerate() {
             let u = features.get(name).map_or(0.0, |v| v.abs().ln_1p());
             // Past the taught range a parabola turns back on itself; its tangent at the
             // edge does not, so extrapolation keeps the slope seen at the edge.
-            let edge = if lo <= hi { u.clamp(lo, hi) } else { u };
-            row.values[1 + 2 * slot] = u;
-            row.values[2 + 2 * slot] = edge * edge + 2.0 * edge * (u - edge);
+            let edge = if lo <= hi { u.clamp(lo, hi) } else { u } - center;
+            let offset = u - center;
+            row.values[1 + 2 * slot] = offset;
+            row.values[2 + 2 * slot] = edge * edge + 2.0 * edge * (offset - edge);
         }
         row
     }
@@ -510,6 +538,21 @@ fn bound_quantile(dof: f64, risk: f64, previous: Option<&Posterior>) -> Option<f
     quantile.is_finite().then_some(quantile)
 }
 
+/// The prior precision `Λ₀ᵢᵢ` of coefficient `index`, given `Σx²` of its regressor.
+///
+/// The ridge is scaled to each regressor's mean square, so it means the same number of
+/// pseudo-observations whether a feature counts files (u ≈ 2) or bytes (u² ≈ 400):
+/// with one fixed ridge the square of a large feature would soak up the first samples
+/// and the intercept would stay at its prior.
+pub fn ridge(index: usize, sum_of_squares: f64, weight: f64) -> f64 {
+    let strength = match index {
+        0 => INTERCEPT_RIDGE,
+        i if i % 2 == 1 => LINEAR_RIDGE,
+        _ => SQUARE_RIDGE,
+    };
+    strength * (sum_of_squares / weight.max(1.0)).max(MIN_SCALE)
+}
+
 /// Coefficients for `slots` features: the intercept, then a linear and a square term each.
 fn dim_for(slots: usize) -> usize {
     1 + 2 * slots
@@ -519,7 +562,7 @@ fn posterior(state: &ModelState, previous: Option<&Posterior>) -> Option<Posteri
     let dim = dim_for(state.feature_names.len());
     let mut precision = state.xtx.clone();
     for i in 0..dim {
-        precision[i * dim + i] += RIDGE;
+        precision[i * dim + i] += ridge(i, state.xtx[i * dim + i], state.weight);
     }
     let cholesky = cholesky(&precision, dim)?;
     let mean = cholesky_solve(&cholesky, dim, &state.xty);

@@ -137,7 +137,8 @@ pub struct ToolStats {
     pub samples: u64,
     /// `warm` once the model has enough samples for its features, else `cold`.
     pub state: String,
-    /// `ln` of the runtime in seconds when every feature is 0.
+    /// `ln` of the runtime in seconds at the reference call (each feature at the
+    /// first value seen for it).
     pub intercept_ln: Option<f64>,
     /// Per feature: elasticity and coefficients.
     pub effects: Vec<FeatureEffect>,
@@ -188,14 +189,20 @@ impl fmt::Display for ToolStats {
         let base = self.intercept_ln.map(f64::exp);
         writeln!(
             f,
-            "  base runtime: {}",
+            "  runtime at the reference call: {}",
             Opt(base, |s, f| write!(f, "{}", Seconds(*s)))
         )?;
         for effect in &self.effects {
+            let near = effect.typical_value;
+            let near = if near.abs() >= 1000.0 {
+                format!("{near:.3e}")
+            } else {
+                format!("{near:.2}")
+            };
             writeln!(
                 f,
-                "  {}: elasticity {:+.2} near {:.3} (u {:+.3}, u² {:+.4})",
-                effect.name, effect.elasticity, effect.typical_value, effect.linear, effect.square
+                "  {}: elasticity {:+.2} near {near} (linear {:+.3}, square {:+.4})",
+                effect.name, effect.elasticity, effect.linear, effect.square
             )?;
         }
         writeln!(

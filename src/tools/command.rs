@@ -83,7 +83,7 @@ pub struct CommandSpec {
     pub description: String,
     /// Program and arguments; `{param}` placeholders are filled per call.
     pub argv: Vec<String>,
-    /// Working directory (relative paths are relative to the first root).
+    /// Working directory (relative paths are relative to the config file's directory).
     pub cwd: Option<PathBuf>,
     /// Extra environment variables.
     #[serde(default)]
@@ -118,14 +118,20 @@ impl CommandTool {
             return Err(format!("command '{name}': argv must name a program"));
         }
         if spec.shell && spec.argv.len() != 1 {
-            return Err(format!("command '{name}': with shell = true, argv must be one script string"));
+            return Err(format!(
+                "command '{name}': with shell = true, argv must be one script string"
+            ));
         }
         if spec.params.contains_key(ASYNC_MODE_ARG) {
-            return Err(format!("command '{name}': '{ASYNC_MODE_ARG}' is reserved; rename that parameter"));
+            return Err(format!(
+                "command '{name}': '{ASYNC_MODE_ARG}' is reserved; rename that parameter"
+            ));
         }
         if let Some(timeout_s) = spec.timeout_s {
             if !(timeout_s.is_finite() && timeout_s > 0.0) {
-                return Err(format!("command '{name}': timeout_s must be a positive number of seconds"));
+                return Err(format!(
+                    "command '{name}': timeout_s must be a positive number of seconds"
+                ));
             }
         }
         if !spec.shell {
@@ -154,17 +160,33 @@ impl CommandTool {
         let args = match args {
             Value::Object(map) => map,
             Value::Null => &empty,
-            other => return Err(format!("{name}: arguments must be a JSON object, got {other}")),
+            other => {
+                return Err(format!(
+                    "{name}: arguments must be a JSON object, got {other}"
+                ))
+            }
         };
-        if let Some(unknown) = args.keys().find(|k| *k != ASYNC_MODE_ARG && !self.spec.params.contains_key(*k)) {
+        if let Some(unknown) = args
+            .keys()
+            .find(|k| *k != ASYNC_MODE_ARG && !self.spec.params.contains_key(*k))
+        {
             let known: Vec<&str> = self.spec.params.keys().map(String::as_str).collect();
-            return Err(format!("{name}: unknown parameter '{unknown}' (parameters: {})", known.join(", ")));
+            return Err(format!(
+                "{name}: unknown parameter '{unknown}' (parameters: {})",
+                known.join(", ")
+            ));
         }
         let mut values = BTreeMap::new();
         for (param, spec) in &self.spec.params {
-            let value = match args.get(param).filter(|v| !v.is_null()).or(spec.default.as_ref()) {
+            let value = match args
+                .get(param)
+                .filter(|v| !v.is_null())
+                .or(spec.default.as_ref())
+            {
                 Some(value) => value,
-                None if spec.required => return Err(format!("{name}: parameter '{param}' is required")),
+                None if spec.required => {
+                    return Err(format!("{name}: parameter '{param}' is required"))
+                }
                 None => continue,
             };
             let text = match (spec.kind, value) {
@@ -173,7 +195,10 @@ impl CommandTool {
                 (ParamType::Number, Value::Number(n)) => n.to_string(),
                 (ParamType::Boolean, Value::Bool(b)) => b.to_string(),
                 (kind, other) => {
-                    return Err(format!("{name}: parameter '{param}' must be of type {}, got {other}", kind.name()))
+                    return Err(format!(
+                        "{name}: parameter '{param}' must be of type {}, got {other}",
+                        kind.name()
+                    ))
                 }
             };
             values.insert(param.clone(), text);
@@ -208,7 +233,10 @@ impl CommandTool {
 }
 
 fn placeholders(element: &str) -> impl Iterator<Item = &str> {
-    element.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+    element
+        .split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
 }
 
 /// Fills the template; an element that is only a placeholder with no value is dropped.
@@ -257,7 +285,13 @@ impl Tool for CommandTool {
                 (name.clone(), property)
             })
             .collect();
-        let required: Vec<&String> = self.spec.params.iter().filter(|(_, s)| s.required).map(|(n, _)| n).collect();
+        let required: Vec<&String> = self
+            .spec
+            .params
+            .iter()
+            .filter(|(_, s)| s.required)
+            .map(|(n, _)| n)
+            .collect();
         let mut schema = Map::new();
         schema.insert("type".into(), json!("object"));
         schema.insert("properties".into(), Value::Object(properties));
@@ -277,7 +311,10 @@ impl Tool for CommandTool {
         let mut command = self.command(&values);
         let name = self.spec.name.clone();
         let timeout = self.spec.timeout_s.map(Duration::from_secs_f64);
-        let max_bytes = self.spec.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        let max_bytes = self
+            .spec
+            .max_output_bytes
+            .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
         Ok(Box::new(move |ctx: JobContext| {
             Box::pin(async move { run(&name, &mut command, timeout, max_bytes, &ctx).await })
         }))
@@ -309,13 +346,23 @@ async fn run(
     ctx: &JobContext,
 ) -> Result<ToolOutput, String> {
     let started = Instant::now();
-    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
     let mut child = command
         .spawn()
         .map_err(|e| format!("{name}: cannot start '{program}': {e}"))?;
     let group = child.id().map(|id| Pid::from_raw(id as i32));
-    let stdout = child.stdout.take().map(|s| tokio::spawn(tail(s, max_bytes)));
-    let stderr = child.stderr.take().map(|s| tokio::spawn(tail(s, max_bytes)));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(tail(s, max_bytes)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(tail(s, max_bytes)));
     let deadline = async {
         match timeout {
             Some(timeout) => tokio::time::sleep(timeout).await,
@@ -348,14 +395,23 @@ async fn run(
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     let runtime_s = started.elapsed().as_secs_f64();
-    let exit = status.code().map_or_else(|| format!("killed by a signal ({status})"), |c| format!("exit code {c}"));
+    let exit = status.code().map_or_else(
+        || format!("killed by a signal ({status})"),
+        |c| format!("exit code {c}"),
+    );
     let mut text = format!("{name}: {exit} after {runtime_s:.1} s\n");
-    for (label, body, dropped) in [("stdout", &stdout, stdout_dropped), ("stderr", &stderr, stderr_dropped)] {
+    for (label, body, dropped) in [
+        ("stdout", &stdout, stdout_dropped),
+        ("stderr", &stderr, stderr_dropped),
+    ] {
         if body.is_empty() {
             continue;
         }
         if dropped > 0 {
-            text.push_str(&format!("--- {label} (last {} bytes; {dropped} earlier bytes cut) ---\n", body.len()));
+            text.push_str(&format!(
+                "--- {label} (last {} bytes; {dropped} earlier bytes cut) ---\n",
+                body.len()
+            ));
         } else {
             text.push_str(&format!("--- {label} ---\n"));
         }
@@ -382,7 +438,10 @@ async fn run(
 async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child) {
     if let Some(group) = group {
         let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
+        if tokio::time::timeout(TERM_GRACE, child.wait())
+            .await
+            .is_err()
+        {
             let _ = killpg(group, Signal::SIGKILL);
         }
         // Children of the command may outlive it in the group: make sure they go too.
@@ -412,7 +471,12 @@ mod tests {
     }
 
     fn param(kind: ParamType, required: bool) -> ParamSpec {
-        ParamSpec { kind, description: String::new(), required, default: None }
+        ParamSpec {
+            kind,
+            description: String::new(),
+            required,
+            default: None,
+        }
     }
 
     async fn run_tool(tool: &CommandTool, args: Value) -> Result<ToolOutput, String> {
@@ -421,32 +485,56 @@ mod tests {
 
     #[test]
     fn placeholders_fill_one_argument_each_and_missing_optionals_vanish() {
-        let template: Vec<String> = ["grep", "-n", "{pattern}", "--max={count}", "{path}"].map(String::from).to_vec();
+        let template: Vec<String> = ["grep", "-n", "{pattern}", "--max={count}", "{path}"]
+            .map(String::from)
+            .to_vec();
         let values = BTreeMap::from([("pattern".to_owned(), "a b; rm -rf /".to_owned())]);
-        assert_eq!(fill(&template, &values), ["grep", "-n", "a b; rm -rf /", "--max="]);
+        assert_eq!(
+            fill(&template, &values),
+            ["grep", "-n", "a b; rm -rf /", "--max="]
+        );
     }
 
     #[tokio::test]
     async fn runs_with_typed_parameters_and_captures_output() {
         let mut s = spec(&["sh", "-c", "echo \"$0 $1\"; echo err >&2", "{word}", "{n}"]);
-        s.params.insert("word".into(), param(ParamType::String, true));
-        s.params.insert("n".into(), param(ParamType::Integer, false));
+        s.params
+            .insert("word".into(), param(ParamType::String, true));
+        s.params
+            .insert("n".into(), param(ParamType::Integer, false));
         let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
-        let out = run_tool(&tool, json!({"word": "hi there", "n": 3})).await.unwrap();
+        let out = run_tool(&tool, json!({"word": "hi there", "n": 3}))
+            .await
+            .unwrap();
         assert_eq!(out.structured["stdout"], "hi there 3\n");
         assert_eq!(out.structured["stderr"], "err\n");
-        assert!(out.text.starts_with("cmd: exit code 0 after"), "{}", out.text);
+        assert!(
+            out.text.starts_with("cmd: exit code 0 after"),
+            "{}",
+            out.text
+        );
         let err = run_tool(&tool, json!({"n": 3})).await.unwrap_err();
         assert!(err.contains("parameter 'word' is required"), "{err}");
-        let err = run_tool(&tool, json!({"word": "x", "n": 1.5})).await.unwrap_err();
-        assert!(err.contains("parameter 'n' must be of type integer, got 1.5"), "{err}");
-        let err = run_tool(&tool, json!({"word": "x", "bogus": 1})).await.unwrap_err();
+        let err = run_tool(&tool, json!({"word": "x", "n": 1.5}))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("parameter 'n' must be of type integer, got 1.5"),
+            "{err}"
+        );
+        let err = run_tool(&tool, json!({"word": "x", "bogus": 1}))
+            .await
+            .unwrap_err();
         assert!(err.contains("unknown parameter 'bogus'"), "{err}");
     }
 
     #[tokio::test]
     async fn a_failing_command_is_an_error_with_its_output() {
-        let tool = CommandTool::new(spec(&["sh", "-c", "echo boom; exit 3"]), &std::env::temp_dir()).unwrap();
+        let tool = CommandTool::new(
+            spec(&["sh", "-c", "echo boom; exit 3"]),
+            &std::env::temp_dir(),
+        )
+        .unwrap();
         let err = run_tool(&tool, json!({})).await.unwrap_err();
         assert!(err.contains("exit code 3") && err.contains("boom"), "{err}");
         let missing = CommandTool::new(spec(&["/no/such/program"]), &std::env::temp_dir()).unwrap();
@@ -470,9 +558,12 @@ mod tests {
     async fn shell_mode_passes_parameters_as_environment_only() {
         let mut s = spec(&["printf '%s' \"$WORD\""]);
         s.shell = true;
-        s.params.insert("word".into(), param(ParamType::String, true));
+        s.params
+            .insert("word".into(), param(ParamType::String, true));
         let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
-        let out = run_tool(&tool, json!({"word": "$(echo injected)"})).await.unwrap();
+        let out = run_tool(&tool, json!({"word": "$(echo injected)"}))
+            .await
+            .unwrap();
         assert_eq!(out.structured["stdout"], "$(echo injected)");
     }
 
@@ -502,7 +593,8 @@ mod tests {
         let gone = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
             nix::sys::signal::kill(Pid::from_raw(grandchild), None).is_err()
-                || std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok_and(|s| s.contains(") Z"))
+                || std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
         });
         assert!(gone, "the grandchild {grandchild} is still running");
     }
@@ -524,14 +616,18 @@ mod tests {
         assert!(err.contains("argv must name a program"), "{err}");
         let mut s = spec(&["a", "b"]);
         s.shell = true;
-        assert!(CommandTool::new(s, &std::env::temp_dir()).unwrap_err().contains("one script string"));
+        assert!(CommandTool::new(s, &std::env::temp_dir())
+            .unwrap_err()
+            .contains("one script string"));
     }
 
     #[test]
     fn the_schema_lists_typed_parameters_and_required_ones() {
         let mut s = spec(&["echo", "{a}"]);
         s.params.insert("a".into(), param(ParamType::Number, true));
-        let schema = CommandTool::new(s, &std::env::temp_dir()).unwrap().input_schema();
+        let schema = CommandTool::new(s, &std::env::temp_dir())
+            .unwrap()
+            .input_schema();
         assert_eq!(schema["properties"]["a"]["type"], "number");
         assert_eq!(schema["required"], json!(["a"]));
     }

@@ -42,8 +42,12 @@ pub struct PathSize {
 
 impl FeatureExtractor for PathSize {
     fn extract(&self, args: &Value, features: &mut Features) {
-        let Some(path) = args.get("path").and_then(Value::as_str) else { return };
-        let Ok(resolved) = self.roots.resolve(path) else { return };
+        let Some(path) = args.get("path").and_then(Value::as_str) else {
+            return;
+        };
+        let Ok(resolved) = self.roots.resolve(path) else {
+            return;
+        };
         let size = tree_size(&resolved, SIZE_WALK_CAP, SIZE_WALK_MAX_ENTRIES);
         features.insert("path.files", size.files as f64, FeatureKind::Custom);
         features.insert("path.bytes", size.bytes as f64, FeatureKind::Custom);
@@ -53,7 +57,9 @@ impl FeatureExtractor for PathSize {
 fn path_options(roots: &Arc<Roots>) -> ToolOptions {
     ToolOptions {
         expensive: false,
-        extractor: Some(Arc::new(PathSize { roots: roots.clone() })),
+        extractor: Some(Arc::new(PathSize {
+            roots: roots.clone(),
+        })),
     }
 }
 
@@ -119,7 +125,8 @@ fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
             return Err("cancelled".to_owned());
         }
         let mut hasher = Sha256::new();
-        let mut reader = File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut reader =
+            File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         loop {
             let n = reader
                 .read(&mut buffer)
@@ -131,8 +138,16 @@ fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
             hasher.update(&buffer[..n]);
         }
         let digest = hex(&hasher.finalize());
-        let relative = file.strip_prefix(root).unwrap_or(file).display().to_string();
-        let relative = if relative.is_empty() { file.display().to_string() } else { relative };
+        let relative = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        let relative = if relative.is_empty() {
+            file.display().to_string()
+        } else {
+            relative
+        };
         manifest.update(format!("{digest}  {relative}\n"));
         if entries.len() < MAX_MANIFEST_LINES {
             entries.push((digest, relative));
@@ -223,19 +238,28 @@ impl Tool for SearchText {
             .map_err(|e| format!("pattern is not a valid regex: {e}"))?;
         let max_matches = args.max_matches.unwrap_or(DEFAULT_MAX_MATCHES);
         if max_matches == 0 || max_matches > MAX_MATCHES {
-            return Err(format!("max_matches must be between 1 and {MAX_MATCHES}, got {max_matches}"));
+            return Err(format!(
+                "max_matches must be between 1 and {MAX_MATCHES}, got {max_matches}"
+            ));
         }
         Ok(Box::new(move |ctx: JobContext| {
             Box::pin(async move {
-                tokio::task::spawn_blocking(move || search_tree(&root, &regex, max_matches as usize, &ctx))
-                    .await
-                    .map_err(|e| format!("search stopped: {e}"))?
+                tokio::task::spawn_blocking(move || {
+                    search_tree(&root, &regex, max_matches as usize, &ctx)
+                })
+                .await
+                .map_err(|e| format!("search stopped: {e}"))?
             })
         }))
     }
 }
 
-fn search_tree(root: &Path, regex: &Regex, max_matches: usize, ctx: &JobContext) -> Result<ToolOutput, String> {
+fn search_tree(
+    root: &Path,
+    regex: &Regex,
+    max_matches: usize,
+    ctx: &JobContext,
+) -> Result<ToolOutput, String> {
     let (files, _) = files_under(root);
     let mut matches = Vec::new();
     let mut searched = 0usize;
@@ -244,13 +268,19 @@ fn search_tree(root: &Path, regex: &Regex, max_matches: usize, ctx: &JobContext)
         if ctx.is_cancelled() {
             return Err("cancelled".to_owned());
         }
-        let Ok(handle) = File::open(file) else { continue };
+        let Ok(handle) = File::open(file) else {
+            continue;
+        };
         let mut reader = BufReader::new(handle);
         if reader.fill_buf().map_or(true, |head| head.contains(&0)) {
             continue; // binary or unreadable
         }
         searched += 1;
-        let relative = file.strip_prefix(root).unwrap_or(file).display().to_string();
+        let relative = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         for (number, line) in reader.lines().enumerate() {
             let Ok(line) = line else { continue 'files };
             if regex.is_match(&line) {
@@ -267,10 +297,19 @@ fn search_tree(root: &Path, regex: &Regex, max_matches: usize, ctx: &JobContext)
         "{} matches in {searched} files under {}{}\n",
         matches.len(),
         root.display(),
-        if truncated { format!(" (stopped at max_matches={max_matches})") } else { String::new() }
+        if truncated {
+            format!(" (stopped at max_matches={max_matches})")
+        } else {
+            String::new()
+        }
     );
     for m in &matches {
-        text.push_str(&format!("{}:{}: {}\n", m["path"].as_str().unwrap_or(""), m["line"], m["text"].as_str().unwrap_or("")));
+        text.push_str(&format!(
+            "{}:{}: {}\n",
+            m["path"].as_str().unwrap_or(""),
+            m["line"],
+            m["text"].as_str().unwrap_or("")
+        ));
     }
     let structured = json!({
         "path": root.display().to_string(),
@@ -304,38 +343,74 @@ mod tests {
     #[tokio::test]
     async fn hash_files_lists_every_file_with_its_sha256() {
         let (_dir, roots) = setup();
-        let out = run(&HashFiles::new(roots), json!({"path": "src"})).await.unwrap();
+        let out = run(&HashFiles::new(roots), json!({"path": "src"}))
+            .await
+            .unwrap();
         assert_eq!(out.structured["files"], 3);
         assert_eq!(out.structured["entries"][0]["path"], "a.rs");
         // sha256("fn main() {}\n// TODO: one\n")
         let expected = hex(&Sha256::digest(b"fn main() {}\n// TODO: one\n"));
         assert_eq!(out.structured["entries"][0]["sha256"], expected.as_str());
-        assert!(out.text.contains(&format!("{expected}  a.rs")), "{}", out.text);
+        assert!(
+            out.text.contains(&format!("{expected}  a.rs")),
+            "{}",
+            out.text
+        );
     }
 
     #[tokio::test]
     async fn search_text_finds_lines_and_skips_binary_files() {
         let (_dir, roots) = setup();
-        let out = run(&SearchText::new(roots.clone()), json!({"path": ".", "pattern": "TODO: \\w+"})).await.unwrap();
+        let out = run(
+            &SearchText::new(roots.clone()),
+            json!({"path": ".", "pattern": "TODO: \\w+"}),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.structured["matches"].as_array().unwrap().len(), 2);
         assert_eq!(out.structured["files_searched"], 2);
-        assert!(out.text.contains("src/b.rs:1: // TODO: two"), "{}", out.text);
-        let capped = run(&SearchText::new(roots), json!({"path": ".", "pattern": "TODO", "max_matches": 1})).await.unwrap();
+        assert!(
+            out.text.contains("src/b.rs:1: // TODO: two"),
+            "{}",
+            out.text
+        );
+        let capped = run(
+            &SearchText::new(roots),
+            json!({"path": ".", "pattern": "TODO", "max_matches": 1}),
+        )
+        .await
+        .unwrap();
         assert_eq!(capped.structured["truncated"], true);
-        assert!(capped.text.contains("stopped at max_matches=1"), "{}", capped.text);
+        assert!(
+            capped.text.contains("stopped at max_matches=1"),
+            "{}",
+            capped.text
+        );
     }
 
     #[test]
     fn bad_arguments_are_refused_before_anything_runs() {
         let (_dir, roots) = setup();
         let search = SearchText::new(roots.clone());
-        let err = search.start(&json!({"path": ".", "pattern": "("})).err().unwrap();
+        let err = search
+            .start(&json!({"path": ".", "pattern": "("}))
+            .err()
+            .unwrap();
         assert!(err.contains("pattern is not a valid regex"), "{err}");
-        let err = search.start(&json!({"path": ".", "pattern": "x", "max_matches": 0})).err().unwrap();
+        let err = search
+            .start(&json!({"path": ".", "pattern": "x", "max_matches": 0}))
+            .err()
+            .unwrap();
         assert!(err.contains("between 1 and 1000"), "{err}");
-        let err = HashFiles::new(roots.clone()).start(&json!({"path": "../.."})).err().unwrap();
+        let err = HashFiles::new(roots.clone())
+            .start(&json!({"path": "../.."}))
+            .err()
+            .unwrap();
         assert!(err.contains("outside the allowed roots"), "{err}");
-        let err = HashFiles::new(roots).start(&json!({"dir": "src"})).err().unwrap();
+        let err = HashFiles::new(roots)
+            .start(&json!({"dir": "src"}))
+            .err()
+            .unwrap();
         assert!(err.contains("hash_files"), "{err}");
     }
 
@@ -347,7 +422,11 @@ mod tests {
         assert_eq!(features.get("path.files"), Some(3.0));
         let bytes: u64 = ["a.rs", "b.rs", "bin.dat"]
             .iter()
-            .map(|f| std::fs::metadata(_dir.path().join("src").join(f)).unwrap().len())
+            .map(|f| {
+                std::fs::metadata(_dir.path().join("src").join(f))
+                    .unwrap()
+                    .len()
+            })
             .sum();
         assert_eq!(features.get("path.bytes"), Some(bytes as f64));
     }
@@ -355,7 +434,9 @@ mod tests {
     #[tokio::test]
     async fn hashing_stops_when_cancelled() {
         let (_dir, roots) = setup();
-        let work = HashFiles::new(roots).start(&json!({"path": "src"})).unwrap();
+        let work = HashFiles::new(roots)
+            .start(&json!({"path": "src"}))
+            .unwrap();
         let token = CancellationToken::new();
         token.cancel();
         assert_eq!(work(JobContext::new(token)).await.unwrap_err(), "cancelled");

@@ -57,10 +57,15 @@ pub fn parse_args<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, St
     let mut args = match args {
         Value::Object(map) => map.clone(),
         Value::Null => Map::new(),
-        other => return Err(format!("{tool}: arguments must be a JSON object, got {other}")),
+        other => {
+            return Err(format!(
+                "{tool}: arguments must be a JSON object, got {other}"
+            ))
+        }
     };
     args.remove(ASYNC_MODE_ARG);
-    serde_json::from_value(Value::Object(args)).map_err(|e| format!("{tool}: invalid arguments: {e}"))
+    serde_json::from_value(Value::Object(args))
+        .map_err(|e| format!("{tool}: invalid arguments: {e}"))
 }
 
 /// The JSON Schema of `T` as an object.
@@ -73,7 +78,9 @@ pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
 
 /// `schema` with the optional `async_mode` property every tool accepts.
 pub fn with_async_mode(mut schema: Map<String, Value>) -> Map<String, Value> {
-    schema.entry("type").or_insert_with(|| Value::from("object"));
+    schema
+        .entry("type")
+        .or_insert_with(|| Value::from("object"));
     let properties = schema
         .entry("properties")
         .or_insert_with(|| Value::Object(Map::new()));

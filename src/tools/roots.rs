@@ -52,13 +52,15 @@ impl Roots {
 
     /// Resolves a path argument to a canonical path inside the roots.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
-        let first = self
-            .roots
-            .first()
-            .ok_or_else(|| "no root directory is configured: start the server with --root DIR".to_owned())?;
+        let first = self.roots.first().ok_or_else(|| {
+            "no root directory is configured: start the server with --root DIR".to_owned()
+        })?;
         let joined = first.join(path);
         let canonical = joined.canonicalize().map_err(|e| {
-            format!("path '{path}' cannot be read ({e}); paths are relative to {}", first.display())
+            format!(
+                "path '{path}' cannot be read ({e}); paths are relative to {}",
+                first.display()
+            )
         })?;
         if self.roots.iter().any(|root| canonical.starts_with(root)) {
             Ok(canonical)
@@ -72,7 +74,11 @@ impl Roots {
 
     /// The roots as a comma-separated list.
     pub fn describe(&self) -> String {
-        self.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        self.roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -92,7 +98,11 @@ pub struct TreeSize {
 pub fn tree_size(path: &Path, time_cap: Duration, max_entries: u64) -> TreeSize {
     let started = Instant::now();
     let mut size = TreeSize::default();
-    for (seen, entry) in WalkDir::new(path).follow_links(false).into_iter().enumerate() {
+    for (seen, entry) in WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .enumerate()
+    {
         if seen as u64 >= max_entries || started.elapsed() > time_cap {
             size.capped = true;
             break;
@@ -111,7 +121,12 @@ pub fn tree_size(path: &Path, time_cap: Duration, max_entries: u64) -> TreeSize 
 pub fn files_under(path: &Path) -> (Vec<PathBuf>, u64) {
     let mut files = Vec::new();
     let mut symlinks = 0;
-    for entry in WalkDir::new(path).follow_links(false).sort_by_file_name().into_iter().flatten() {
+    for entry in WalkDir::new(path)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+    {
         if entry.file_type().is_file() {
             files.push(entry.into_path());
         } else if entry.file_type().is_symlink() {
@@ -139,7 +154,10 @@ mod tests {
         let (_dir, roots) = tree();
         assert_eq!(roots.resolve("b").unwrap(), roots.paths()[0].join("b"));
         assert_eq!(roots.resolve(".").unwrap(), roots.paths()[0]);
-        assert_eq!(roots.resolve("b/../one.txt").unwrap(), roots.paths()[0].join("one.txt"));
+        assert_eq!(
+            roots.resolve("b/../one.txt").unwrap(),
+            roots.paths()[0].join("one.txt")
+        );
     }
 
     #[test]
@@ -151,16 +169,31 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), dir.path().join("a/escape")).unwrap();
         assert!(roots.resolve("escape").unwrap_err().contains("outside"));
         let inside = roots.paths()[0].join("one.txt");
-        assert_eq!(roots.resolve(inside.to_str().unwrap()).unwrap(), inside, "absolute inside is fine");
-        assert!(roots.resolve("missing").unwrap_err().contains("cannot be read"));
+        assert_eq!(
+            roots.resolve(inside.to_str().unwrap()).unwrap(),
+            inside,
+            "absolute inside is fine"
+        );
+        assert!(roots
+            .resolve("missing")
+            .unwrap_err()
+            .contains("cannot be read"));
     }
 
     #[test]
     fn sizes_and_listings_skip_symlinks() {
         let (dir, roots) = tree();
-        std::os::unix::fs::symlink(dir.path().join("a/one.txt"), dir.path().join("a/link")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a/one.txt"), dir.path().join("a/link"))
+            .unwrap();
         let size = tree_size(&roots.paths()[0], Duration::from_secs(5), 1000);
-        assert_eq!(size, TreeSize { files: 2, bytes: 8, capped: false });
+        assert_eq!(
+            size,
+            TreeSize {
+                files: 2,
+                bytes: 8,
+                capped: false
+            }
+        );
         let (files, symlinks) = files_under(&roots.paths()[0]);
         assert_eq!((files.len(), symlinks), (2, 1));
         assert!(tree_size(&roots.paths()[0], Duration::from_secs(5), 2).capped);
@@ -169,6 +202,10 @@ mod tests {
     #[test]
     fn a_missing_root_says_what_to_pass() {
         let err = Roots::new(&[PathBuf::from("/no/such/dir")]).unwrap_err();
-        assert!(err.to_string().contains("pass an existing directory to --root"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("pass an existing directory to --root"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,463 @@
+//! The MCP face: an rmcp `ServerHandler` that offers the configured tools through the
+//! engine, the job tools (`job_status`, `list_jobs`, `cancel_job`) and
+//! `predictor_stats`, over stdio or Streamable HTTP.
+//!
+//! A tool's output travels through the engine as the JSON of its `CallToolResult`, so
+//! a job's result is returned exactly as an inline answer would have been. Bad
+//! arguments and tool failures are `isError` results the model can read; only an
+//! unknown tool is a protocol error.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    Tool as McpTool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::engine::{CallOutcome, Engine, EngineError, ToolCall};
+use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus};
+use crate::policy::{Seconds, Source};
+use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
+
+/// The share of the budget `job_status` may wait, so its own answer stays in time.
+pub const WAIT_SHARE_OF_BUDGET: f64 = 0.8;
+/// `list_jobs` answers at most this many jobs when not told.
+pub const DEFAULT_LIST_LIMIT: usize = 20;
+
+/// The MCP server: cheap to clone, every clone shares the engine and tools.
+#[derive(Clone)]
+pub struct SmartServer {
+    engine: Engine,
+    tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
+    listed: Arc<Vec<McpTool>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct JobStatusArgs {
+    /// The job_id a background answer gave.
+    job_id: String,
+    /// Wait up to this many seconds for the job to end before answering (capped
+    /// below the budget), so one call can wait instead of polling.
+    wait_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ListJobsArgs {
+    /// Only jobs with this status: pending, running, completed, failed or cancelled.
+    status: Option<String>,
+    /// Only jobs of this tool.
+    tool: Option<String>,
+    /// At most this many, newest first (default 20).
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CancelJobArgs {
+    /// The job to cancel.
+    job_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StatsArgs {
+    /// Only this tool (all tools and the pooled model `*` when absent).
+    tool: Option<String>,
+}
+
+const JOB_STATUS: &str = "job_status";
+const LIST_JOBS: &str = "list_jobs";
+const CANCEL_JOB: &str = "cancel_job";
+const PREDICTOR_STATS: &str = "predictor_stats";
+
+impl SmartServer {
+    /// A server offering `tools` through `engine`; registers each tool's options.
+    pub fn new(engine: Engine, tools: Vec<Arc<dyn Tool>>) -> SmartServer {
+        let mut listed = Vec::with_capacity(tools.len() + 4);
+        let mut by_name = BTreeMap::new();
+        for tool in tools {
+            engine.register_tool(tool.name(), tool.options());
+            listed.push(McpTool::new(
+                tool.name().to_owned(),
+                tool.description().to_owned(),
+                Arc::new(with_async_mode(tool.input_schema())),
+            ));
+            by_name.insert(tool.name().to_owned(), tool);
+        }
+        let own = |name: &'static str, description: &'static str, schema: JsonObject| {
+            McpTool::new(name, description, Arc::new(schema))
+        };
+        listed.push(own(
+            JOB_STATUS,
+            "Status of a background job: timings, ETA, and the result or error once it has ended. \
+             Pass wait_s to wait for the end in this same call instead of polling.",
+            schema_of::<JobStatusArgs>(),
+        ));
+        listed.push(own(
+            LIST_JOBS,
+            "Background jobs, newest first, optionally by status or tool.",
+            schema_of::<ListJobsArgs>(),
+        ));
+        listed.push(own(
+            CANCEL_JOB,
+            "Cancel a pending or running background job.",
+            schema_of::<CancelJobArgs>(),
+        ));
+        listed.push(own(
+            PREDICTOR_STATS,
+            "What smart-async has learned per tool: samples, warm or cold, effect of each argument, \
+             bound coverage, decisions by source, promotions and needless backgrounds.",
+            schema_of::<StatsArgs>(),
+        ));
+        SmartServer {
+            engine,
+            tools: Arc::new(by_name),
+            listed: Arc::new(listed),
+        }
+    }
+
+    /// The engine behind the server.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves one client over stdin/stdout until it disconnects.
+    pub async fn serve_stdio(self) -> anyhow::Result<()> {
+        let running = self.serve(rmcp::transport::stdio()).await?;
+        running.waiting().await?;
+        Ok(())
+    }
+
+    /// Serves Streamable HTTP at `http://ADDR/mcp` until `shutdown` fires. rmcp's Host
+    /// check stays on: loopback names, plus the bound address itself.
+    pub async fn serve_http(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let addr: SocketAddr = listener.local_addr()?;
+        let mut hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        hosts.push(addr.ip().to_string());
+        let config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(hosts)
+            .with_cancellation_token(shutdown.child_token());
+        // 2026-07-28 requests are served statelessly, one factory call each: every call
+        // must share this server's engine, so the factory clones it.
+        let service: StreamableHttpService<SmartServer, LocalSessionManager> =
+            StreamableHttpService::new(
+                move || Ok(self.clone()),
+                Arc::new(LocalSessionManager::default()),
+                config,
+            );
+        let router = axum::Router::new().nest_service("/mcp", service);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
+            .await?;
+        Ok(())
+    }
+
+    async fn call_configured(&self, tool: &Arc<dyn Tool>, args: Value) -> CallToolResult {
+        let work = match tool.start(&args) {
+            Ok(work) => work,
+            Err(message) => return error_result(message),
+        };
+        let call = ToolCall::new(tool.name(), args);
+        let outcome = self
+            .engine
+            .call(call, move |ctx| async move {
+                let output = work(ctx).await?;
+                serde_json::to_value(output_result(output)).map_err(|e| e.to_string())
+            })
+            .await;
+        match outcome {
+            Ok(CallOutcome::Done {
+                result: Ok(value), ..
+            }) => stored_result(value),
+            Ok(CallOutcome::Done {
+                result: Err(message),
+                ..
+            }) => error_result(message),
+            Ok(CallOutcome::Job { job }) => self.background_answer(&job),
+            Err(e) => error_result(format!("smart-async could not run the call: {e}")),
+        }
+    }
+
+    /// What a caller gets for a job: what happened, why, and what to call next.
+    fn background_answer(&self, job: &Job) -> CallToolResult {
+        let now = now_ms();
+        let decision = &job.decision;
+        let smart_async = decision.source != Source::Explicit;
+        let eta_s = job.eta_s(now);
+        let wait_s = self.max_wait_s();
+        let next = format!(
+            "call job_status with job_id=\"{}\" (add wait_s up to {:.0} to wait for the end in one call)",
+            job.id, wait_s
+        );
+        let why = if job.promoted {
+            format!(
+                "it was still running at the {} deadline, so it continues as a job",
+                Seconds(self.engine.budget_s())
+            )
+        } else if smart_async {
+            "smart-async predicted it would take too long to answer inline".to_owned()
+        } else {
+            "the call asked for async_mode=true".to_owned()
+        };
+        let mut text = format!(
+            "Started in the background as job {} ({}): {why}.\nReason: {}\n",
+            job.id,
+            job.status().name(),
+            decision.reason()
+        );
+        if let Some(eta_s) = eta_s {
+            text.push_str(&format!(
+                "Expected to finish in about {}.\n",
+                Seconds(eta_s)
+            ));
+        }
+        text.push_str(&format!("Next: {next}.\n"));
+        let structured = json!({
+            "job_id": job.id,
+            "status": job.status(),
+            "smart_async": smart_async,
+            "promoted": job.promoted,
+            "reason": decision.reason(),
+            "predicted_s": decision.predicted_s,
+            "eta_s": eta_s,
+            "next": next,
+        });
+        let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+        result.structured_content = Some(structured);
+        result
+    }
+
+    fn max_wait_s(&self) -> f64 {
+        self.engine.budget_s() * WAIT_SHARE_OF_BUDGET
+    }
+
+    async fn job_status(&self, args: &Value) -> Result<CallToolResult, String> {
+        let args: JobStatusArgs = parse_args(JOB_STATUS, args)?;
+        let id = parse_job_id(&args.job_id)?;
+        let wait_s = args.wait_s.unwrap_or(0.0);
+        if !(wait_s.is_finite() && wait_s >= 0.0) {
+            return Err(format!(
+                "{JOB_STATUS}: wait_s must be a number of seconds ≥ 0, got {wait_s}"
+            ));
+        }
+        let wait = Duration::from_secs_f64(wait_s.min(self.max_wait_s()));
+        let job = self
+            .engine
+            .wait_job(id, wait)
+            .await
+            .map_err(engine_message)?;
+        Ok(job_report(&job))
+    }
+
+    fn list_jobs(&self, args: &Value) -> Result<CallToolResult, String> {
+        let args: ListJobsArgs = parse_args(LIST_JOBS, args)?;
+        let status = args
+            .status
+            .as_deref()
+            .map(str::parse::<JobStatus>)
+            .transpose()
+            .map_err(|e| format!("{LIST_JOBS}: {e}"))?;
+        let filter = JobFilter {
+            status,
+            tool: args.tool,
+            limit: Some(args.limit.unwrap_or(DEFAULT_LIST_LIMIT)),
+        };
+        let jobs = self.engine.list_jobs(&filter).map_err(engine_message)?;
+        let now = now_ms();
+        let mut text = format!("{} jobs\n", jobs.len());
+        for job in &jobs {
+            text.push_str(&format!(
+                "{} {} {}{}\n",
+                job.id,
+                job.tool,
+                job.status().name(),
+                job.elapsed_s(now)
+                    .map_or(String::new(), |s| format!(" ({})", Seconds(s)))
+            ));
+        }
+        let structured =
+            json!({ "jobs": jobs.iter().map(|job| job_view(job, now)).collect::<Vec<_>>() });
+        Ok(text_and_structured(text, structured))
+    }
+
+    async fn cancel_job(&self, args: &Value) -> Result<CallToolResult, String> {
+        let args: CancelJobArgs = parse_args(CANCEL_JOB, args)?;
+        let id = parse_job_id(&args.job_id)?;
+        let job = self.engine.cancel_job(id).await.map_err(engine_message)?;
+        Ok(job_report(&job))
+    }
+
+    fn predictor_stats(&self, args: &Value) -> Result<CallToolResult, String> {
+        let args: StatsArgs = parse_args(PREDICTOR_STATS, args)?;
+        let stats = self.engine.stats(args.tool.as_deref());
+        if let (Some(tool), true) = (&args.tool, stats.is_empty()) {
+            return Err(format!(
+                "{PREDICTOR_STATS}: nothing has been learned about tool '{tool}' yet"
+            ));
+        }
+        let text = stats
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let structured = json!({ "budget_s": self.engine.budget_s(), "tools": stats });
+        Ok(text_and_structured(text, structured))
+    }
+}
+
+fn parse_job_id(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        format!("'{text}' is not a job id: use the job_id from a background answer or list_jobs")
+    })
+}
+
+fn engine_message(error: EngineError) -> String {
+    match error {
+        EngineError::Job(JobError::NotFound(id)) => {
+            format!("no job with id {id}: list_jobs shows the known ones (finished jobs are kept for a limited time)")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn text_and_structured(text: String, structured: Value) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    result
+}
+
+fn output_result(output: ToolOutput) -> CallToolResult {
+    text_and_structured(output.text, output.structured)
+}
+
+fn error_result(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+/// A result the engine carried as JSON; a value that is not one is shown as it is.
+fn stored_result(value: Value) -> CallToolResult {
+    serde_json::from_value::<CallToolResult>(value.clone())
+        .unwrap_or_else(|_| text_and_structured(value.to_string(), value))
+}
+
+fn job_view(job: &Job, now: u64) -> Value {
+    json!({
+        "job_id": job.id,
+        "tool": job.tool,
+        "label": job.label,
+        "status": job.status(),
+        "promoted": job.promoted,
+        "reason": job.decision.reason(),
+        "predicted_s": job.decision.predicted_s,
+        "eta_s": job.eta_s(now),
+        "elapsed_s": job.elapsed_s(now),
+        "created_at_ms": job.created_at_ms,
+        "started_at_ms": job.started_at_ms,
+        "finished_at_ms": job.finished_at_ms,
+    })
+}
+
+/// A job's status for `job_status` and `cancel_job`: its result when completed.
+fn job_report(job: &Job) -> CallToolResult {
+    let now = now_ms();
+    let mut view = job_view(job, now);
+    let mut text = format!("Job {} ({}): {}", job.id, job.tool, job.status().name());
+    if let Some(elapsed_s) = job.elapsed_s(now) {
+        text.push_str(&format!(", ran {}", Seconds(elapsed_s)));
+    }
+    if let Some(eta_s) = job.eta_s(now) {
+        text.push_str(&format!(", about {} to go", Seconds(eta_s)));
+    }
+    text.push('\n');
+    match &job.state {
+        JobState::Completed { result } => {
+            let result = stored_result(result.clone());
+            for block in &result.content {
+                if let Some(content) = block.as_text() {
+                    text.push_str(&content.text);
+                }
+            }
+            view["result"] = result.structured_content.unwrap_or(Value::Null);
+        }
+        JobState::Failed { error } => {
+            text.push_str(&format!("Error: {error}\n"));
+            view["error"] = json!(error);
+        }
+        JobState::Cancelled => text.push_str("It was cancelled; nothing was returned.\n"),
+        JobState::Pending | JobState::Running => text
+            .push_str("Call job_status again (with wait_s to wait in one call) for the result.\n"),
+    }
+    text_and_structured(text, view)
+}
+
+impl ServerHandler for SmartServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("smart-async", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools answer inline when they finish in time; otherwise they return a job_id. \
+                 Use job_status (with wait_s) for the result, list_jobs and cancel_job to manage jobs, \
+                 and predictor_stats to see what smart-async has learned. Any tool accepts \
+                 async_mode=true to run in the background at once.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items((*self.listed).clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<McpTool> {
+        self.listed.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let answer = match request.name.as_ref() {
+            JOB_STATUS => self.job_status(&args).await,
+            LIST_JOBS => self.list_jobs(&args),
+            CANCEL_JOB => self.cancel_job(&args).await,
+            PREDICTOR_STATS => self.predictor_stats(&args),
+            name => match self.tools.get(name) {
+                Some(tool) => Ok(self.call_configured(tool, args).await),
+                None => {
+                    return Err(ErrorData::invalid_params(
+                        format!("unknown tool '{name}': tools/list shows the available ones"),
+                        None,
+                    ))
+                }
+            },
+        };
+        Ok(answer.unwrap_or_else(error_result).into())
+    }
+}
