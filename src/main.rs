@@ -195,6 +195,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tool_names.join(", ")
     );
     let server = SmartServer::new(engine.clone(), settings.tools);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
     let served = match settings.http {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -204,12 +206,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(
                 "listening for MCP clients on http://{bound}/mcp (Streamable HTTP); Ctrl-C stops"
             );
-            let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                on_signal.cancel();
-            });
             server.serve_http(listener, shutdown).await
         }
         None => {
@@ -217,11 +213,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "waiting for an MCP client on stdin/stdout: configure your client to run `smart-async serve` \
                  (or use --http PORT); Ctrl-D or closing stdin stops"
             );
-            server.serve_stdio().await
+            tokio::select! {
+                served = server.serve_stdio() => served,
+                _ = shutdown.cancelled() => Ok(()),
+            }
         }
     };
+    // Finished jobs and what was learned are flushed; running jobs will read as
+    // interrupted on the next start.
     engine.close().await?;
+    tracing::info!("stopped");
     served
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM, so the database is flushed and closed.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("stopping on signal");
+    shutdown.cancel();
 }
 
 async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Result<()> {

@@ -209,8 +209,9 @@ impl SmartServer {
         let eta_s = job.eta_s(now);
         let wait_s = self.max_wait_s();
         let next = format!(
-            "call job_status with job_id=\"{}\" (add wait_s up to {:.0} to wait for the end in one call)",
-            job.id, wait_s
+            "call job_status with job_id=\"{}\" (add wait_s up to {} to wait for the end in one call)",
+            job.id,
+            Seconds(wait_s).to_string().trim_end_matches(" s")
         );
         let why = if job.promoted {
             format!(

@@ -24,6 +24,8 @@ use crate::jobs::JobContext;
 
 /// Manifest lines shown; the digest still covers every file.
 pub const MAX_MANIFEST_LINES: usize = 1000;
+/// How many 64 KiB chunks are hashed between cancellation checks (1 MiB).
+const CANCEL_CHECK_CHUNKS: u64 = 16;
 /// Matches returned when the call does not say.
 pub const DEFAULT_MAX_MATCHES: u32 = 100;
 /// The most matches a call may ask for.
@@ -127,7 +129,11 @@ fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
         let mut hasher = Sha256::new();
         let mut reader =
             File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        loop {
+        for chunk in 0u64.. {
+            // Between chunks too: one large file must not hold a cancel back.
+            if chunk % CANCEL_CHECK_CHUNKS == CANCEL_CHECK_CHUNKS - 1 && ctx.is_cancelled() {
+                return Err("cancelled".to_owned());
+            }
             let n = reader
                 .read(&mut buffer)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;

@@ -1,0 +1,479 @@
+//! `smart-async serve` end to end: the real binary, driven by rmcp's client over stdio
+//! and over Streamable HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smart-async");
+
+type Client = RunningService<RoleClient, ()>;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts `smart-async serve` on stdio with these flags and connects to it.
+async fn connect(args: &[&str]) -> Client {
+    let command = tokio::process::Command::new(BIN).configure(|c| {
+        c.arg("serve").args(args);
+    });
+    let (transport, _) = TokioChildProcess::builder(command)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    ().serve(transport)
+        .await
+        .expect("the MCP handshake succeeds")
+}
+
+async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+}
+
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn structured(result: &CallToolResult) -> &Value {
+    result
+        .structured_content
+        .as_ref()
+        .expect("structured content")
+}
+
+fn is_error(result: &CallToolResult) -> bool {
+    result.is_error == Some(true)
+}
+
+/// A data dir and a root with a few small files.
+struct Setup {
+    data: TempDir,
+    root: TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("small")).unwrap();
+        for i in 0..3 {
+            std::fs::write(
+                root.path().join(format!("small/f{i}.txt")),
+                format!("file {i}\n"),
+            )
+            .unwrap();
+        }
+        Setup {
+            data: tempfile::tempdir().unwrap(),
+            root,
+        }
+    }
+
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--data-dir",
+            path_str(self.data.path()),
+            "--root",
+            path_str(self.root.path()),
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+fn example_config() -> String {
+    repo()
+        .join("data/smart-async.example.toml")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn tools_are_listed_and_answer_inline_or_as_jobs_over_stdio() {
+    let setup = Setup::new();
+    let config = example_config();
+    let client = connect(&setup.args(&["--config", &config])).await;
+
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for expected in [
+        "hash_files",
+        "search_text",
+        "count_lines",
+        "sleep",
+        "job_status",
+        "list_jobs",
+        "cancel_job",
+        "predictor_stats",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let hash = tools.iter().find(|t| t.name == "hash_files").unwrap();
+    assert_eq!(
+        hash.input_schema["properties"]["async_mode"]["type"],
+        "boolean"
+    );
+    assert_eq!(hash.input_schema["required"], json!(["path"]));
+
+    let inline = call(&client, "hash_files", json!({"path": "small"})).await;
+    assert!(!is_error(&inline), "{}", text(&inline));
+    assert_eq!(structured(&inline)["files"], 3);
+    assert!(
+        structured(&inline).get("job_id").is_none(),
+        "answered inline"
+    );
+
+    let started = call(
+        &client,
+        "hash_files",
+        json!({"path": "small", "async_mode": true}),
+    )
+    .await;
+    let answer = structured(&started);
+    assert_eq!(answer["smart_async"], false, "asked for, not chosen");
+    assert!(answer["reason"].as_str().unwrap().starts_with("explicit:"));
+    assert!(
+        text(&started).contains("job_status"),
+        "says what to call next: {}",
+        text(&started)
+    );
+    let job_id = answer["job_id"].as_str().unwrap().to_owned();
+    let done = call(
+        &client,
+        "job_status",
+        json!({"job_id": job_id, "wait_s": 10}),
+    )
+    .await;
+    assert_eq!(structured(&done)["status"], "completed", "{}", text(&done));
+    assert_eq!(structured(&done)["result"]["files"], 3);
+    assert_eq!(
+        structured(&done)["result"]["digest"],
+        structured(&inline)["digest"]
+    );
+
+    let listed = call(&client, "list_jobs", json!({"status": "completed"})).await;
+    assert_eq!(structured(&listed)["jobs"][0]["job_id"], job_id.as_str());
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_that_overruns_the_deadline_is_promoted_and_completes() {
+    let setup = Setup::new();
+    let config = example_config();
+    let client = connect(&setup.args(&["--config", &config, "--deadline-s", "0.3"])).await;
+    let started = call(&client, "sleep", json!({"seconds": 1.2})).await;
+    let answer = structured(&started);
+    assert_eq!(answer["promoted"], true, "{}", text(&started));
+    assert!(
+        text(&started).contains("still running at the"),
+        "{}",
+        text(&started)
+    );
+    let done = call(
+        &client,
+        "job_status",
+        json!({"job_id": answer["job_id"], "wait_s": 10}),
+    )
+    .await;
+    assert_eq!(structured(&done)["status"], "completed", "{}", text(&done));
+    assert!(structured(&done)["elapsed_s"].as_f64().unwrap() >= 1.2);
+    let stats = call(&client, "predictor_stats", json!({"tool": "sleep"})).await;
+    assert_eq!(structured(&stats)["tools"][0]["promotions"], 1);
+    assert_eq!(
+        structured(&stats)["tools"][0]["samples"],
+        1,
+        "its runtime was learned"
+    );
+    client.cancel().await.unwrap();
+}
+
+/// Pids of processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let wanted = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (cmdline == wanted.as_bytes() && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cancel_job_stops_a_running_command_and_its_process() {
+    let setup = Setup::new();
+    let config = example_config();
+    let client = connect(&setup.args(&["--config", &config])).await;
+    // A duration no other test uses, to find the process.
+    let started = call(
+        &client,
+        "sleep",
+        json!({"seconds": 317.25, "async_mode": true}),
+    )
+    .await;
+    let job_id = structured(&started)["job_id"].clone();
+    let mut running = Vec::new();
+    for _ in 0..200 {
+        running = pids_running(&["sleep", "317.25"]);
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!running.is_empty(), "the command never started");
+    let cancelled = call(&client, "cancel_job", json!({"job_id": job_id})).await;
+    assert_eq!(
+        structured(&cancelled)["status"],
+        "cancelled",
+        "{}",
+        text(&cancelled)
+    );
+    let gone = async {
+        while !pids_running(&["sleep", "317.25"]).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the process is gone");
+    let again = call(&client, "cancel_job", json!({"job_id": job_id})).await;
+    assert!(
+        is_error(&again) && text(&again).contains("already ended (cancelled)"),
+        "{}",
+        text(&again)
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let setup = Setup::new();
+    let client = connect(&setup.args(&[])).await;
+    let cases = [
+        (
+            "job_status",
+            json!({"job_id": "00000000-0000-4000-8000-000000000000"}),
+            "no job with id",
+        ),
+        (
+            "job_status",
+            json!({"job_id": "nope"}),
+            "'nope' is not a job id",
+        ),
+        (
+            "hash_files",
+            json!({"path": ".."}),
+            "outside the allowed roots",
+        ),
+        (
+            "hash_files",
+            json!({"path": "/etc"}),
+            "outside the allowed roots",
+        ),
+        (
+            "hash_files",
+            json!({"dir": "small"}),
+            "hash_files: invalid arguments",
+        ),
+        (
+            "search_text",
+            json!({"path": ".", "pattern": "("}),
+            "pattern is not a valid regex",
+        ),
+        (
+            "list_jobs",
+            json!({"status": "done"}),
+            "unknown job status 'done'",
+        ),
+    ];
+    for (tool, args, expected) in cases {
+        let result = call(&client, tool, args.clone()).await;
+        assert!(is_error(&result), "{tool} {args}: {}", text(&result));
+        assert!(
+            text(&result).contains(expected),
+            "{tool} {args}: {}",
+            text(&result)
+        );
+    }
+    let unknown = client
+        .call_tool(CallToolRequestParams::new("no_such_tool").with_arguments(Default::default()))
+        .await;
+    assert!(
+        format!("{unknown:?}").contains("unknown tool 'no_such_tool'"),
+        "{unknown:?}"
+    );
+    let still = call(&client, "hash_files", json!({"path": "small"})).await;
+    assert_eq!(structured(&still)["files"], 3);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_tool_from_the_example_config_runs_end_to_end() {
+    let setup = Setup::new();
+    let config = example_config();
+    let client = connect(&setup.args(&["--config", &config])).await;
+    let counted = call(&client, "count_lines", json!({"dir": "src"})).await;
+    assert!(!is_error(&counted), "{}", text(&counted));
+    assert!(
+        text(&counted).contains("count_lines: exit code 0"),
+        "{}",
+        text(&counted)
+    );
+    assert!(
+        structured(&counted)["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("src/lib.rs"),
+        "{}",
+        text(&counted)
+    );
+    client.cancel().await.unwrap();
+}
+
+/// Writes a directory of `files` sparse files totalling `bytes`.
+fn sparse_dir(path: &Path, files: u64, bytes: u64) {
+    std::fs::create_dir_all(path).unwrap();
+    for i in 0..files {
+        let file = std::fs::File::create(path.join(format!("part{i}.bin"))).unwrap();
+        file.set_len(bytes / files).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn learning_survives_a_restart_and_decides_from_arguments() {
+    let setup = Setup::new();
+    let budget = ["--budget-s", "0.5"];
+    let client = connect(&setup.args(&budget)).await;
+    for step in 0..14u32 {
+        let kib = 16u64 << (step % 10); // 16 KiB .. 8 MiB
+        let dir = format!("train{step}");
+        sparse_dir(
+            &setup.root.path().join(&dir),
+            1 + u64::from(step % 4),
+            kib * 1024,
+        );
+        let result = call(&client, "hash_files", json!({ "path": dir })).await;
+        assert!(!is_error(&result), "{}", text(&result));
+    }
+    let stats = call(&client, "predictor_stats", json!({"tool": "hash_files"})).await;
+    let hash = &structured(&stats)["tools"][0];
+    assert_eq!(hash["state"], "warm", "{}", text(&stats));
+    let bytes = hash["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "path.bytes")
+        .unwrap();
+    assert!(
+        bytes["elasticity"].as_f64().unwrap() > 0.0,
+        "{}",
+        text(&stats)
+    );
+    let samples = hash["samples"].clone();
+    client.cancel().await.unwrap();
+
+    let client = connect(&setup.args(&budget)).await;
+    let stats = call(&client, "predictor_stats", json!({"tool": "hash_files"})).await;
+    assert_eq!(structured(&stats)["tools"][0]["state"], "warm");
+    assert_eq!(structured(&stats)["tools"][0]["samples"], samples);
+
+    sparse_dir(&setup.root.path().join("huge"), 2, 4 << 30);
+    let big = call(&client, "hash_files", json!({"path": "huge"})).await;
+    let answer = structured(&big);
+    assert_eq!(answer["smart_async"], true, "{}", text(&big));
+    assert!(
+        answer["reason"].as_str().unwrap().starts_with("learned:"),
+        "{}",
+        text(&big)
+    );
+    call(&client, "cancel_job", json!({"job_id": answer["job_id"]})).await;
+
+    let small = call(&client, "hash_files", json!({"path": "small"})).await;
+    assert!(
+        structured(&small).get("job_id").is_none(),
+        "{}",
+        text(&small)
+    );
+    assert_eq!(structured(&small)["files"], 3);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_flow_works_over_streamable_http() {
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .args(setup.args(&["--http", &addr]))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/mcp");
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(connected) = ().serve(StreamableHttpClientTransport::from_uri(url.clone())).await
+        {
+            client = Some(connected);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = client.expect("connected over HTTP");
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "predictor_stats"));
+    let inline = call(&client, "hash_files", json!({"path": "small"})).await;
+    assert_eq!(structured(&inline)["files"], 3);
+    let started = call(
+        &client,
+        "hash_files",
+        json!({"path": "small", "async_mode": true}),
+    )
+    .await;
+    let done = call(
+        &client,
+        "job_status",
+        json!({"job_id": structured(&started)["job_id"], "wait_s": 10}),
+    )
+    .await;
+    assert_eq!(structured(&done)["status"], "completed", "{}", text(&done));
+    client.cancel().await.unwrap();
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+}
