@@ -5,7 +5,7 @@
 //! [`Policy`], spawns the work exactly once, persists jobs, samples and models through
 //! the [`Store`], and keeps the models in memory for the next decision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -30,6 +30,8 @@ use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
 /// How often finished jobs and old samples are pruned.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often changed models are written to the store.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// The name the pooled model is reported under.
 pub const POOLED_TOOL: &str = "*";
 
@@ -154,6 +156,20 @@ pub enum EngineError {
 struct Learned {
     tools: HashMap<String, ToolRecord>,
     pooled: ToolRecord,
+    /// Tools whose record changed since it was last written (the pooled one too).
+    dirty: HashSet<String>,
+    pooled_dirty: bool,
+}
+
+impl Learned {
+    fn record_mut(&mut self, tool: &str) -> &mut ToolRecord {
+        if !self.dirty.contains(tool) {
+            self.dirty.insert(tool.to_owned());
+        }
+        self.tools
+            .entry(tool.to_owned())
+            .or_insert_with(|| ToolRecord::new(true))
+    }
 }
 
 struct Inner {
@@ -223,6 +239,8 @@ impl Engine {
         let mut learned = Learned {
             tools: tools.into_iter().collect(),
             pooled: pooled.unwrap_or_else(|| ToolRecord::new(false)),
+            dirty: HashSet::new(),
+            pooled_dirty: false,
         };
         for record in learned.tools.values_mut().chain([&mut learned.pooled]) {
             record.model.set_risk(config.risk);
@@ -333,6 +351,7 @@ impl Engine {
     pub async fn close(&self) -> Result<(), EngineError> {
         self.inner.shutdown.cancel();
         self.inner.jobs.abandon_all().await;
+        self.persist()?;
         self.inner.store.flush().await?;
         Ok(())
     }
@@ -379,12 +398,7 @@ impl Engine {
             Some(&learned.pooled.model),
         );
         if count {
-            learned
-                .tools
-                .entry(tool.to_owned())
-                .or_insert_with(|| ToolRecord::new(true))
-                .counters
-                .decided(&decision);
+            learned.record_mut(tool).counters.decided(&decision);
         }
         decision
     }
@@ -433,14 +447,10 @@ impl Engine {
             work.abort();
             return Err(e.into());
         }
-        {
-            let mut learned = lock(&self.inner.learned);
-            let record = learned
-                .tools
-                .entry(job.tool.clone())
-                .or_insert_with(|| ToolRecord::new(true));
-            record.counters.promotions += 1;
-        }
+        lock(&self.inner.learned)
+            .record_mut(&job.tool)
+            .counters
+            .promotions += 1;
         let work_abort = work.abort_handle();
         let engine = self.clone();
         let supervised = job.clone();
@@ -537,24 +547,38 @@ impl Engine {
         }
         let risk = inner.policy.risk();
         let mut learned = lock(&inner.learned);
-        let Learned { tools, pooled } = &mut *learned;
-        let record = tools
-            .entry(tool.to_owned())
-            .or_insert_with(|| ToolRecord::new(true));
+        let record = learned.record_mut(tool);
         record
             .counters
             .finished(decision, outcome, runtime_s, inner.policy.budget_s());
         if outcome == Outcome::Completed {
             record.model.observe(features, runtime_s, risk);
-            pooled.model.observe(features, runtime_s, risk);
+            learned.pooled.model.observe(features, runtime_s, risk);
+            learned.pooled_dirty = true;
         }
-        let saved = inner
-            .store
-            .save_record(Some(tool), record)
-            .and_then(|()| inner.store.save_record(None, pooled));
-        if let Err(e) = saved {
-            tracing::warn!(tool, error = %e, "could not store the model");
+    }
+
+    /// Writes the records that changed since the last write. Called every
+    /// [`PERSIST_INTERVAL`] and on close, so a call pays for no model write and a crash
+    /// loses at most that long of learning (the samples themselves are written per run).
+    fn persist(&self) -> Result<(), StoreError> {
+        let (tools, pooled) = {
+            let mut learned = lock(&self.inner.learned);
+            let dirty: Vec<String> = learned.dirty.drain().collect();
+            let tools: Vec<(String, ToolRecord)> = dirty
+                .into_iter()
+                .filter_map(|tool| learned.tools.get(&tool).map(|r| (tool, r.clone())))
+                .collect();
+            let pooled = std::mem::take(&mut learned.pooled_dirty).then(|| learned.pooled.clone());
+            (tools, pooled)
+        };
+        for (tool, record) in &tools {
+            self.inner.store.save_record(Some(tool), record)?;
         }
+        if let Some(pooled) = &pooled {
+            self.inner.store.save_record(None, pooled)?;
+        }
+        Ok(())
     }
 }
 
@@ -606,15 +630,30 @@ impl Drop for InlineGuard {
     }
 }
 
+/// Writes changed models every [`PERSIST_INTERVAL`], and prunes jobs and samples
+/// every [`SWEEP_INTERVAL`].
 async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
+    let mut since_sweep = Duration::ZERO;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = tokio::time::sleep(PERSIST_INTERVAL) => {}
         }
         let Some(inner) = engine.upgrade() else {
             return;
         };
+        if let Err(e) = (Engine {
+            inner: inner.clone(),
+        })
+        .persist()
+        {
+            tracing::warn!(error = %e, "could not store the models");
+        }
+        since_sweep += PERSIST_INTERVAL;
+        if since_sweep < SWEEP_INTERVAL {
+            continue;
+        }
+        since_sweep = Duration::ZERO;
         if let Err(e) = inner.jobs.prune(now_ms()) {
             tracing::warn!(error = %e, "could not prune finished jobs");
         }

@@ -192,7 +192,9 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    pub(crate) fn new(cancel: CancellationToken) -> JobContext {
+    /// A context whose work should stop when `cancel` fires. The engine makes one per
+    /// run; make your own to run a tool's work outside the engine (tests, a plain server).
+    pub fn new(cancel: CancellationToken) -> JobContext {
         JobContext { cancel }
     }
 
@@ -457,7 +459,8 @@ impl Jobs {
     }
 
     /// Stops every live task without writing a state: what a killed process would
-    /// leave, so the next open reports these jobs as interrupted.
+    /// leave, so the next open reports these jobs as interrupted. Work is aborted, then
+    /// its cancellation token fires, for work an abort cannot reach.
     pub(crate) async fn abandon_all(&self) {
         let entries: Vec<Live> = self.live().drain().map(|(_, live)| live).collect();
         for live in &entries {
@@ -468,6 +471,12 @@ impl Jobs {
         // Give the aborted tasks a turn to drop their futures (and their engine handles).
         for _ in 0..entries.len().min(64) + 1 {
             tokio::task::yield_now().await;
+        }
+        // Work on blocking threads cannot be aborted, only asked: without this a hash
+        // of a large tree would hold the process open after shutdown. The supervisors
+        // are gone, so nothing records these jobs as cancelled.
+        for live in &entries {
+            live.cancel.cancel();
         }
     }
 }

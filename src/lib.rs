@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod mcp;
 pub mod policy;
 pub mod predictor;
+pub mod replay;
 pub mod stats;
 pub mod store;
 pub mod tools;

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use smart_async::config::FileConfig;
 use smart_async::mcp::SmartServer;
+use smart_async::replay::{Replay, ReplayConfig, TraceRecord};
 use smart_async::tools::command::CommandTool;
 use smart_async::tools::files::{HashFiles, SearchText};
 use smart_async::tools::roots::Roots;
@@ -35,6 +37,36 @@ enum Command {
     /// config file, the job tools (job_status, list_jobs, cancel_job) and
     /// predictor_stats, and learns every tool's runtime as it runs.
     Serve(ServeArgs),
+    /// Backtest the decision policies on a runtime trace (JSON Lines; - for stdin).
+    ///
+    /// For each call every policy decides first, then learns the runtime. Prints a
+    /// table (or JSON) of sync and background decisions, late and needless calls,
+    /// accuracy, wasted seconds and bound coverage per policy.
+    Replay {
+        /// The trace: one {"tool", "args", "runtime_s", "ok"} object per line.
+        trace: PathBuf,
+        /// Seconds a call may take inline.
+        #[arg(long, default_value_t = smart_async::DEFAULT_BUDGET_S)]
+        budget_s: f64,
+        /// Share of runtimes allowed above the learned bound.
+        #[arg(long, default_value_t = smart_async::DEFAULT_RISK)]
+        risk: f64,
+        /// Seconds a needless background costs the caller (one poll).
+        #[arg(long, default_value_t = smart_async::replay::DEFAULT_POLL_COST_S)]
+        poll_cost_s: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the stored runtime samples as a trace (JSON Lines) to stdout, for
+    /// `smart-async replay -` with other budgets and risks.
+    Export {
+        /// Only this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
     /// Show what has been learned per tool, read from the database.
     ///
     /// The database can be open in one process at a time: stop a server that uses
@@ -245,10 +277,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Result<()> {
-    let data_dir = match data.data_dir {
-        Some(dir) => dir,
-        None => default_data_dir()?,
-    };
+    let data_dir = data_dir(data)?;
     let engine = Engine::open(EngineConfig::new(&data_dir))
         .await
         .with_context(|| format!("cannot read the statistics in {}", data_dir.display()))?;
@@ -273,8 +302,132 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Stats { tool, json, data } => stats(tool, json, data).await,
+        Command::Replay {
+            trace,
+            budget_s,
+            risk,
+            poll_cost_s,
+            json,
+        } => {
+            let policy = smart_async::Policy::new(budget_s, risk, StaticTable::default())?;
+            anyhow::ensure!(
+                poll_cost_s.is_finite() && poll_cost_s >= 0.0,
+                "--poll-cost-s must be a number of seconds ≥ 0"
+            );
+            replay(
+                &trace,
+                ReplayConfig {
+                    policy,
+                    poll_cost_s,
+                },
+                json,
+            )
+        }
+        Command::Export { tool, data } => export(tool, data),
     }
 }
+
+fn data_dir(data: DataDirArg) -> anyhow::Result<PathBuf> {
+    match data.data_dir {
+        Some(dir) => Ok(dir),
+        None => default_data_dir(),
+    }
+}
+
+/// Replays a trace file, or stdin for `-`, with a progress bar on stderr.
+fn replay(trace: &std::path::Path, config: ReplayConfig, json: bool) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let (reader, size): (Box<dyn BufRead>, Option<u64>) = if trace.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let file = std::fs::File::open(trace)
+            .with_context(|| format!("cannot open the trace {}", trace.display()))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
+            size,
+        )
+    };
+    let progress = match size {
+        Some(size) => ProgressBar::new(size).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    };
+    progress.set_draw_target(ProgressDrawTarget::stderr());
+    let started = std::time::Instant::now();
+    let mut replay = Replay::new(config);
+    let mut skipped = 0u64;
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read line {} of the trace", index + 1))?;
+        progress.inc(line.len() as u64 + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        match TraceRecord::parse(&line) {
+            Ok(record) => replay.step(&record),
+            Err(reason) => {
+                skipped += 1;
+                if skipped <= MAX_BAD_LINES_SHOWN {
+                    progress.suspend(|| eprintln!("line {}: skipped: {reason}", index + 1));
+                }
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let report = replay.report();
+    let elapsed_s = started.elapsed().as_secs_f64();
+    if skipped > 0 {
+        eprintln!("{skipped} bad lines skipped");
+    }
+    eprintln!(
+        "replayed {} calls in {elapsed_s:.2} s ({:.0} calls/s)",
+        report.calls,
+        report.calls as f64 / elapsed_s.max(1e-9)
+    );
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// Writes stored samples as trace lines. Features stand in for arguments (the
+/// arguments themselves are not stored); cancelled runs are left out, since their
+/// elapsed time is only a lower bound on a runtime.
+fn export(tool: Option<String>, data: DataDirArg) -> anyhow::Result<()> {
+    use std::io::Write;
+    let data_dir = data_dir(data)?;
+    let store = smart_async::Store::open(&data_dir, 16 << 20)
+        .with_context(|| format!("cannot read the samples in {}", data_dir.display()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for sample in store.samples(tool.as_deref()) {
+        let sample = sample?;
+        if sample.outcome == smart_async::Outcome::Cancelled {
+            continue;
+        }
+        let args: serde_json::Map<String, serde_json::Value> = sample
+            .features
+            .iter()
+            .map(|f| (f.name.clone(), serde_json::json!(f.value)))
+            .collect();
+        let record = TraceRecord {
+            tool: sample.tool,
+            args: serde_json::Value::Object(args),
+            runtime_s: sample.runtime_s,
+            ok: sample.outcome == smart_async::Outcome::Completed,
+        };
+        serde_json::to_writer(&mut out, &record)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Bad trace lines reported one by one; past this only the count is given.
+const MAX_BAD_LINES_SHOWN: u64 = 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

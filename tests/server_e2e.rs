@@ -477,3 +477,53 @@ async fn the_same_flow_works_over_streamable_http() {
     server.start_kill().unwrap();
     server.wait().await.unwrap();
 }
+
+/// Regression: a background job on a blocking thread (hashing a huge tree) kept the
+/// process alive after its client closed stdin, until the hash ended.
+#[tokio::test]
+async fn closing_stdin_stops_the_server_promptly_even_with_a_job_running() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let setup = Setup::new();
+    // 64 GiB of sparse zeros: minutes of hashing.
+    sparse_dir(&setup.root.path().join("huge"), 4, 64 << 30);
+    let mut server = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .args(setup.args(&[]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = server.stdin.take().unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap()).lines();
+    let requests = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "hash_files", "arguments": {"path": "huge", "async_mode": true}}}),
+    ];
+    for request in requests {
+        stdin
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut job_started = false;
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        let message: Value = serde_json::from_str(&line).unwrap();
+        if message["id"] == 2 {
+            job_started = message["result"]["structuredContent"]["job_id"].is_string();
+            break;
+        }
+    }
+    assert!(job_started);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the server exits without finishing the hash")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,152 @@
+//! MCP overhead: a no-op tool called through the smart-async server vs through a plain
+//! rmcp server with the same tool, side by side in one run, each over an in-memory
+//! duplex pipe so only the server code differs.
+//!
+//! Run: `cargo bench --bench mcp`. The ratio is smart_async / plain of the medians
+//! (target ≤ 1.05). Each iteration is 2,000 sequential calls.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool as McpTool,
+};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{json, Map, Value};
+use smart_async::mcp::SmartServer;
+use smart_async::tools::{Tool, ToolOutput, ToolWork};
+use smart_async::{Engine, EngineConfig, JobContext};
+
+const CALLS: usize = 2000;
+
+/// The tool both servers offer.
+struct Noop;
+
+impl Tool for Noop {
+    fn name(&self) -> &str {
+        "noop"
+    }
+    fn description(&self) -> &str {
+        "Does nothing."
+    }
+    fn input_schema(&self) -> Map<String, Value> {
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!("object"));
+        schema
+    }
+    fn start(&self, _: &Value) -> Result<ToolWork, String> {
+        Ok(Box::new(|_: JobContext| {
+            Box::pin(async {
+                Ok(ToolOutput {
+                    text: "ok".into(),
+                    structured: json!({"ok": true}),
+                })
+            })
+        }))
+    }
+}
+
+/// A plain rmcp server with the same tool: what people run today.
+#[derive(Clone)]
+struct Plain;
+
+impl ServerHandler for Plain {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(vec![McpTool::new(
+            "noop",
+            "Does nothing.",
+            Arc::new(Noop.input_schema()),
+        )]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let work = Noop
+            .start(&Value::Object(request.arguments.unwrap_or_default()))
+            .map_err(|e| ErrorData::invalid_params(e, None))?;
+        let output = work(JobContext::new(Default::default()))
+            .await
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let mut result = CallToolResult::success(vec![ContentBlock::text(output.text)]);
+        result.structured_content = Some(output.structured);
+        Ok(result.into())
+    }
+}
+
+async fn connect<S: ServerHandler>(server: S) -> RunningService<RoleClient, ()> {
+    let (client_end, server_end) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve(server_end).await {
+            let _ = running.waiting().await;
+        }
+    });
+    ().serve(client_end).await.expect("handshake")
+}
+
+async fn calls(client: &RunningService<RoleClient, ()>, n: usize) -> Duration {
+    let started = Instant::now();
+    for i in 0..n {
+        let args = json!({ "i": i % 10 });
+        let Value::Object(args) = args else {
+            unreachable!()
+        };
+        let result = client
+            .call_tool(CallToolRequestParams::new("noop").with_arguments(args))
+            .await
+            .expect("call");
+        assert_ne!(result.is_error, Some(true));
+    }
+    started.elapsed()
+}
+
+fn overhead(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (plain, smart, engine) = runtime.block_on(async {
+        let engine = Engine::open(EngineConfig::new(dir.path()))
+            .await
+            .expect("engine");
+        let smart = connect(SmartServer::new(engine.clone(), vec![Arc::new(Noop)])).await;
+        (connect(Plain).await, smart, engine)
+    });
+    let mut group = c.benchmark_group("mcp_overhead_2000_calls");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("plain_rmcp", |b| {
+        b.iter_custom(|iters| runtime.block_on(calls_n(&plain, iters)))
+    });
+    group.bench_function("smart_async", |b| {
+        b.iter_custom(|iters| runtime.block_on(calls_n(&smart, iters)))
+    });
+    group.finish();
+    runtime.block_on(engine.close()).expect("close");
+}
+
+async fn calls_n(client: &RunningService<RoleClient, ()>, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        total += calls(client, CALLS).await;
+    }
+    total
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);
