@@ -1,5 +1,5 @@
 //! Engine benchmarks: the pure decision, the in-process inline path, a background
-//! submit and a job's durable write.
+//! submit, a job's durable write, and replay throughput.
 //!
 //! Run: `cargo bench --bench engine`. Targets: decide ≤ 1 µs, sync path ≤ 20 µs.
 
@@ -108,5 +108,28 @@ fn engine_paths(c: &mut Criterion) {
     runtime.block_on(engine.close()).expect("close");
 }
 
-criterion_group!(benches, decide, engine_paths);
+/// Replay throughput on a shipped trace, parsed per line as the CLI does.
+fn replay(c: &mut Criterion) {
+    use smart_async::replay::{Replay, ReplayConfig, TraceRecord, DEFAULT_POLL_COST_S};
+    let trace = include_str!("../data/traces/slow_mode.jsonl");
+    let calls = trace.lines().count() as u64;
+    let mut group = c.benchmark_group("replay");
+    group.throughput(criterion::Throughput::Elements(calls));
+    group.bench_function("slow_mode trace, all policies", |b| {
+        b.iter(|| {
+            let policy = Policy::new(50.0, 0.05, StaticTable::default()).expect("valid policy");
+            let mut replay = Replay::new(ReplayConfig {
+                policy,
+                poll_cost_s: DEFAULT_POLL_COST_S,
+            });
+            for line in trace.lines() {
+                replay.step(&TraceRecord::parse(line).expect("a valid line"));
+            }
+            black_box(replay.report())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decide, engine_paths, replay);
 criterion_main!(benches);

@@ -7,11 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +21,8 @@ use uuid::Uuid;
 
 use crate::features::{FeatureExtractor, Features, ASYNC_MODE_ARG};
 use crate::jobs::{
-    now_ms, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState, Jobs, RunEnd,
-    WorkHandle,
+    now_ms, panic_message, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState,
+    Jobs, RunEnd, WorkHandle,
 };
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
@@ -413,23 +415,23 @@ impl Engine {
         let cancel = CancellationToken::new();
         let started = Instant::now();
         let started_ms = now_ms();
-        let mut work: WorkHandle = tokio::spawn(work(JobContext::new(cancel.clone())));
-        let mut guard = InlineGuard {
-            cancel: cancel.clone(),
-            work: Some(work.abort_handle()),
-            grace: self.inner.jobs.settings().cancel_grace,
-        };
-        let grace = guard.grace;
-        let ended =
-            tokio::time::timeout(self.inner.deadline, run_to_end(&mut work, &cancel, grace)).await;
-        guard.work = None;
-        if let Ok(end) = ended {
+        // Polled right here, not spawned: an inline answer costs no task and no
+        // cross-thread wake-up. If this call is dropped (its caller went away), the work
+        // is dropped with it and its token fires for anything it handed the token to.
+        let caller_gone = cancel.clone().drop_guard();
+        let mut work = work(JobContext::new(cancel.clone()));
+        let ended = tokio::time::timeout(
+            self.inner.deadline,
+            AssertUnwindSafe(&mut work).catch_unwind(),
+        )
+        .await;
+        caller_gone.disarm();
+        if let Ok(ended) = ended {
             let runtime_s = started.elapsed().as_secs_f64();
-            let (result, outcome) = match end {
-                RunEnd::Returned(Ok(value)) => (Ok(value), Outcome::Completed),
-                RunEnd::Returned(Err(error)) => (Err(error), Outcome::Failed),
-                RunEnd::Panicked(message) => (Err(panic_error(&message)), Outcome::Failed),
-                RunEnd::Cancelled => (Err("cancelled".to_owned()), Outcome::Cancelled),
+            let (result, outcome) = match ended {
+                Ok(Ok(value)) => (Ok(value), Outcome::Completed),
+                Ok(Err(error)) => (Err(error), Outcome::Failed),
+                Err(panic) => (Err(panic_error(&panic_message(&*panic))), Outcome::Failed),
             };
             self.record(&call.tool, &features, runtime_s, outcome, &decision);
             return Ok(CallOutcome::Done {
@@ -444,9 +446,12 @@ impl Engine {
         job.started_at_ms = Some(started_ms);
         job.promoted = true;
         if let Err(e) = self.inner.jobs.create(&job, cancel.clone()).await {
-            work.abort();
+            cancel.cancel();
             return Err(e.into());
         }
+        // The same future, moved to a task of its own: it goes on where it was.
+        let grace = self.inner.jobs.settings().cancel_grace;
+        let mut work: WorkHandle = tokio::spawn(work);
         lock(&self.inner.learned)
             .record_mut(&job.tool)
             .counters
@@ -604,30 +609,6 @@ fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {
 
 fn panic_error(message: &str) -> String {
     format!("the tool panicked: {message}")
-}
-
-/// Cancels inline work whose caller went away, and aborts it after the grace period.
-struct InlineGuard {
-    cancel: CancellationToken,
-    work: Option<tokio::task::AbortHandle>,
-    grace: Duration,
-}
-
-impl Drop for InlineGuard {
-    fn drop(&mut self) {
-        if let Some(work) = self.work.take() {
-            self.cancel.cancel();
-            let grace = self.grace;
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    work.abort();
-                });
-            } else {
-                work.abort();
-            }
-        }
-    }
 }
 
 /// Writes changed models every [`PERSIST_INTERVAL`], and prunes jobs and samples

@@ -500,17 +500,18 @@ pub(crate) async fn run_to_end(
     };
     match joined {
         Ok(returned) => RunEnd::Returned(returned),
-        Err(e) if e.is_panic() => {
-            let panic = e.into_panic();
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "no message".to_owned());
-            RunEnd::Panicked(message)
-        }
+        Err(e) if e.is_panic() => RunEnd::Panicked(panic_message(&*e.into_panic())),
         Err(_) => RunEnd::Cancelled,
     }
+}
+
+/// The message a panic carried, if it was a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "no message".to_owned())
 }
 
 #[cfg(test)]

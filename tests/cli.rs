@@ -82,3 +82,120 @@ fn stats_for_an_unknown_tool_says_so() {
         "{stderr}"
     );
 }
+
+fn traces() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/traces");
+    let mut traces: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    traces.sort();
+    traces
+}
+
+#[test]
+fn replay_json_has_exactly_the_documented_shape_on_every_shipped_trace() {
+    let traces = traces();
+    assert_eq!(traces.len(), 6);
+    for trace in traces {
+        let out = smart_async(&["replay", trace.to_str().unwrap(), "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let keys: Vec<&str> = report
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["budget_s", "calls", "policies"]);
+        assert_eq!(report["calls"], 3000);
+        let names: Vec<&str> = report["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "learned",
+                "static",
+                "always_sync",
+                "last2_avg",
+                "p90_history",
+                "oracle"
+            ]
+        );
+        for policy in report["policies"].as_array().unwrap() {
+            let mut keys: Vec<&str> = policy
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                [
+                    "accuracy",
+                    "background",
+                    "coverage",
+                    "late",
+                    "late_rate",
+                    "name",
+                    "needless",
+                    "needless_rate",
+                    "sync",
+                    "wasted_s"
+                ]
+            );
+        }
+        let oracle = &report["policies"][5];
+        assert_eq!(
+            (oracle["late"].as_u64(), oracle["needless"].as_u64()),
+            (Some(0), Some(0))
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("calls/s"),
+            "prints its throughput: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn replay_reports_bad_lines_by_number_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    std::fs::write(
+        &trace,
+        concat!(
+            "{\"tool\": \"a\", \"args\": {\"n\": 1}, \"runtime_s\": 1.0}\n",
+            "not json\n",
+            "\n",
+            "{\"tool\": \"a\", \"runtime_s\": -3}\n",
+            "{\"tool\": \"a\", \"args\": {\"n\": 2}, \"runtime_s\": 80.0, \"ok\": false}\n",
+        ),
+    )
+    .unwrap();
+    let out = smart_async(&["replay", trace.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2: skipped:"), "{stderr}");
+    assert!(
+        stderr.contains("line 4: skipped: runtime_s must be a number of seconds ≥ 0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 bad lines skipped"), "{stderr}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("2 calls, budget 50 s"), "{table}");
+    assert!(table.contains("always_sync"), "{table}");
+    let missing = smart_async(&["replay", "no/such/trace.jsonl"]);
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .contains("cannot open the trace no/such/trace.jsonl"));
+}

@@ -383,19 +383,21 @@ async fn failures_and_panics_are_reported_counted_and_not_taught() {
 }
 
 #[tokio::test]
-async fn dropping_an_inline_call_cancels_its_work() {
+async fn dropping_an_inline_call_stops_its_work_and_fires_its_token() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    // The work hands its token to a helper thread, as blocking work does, then waits.
+    let (token_tx, token_rx) = std::sync::mpsc::channel();
+    let (alive_tx, alive_rx) = tokio::sync::oneshot::channel::<()>();
     let call = engine.call(ToolCall::new("t", json!({})), move |ctx| async move {
-        ctx.cancelled().await;
-        let _ = tx.send(());
+        let _alive = alive_tx; // dropped with the work
+        let _ = token_tx.send(ctx.token().clone());
+        std::future::pending::<()>().await;
         Ok(Value::Null)
     });
     let _ = tokio::time::timeout(Duration::from_millis(100), call).await;
-    tokio::time::timeout(Duration::from_secs(5), rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let token = token_rx.recv().unwrap();
+    assert!(token.is_cancelled(), "the helper thread is told to stop");
+    assert!(alive_rx.await.is_err(), "the work itself was dropped");
 }
 
 #[tokio::test]

@@ -427,6 +427,44 @@ async fn learning_survives_a_restart_and_decides_from_arguments() {
     );
     assert_eq!(structured(&small)["files"], 3);
     client.cancel().await.unwrap();
+
+    // What the server learned exports as a trace that replays.
+    let export = std::process::Command::new(BIN)
+        .args(["export", "--data-dir", path_str(setup.data.path())])
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let lines = String::from_utf8_lossy(&export.stdout);
+    assert_eq!(
+        lines.lines().count(),
+        15,
+        "14 training calls and the small one; the cancelled run is left out"
+    );
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["tool"], "hash_files");
+    assert_eq!(first["args"]["path.bytes"], 16.0 * 1024.0);
+    let mut replay = std::process::Command::new(BIN)
+        .args(["replay", "-", "--budget-s", "0.5", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    replay
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&export.stdout)
+        .unwrap();
+    let replayed = replay.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    assert_eq!(report["calls"], 15);
+    assert_eq!(report["budget_s"], 0.5);
 }
 
 #[tokio::test]
