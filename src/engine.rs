@@ -5,7 +5,7 @@
 //! [`Policy`], spawns the work exactly once, persists jobs, samples and models through
 //! the [`Store`], and keeps the models in memory for the next decision.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -32,7 +32,9 @@ use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
 /// How often finished jobs and old samples are pruned.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// How often changed models are written to the store.
+/// Samples kept in memory while the store cannot take them; past this the oldest go.
+const MAX_PENDING_SAMPLES: usize = 100_000;
+/// How often samples and changed models are written to the store.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// The name the pooled model is reported under.
 pub const POOLED_TOOL: &str = "*";
@@ -161,6 +163,8 @@ struct Learned {
     /// Tools whose record changed since it was last written (the pooled one too).
     dirty: HashSet<String>,
     pooled_dirty: bool,
+    /// Samples not yet written.
+    samples: VecDeque<Sample>,
 }
 
 impl Learned {
@@ -243,6 +247,7 @@ impl Engine {
             pooled: pooled.unwrap_or_else(|| ToolRecord::new(false)),
             dirty: HashSet::new(),
             pooled_dirty: false,
+            samples: VecDeque::new(),
         };
         for record in learned.tools.values_mut().chain([&mut learned.pooled]) {
             record.model.set_risk(config.risk);
@@ -547,11 +552,13 @@ impl Engine {
             outcome,
             finished_at_ms: now_ms(),
         };
-        if let Err(e) = inner.store.append_sample(&sample) {
-            tracing::warn!(tool, error = %e, "could not store a runtime sample");
-        }
         let risk = inner.policy.risk();
         let mut learned = lock(&inner.learned);
+        if learned.samples.len() >= MAX_PENDING_SAMPLES {
+            // The store has been failing for a while: keep the newest.
+            learned.samples.pop_front();
+        }
+        learned.samples.push_back(sample);
         let record = learned.record_mut(tool);
         record
             .counters
@@ -563,20 +570,25 @@ impl Engine {
         }
     }
 
-    /// Writes the records that changed since the last write. Called every
-    /// [`PERSIST_INTERVAL`] and on close, so a call pays for no model write and a crash
-    /// loses at most that long of learning (the samples themselves are written per run).
+    /// Writes the samples and the records that changed since the last write. Called
+    /// every [`PERSIST_INTERVAL`] and on close, so a call pays for no write (a sled
+    /// insert per call cost more than everything else the engine does for it) and a
+    /// crash loses at most that long of learning.
     fn persist(&self) -> Result<(), StoreError> {
-        let (tools, pooled) = {
+        let (samples, tools, pooled) = {
             let mut learned = lock(&self.inner.learned);
+            let samples: Vec<Sample> = learned.samples.drain(..).collect();
             let dirty: Vec<String> = learned.dirty.drain().collect();
             let tools: Vec<(String, ToolRecord)> = dirty
                 .into_iter()
                 .filter_map(|tool| learned.tools.get(&tool).map(|r| (tool, r.clone())))
                 .collect();
             let pooled = std::mem::take(&mut learned.pooled_dirty).then(|| learned.pooled.clone());
-            (tools, pooled)
+            (samples, tools, pooled)
         };
+        if !samples.is_empty() {
+            self.inner.store.append_samples(&samples)?;
+        }
         for (tool, record) in &tools {
             self.inner.store.save_record(Some(tool), record)?;
         }

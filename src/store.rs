@@ -179,13 +179,15 @@ impl Store {
         }
     }
 
-    /// Appends a sample.
-    pub fn append_sample(&self, sample: &Sample) -> Result<()> {
-        let id = self.db.generate_id().map_err(|e| self.io(e))?;
-        let value = postcard::to_stdvec(sample).map_err(|e| self.corrupt(&e.to_string()))?;
-        self.samples
-            .insert(sample_key(&sample.tool, id), value)
-            .map_err(|e| self.io(e))?;
+    /// Appends samples, in order, in one batch.
+    pub fn append_samples(&self, samples: &[Sample]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for sample in samples {
+            let id = self.db.generate_id().map_err(|e| self.io(e))?;
+            let value = postcard::to_stdvec(sample).map_err(|e| self.corrupt(&e.to_string()))?;
+            batch.insert(sample_key(&sample.tool, id), value);
+        }
+        self.samples.apply_batch(batch).map_err(|e| self.io(e))?;
         Ok(())
     }
 

@@ -184,8 +184,7 @@ impl SmartServer {
         let outcome = self
             .engine
             .call(call, move |ctx| async move {
-                let output = work(ctx).await?;
-                serde_json::to_value(output_result(output)).map_err(|e| e.to_string())
+                Ok(output_value(work(ctx).await?))
             })
             .await;
         match outcome {
@@ -350,18 +349,35 @@ fn text_and_structured(text: String, structured: Value) -> CallToolResult {
     result
 }
 
-fn output_result(output: ToolOutput) -> CallToolResult {
-    text_and_structured(output.text, output.structured)
+/// A tool's output as the engine carries and stores it: `{"text", "structured"}`,
+/// built by moving the parts (a serde round trip of a `CallToolResult` per call cost
+/// more than the decision).
+fn output_value(output: ToolOutput) -> Value {
+    let mut map = serde_json::Map::with_capacity(2);
+    map.insert("text".to_owned(), Value::String(output.text));
+    map.insert("structured".to_owned(), output.structured);
+    Value::Object(map)
 }
 
 fn error_result(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-/// A result the engine carried as JSON; a value that is not one is shown as it is.
+/// The result for an output the engine carried ([`output_value`]); any other value is
+/// shown as it is.
 fn stored_result(value: Value) -> CallToolResult {
-    serde_json::from_value::<CallToolResult>(value.clone())
-        .unwrap_or_else(|_| text_and_structured(value.to_string(), value))
+    match value {
+        Value::Object(mut map)
+            if map.len() == 2 && map.contains_key("text") && map.contains_key("structured") =>
+        {
+            let text = match map.remove("text") {
+                Some(Value::String(text)) => text,
+                other => other.map(|v| v.to_string()).unwrap_or_default(),
+            };
+            text_and_structured(text, map.remove("structured").unwrap_or(Value::Null))
+        }
+        other => text_and_structured(other.to_string(), other),
+    }
 }
 
 fn job_view(job: &Job, now: u64) -> Value {
