@@ -279,7 +279,8 @@ impl Engine {
     /// Runs one call: decides, spawns `work` once, and answers with its result if it
     /// ends within the deadline, or with a job handle. `work` gets a [`JobContext`]
     /// whose cancellation it should honour. If this future is dropped while the call
-    /// is still inline, the work is cancelled (and aborted after the grace period).
+    /// is still inline, the work is dropped with it and its token fires (for anything
+    /// the work handed the token to, such as a blocking thread).
     pub async fn call<F, Fut>(&self, call: ToolCall, work: F) -> Result<CallOutcome, EngineError>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
