@@ -1,7 +1,7 @@
 //! The sled database: the only module that touches it.
 //!
-//! Layout, declared once here: tree `samples` (key `tool \0 id:u64be`, value a postcard
-//! [`Sample`]), tree `models` (key tool name, value a postcard [`ToolRecord`]), tree
+//! Layout, declared once here: tree `samples` (key `tool \0 write-id:u64be`, value the
+//! postcard list of that tool's [`Sample`]s from one write), tree `models` (key tool name, value a postcard [`ToolRecord`]), tree
 //! `jobs` (key the job's 16 uuid bytes, value the [`Job`] as JSON, since results are
 //! arbitrary JSON) and tree `meta` (the format version and the pooled model).
 //!
@@ -19,7 +19,7 @@ use crate::jobs::Job;
 use crate::stats::{Outcome, ToolRecord};
 
 /// Bumped when the layout or an encoding changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// sled's page cache; its own default is 1 GiB, far more than a few models and jobs need.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -179,59 +179,83 @@ impl Store {
         }
     }
 
-    /// Appends samples, in order, in one batch.
+    /// Appends samples: one value per tool holding that tool's samples in order, so a
+    /// second of calls costs a few inserts, not one per call.
     pub fn append_samples(&self, samples: &[Sample]) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut by_tool: Vec<(&str, Vec<&Sample>)> = Vec::new();
         for sample in samples {
-            let id = self.db.generate_id().map_err(|e| self.io(e))?;
-            let value = postcard::to_stdvec(sample).map_err(|e| self.corrupt(&e.to_string()))?;
-            batch.insert(sample_key(&sample.tool, id), value);
+            match by_tool.iter_mut().find(|(tool, _)| *tool == sample.tool) {
+                Some((_, group)) => group.push(sample),
+                None => by_tool.push((&sample.tool, vec![sample])),
+            }
+        }
+        let id = self.db.generate_id().map_err(|e| self.io(e))?;
+        let mut batch = sled::Batch::default();
+        for (tool, group) in by_tool {
+            let value = postcard::to_stdvec(&group).map_err(|e| self.corrupt(&e.to_string()))?;
+            batch.insert(sample_key(tool, id), value);
         }
         self.samples.apply_batch(batch).map_err(|e| self.io(e))?;
         Ok(())
     }
 
-    /// Samples in the order they were written, of one tool or all. A sample that
-    /// cannot be read ends the iteration with an error.
+    /// Samples of one tool or all, in the order they were written (within one write,
+    /// grouped by tool). A sample that cannot be read ends the iteration with an error.
     pub fn samples(&self, tool: Option<&str>) -> impl Iterator<Item = Result<Sample>> + '_ {
-        let iter = match tool {
-            Some(tool) => self.samples.scan_prefix(sample_prefix(tool)),
-            None => self.samples.iter(),
-        };
-        let mut all: Vec<(u64, sled::IVec)> = Vec::new();
+        let mut groups = Vec::new();
         let mut failure = None;
-        for item in iter {
+        for item in self.sample_groups(tool) {
             match item {
-                Ok((key, value)) => all.push((sample_id(&key), value)),
+                Ok((id, _, group)) => groups.push((id, group)),
                 Err(e) => {
-                    failure = Some(self.io(e));
+                    failure = Some(e);
                     break;
                 }
             }
         }
         // Keys sort by tool first; ids give the order of writing across tools.
-        all.sort_by_key(|(id, _)| *id);
-        all.into_iter()
-            .map(move |(_, value)| {
-                postcard::from_bytes::<Sample>(&value)
-                    .map_err(|e| self.corrupt(&format!("a sample cannot be read: {e}")))
-            })
+        groups.sort_by_key(|(id, _)| *id);
+        groups
+            .into_iter()
+            .flat_map(|(_, group)| group.into_iter().map(Ok))
             .chain(failure.map(Err))
     }
 
-    /// Drops the oldest samples of `tool` past the newest `keep`; returns how many.
+    /// Drops the oldest writes of `tool`'s samples while at least `keep` samples stay;
+    /// returns how many samples went.
     pub fn prune_samples(&self, tool: &str, keep: usize) -> Result<usize> {
-        let keys: Vec<sled::IVec> = self
-            .samples
-            .scan_prefix(sample_prefix(tool))
-            .keys()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| self.io(e))?;
-        let excess = keys.len().saturating_sub(keep);
-        for key in &keys[..excess] {
+        let groups: Vec<(u64, sled::IVec, usize)> = self
+            .sample_groups(Some(tool))
+            .map(|item| item.map(|(id, key, group)| (id, key, group.len())))
+            .collect::<Result<_>>()?;
+        let mut total: usize = groups.iter().map(|(_, _, n)| n).sum();
+        let mut removed = 0;
+        for (_, key, n) in &groups {
+            if total - n < keep {
+                break;
+            }
             self.samples.remove(key).map_err(|e| self.io(e))?;
+            total -= n;
+            removed += n;
         }
-        Ok(excess)
+        Ok(removed)
+    }
+
+    /// The stored groups of samples: write id, key and the samples.
+    fn sample_groups(
+        &self,
+        tool: Option<&str>,
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec, Vec<Sample>)>> + '_ {
+        let iter = match tool {
+            Some(tool) => self.samples.scan_prefix(sample_prefix(tool)),
+            None => self.samples.iter(),
+        };
+        iter.map(move |item| {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let group: Vec<Sample> = postcard::from_bytes(&value)
+                .map_err(|e| self.corrupt(&format!("samples cannot be read: {e}")))?;
+            Ok((sample_id(&key), key, group))
+        })
     }
 
     /// Saves a tool's record, or the pooled one when `tool` is `None`.

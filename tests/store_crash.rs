@@ -192,7 +192,7 @@ fn a_database_of_another_format_version_is_refused() {
             err,
             StoreError::Version {
                 found: 99,
-                expected: 1,
+                expected: smart_async::store::FORMAT_VERSION,
                 ..
             }
         ),
