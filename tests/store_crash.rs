@@ -212,3 +212,41 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn samples_keep_their_order_and_pruning_drops_whole_old_writes() {
+    use smart_async::{Features, Outcome, Sample};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let sample = |tool: &str, n: u32| Sample {
+        tool: tool.to_owned(),
+        features: Features::from_args(&json!({ "n": n })),
+        runtime_s: f64::from(n),
+        outcome: Outcome::Completed,
+        finished_at_ms: 0,
+    };
+    for write in 0..3 {
+        let batch: Vec<Sample> = (0..4)
+            .flat_map(|i| [sample("a", write * 4 + i), sample("b", i)])
+            .collect();
+        store.append_samples(&batch).unwrap();
+    }
+    let a: Vec<f64> = store
+        .samples(Some("a"))
+        .map(|s| s.unwrap().runtime_s)
+        .collect();
+    assert_eq!(a, (0..12).map(f64::from).collect::<Vec<_>>());
+    assert_eq!(store.samples(None).count(), 24);
+    // 12 samples in writes of 4: keeping at least 5 drops the oldest write only.
+    assert_eq!(store.prune_samples("a", 5).unwrap(), 4);
+    let a: Vec<f64> = store
+        .samples(Some("a"))
+        .map(|s| s.unwrap().runtime_s)
+        .collect();
+    assert_eq!(a, (4..12).map(f64::from).collect::<Vec<_>>());
+    assert_eq!(
+        store.samples(Some("b")).count(),
+        12,
+        "other tools untouched"
+    );
+}
