@@ -56,8 +56,9 @@ pub struct EngineConfig {
     pub jobs: JobSettings,
     /// sled's page cache in bytes.
     pub cache_bytes: u64,
-    /// Samples kept per tool for export; older ones are pruned (the model keeps
-    /// what it learned from them).
+    /// Samples kept per tool for export; older ones are pruned a whole write (a
+    /// second's worth) at a time, never below this count (the model keeps what it
+    /// learned from them).
     pub max_samples_per_tool: usize,
 }
 
