@@ -355,6 +355,7 @@ async fn run(
         .spawn()
         .map_err(|e| format!("{name}: cannot start '{program}': {e}"))?;
     let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let mut dropped_with = GroupGuard(group);
     let stdout = child
         .stdout
         .take()
@@ -378,7 +379,11 @@ async fn run(
         )),
     };
     let status = match stopped {
-        Ok(status) => status.map_err(|e| format!("{name}: waiting for the command failed: {e}"))?,
+        Ok(status) => {
+            // It ended by itself: whatever it left running in its group is its business.
+            dropped_with.0 = None;
+            status.map_err(|e| format!("{name}: waiting for the command failed: {e}"))?
+        }
         Err(reason) => {
             stop_group(group, &mut child).await;
             return Err(reason);
@@ -432,6 +437,19 @@ async fn run(
         "stderr_bytes_cut": stderr_dropped,
     });
     Ok(ToolOutput { text, structured })
+}
+
+/// Kills the process group when the run is dropped before the command ended: a
+/// shutdown or an aborted job must not leave a build running, and `kill_on_drop`
+/// reaches only the direct child.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
 }
 
 /// SIGTERM to the whole process group, then SIGKILL if it is still there.
@@ -577,26 +595,52 @@ mod tests {
         let token = CancellationToken::new();
         let work = tool.start(&json!({})).unwrap();
         let running = tokio::spawn(work(JobContext::new(token.clone())));
-        let mut grandchild = None;
+        let grandchild = wait_for_pid(&pid_file).await;
+        token.cancel();
+        assert_eq!(running.await.unwrap().unwrap_err(), "cancelled");
+        assert!(
+            gone(grandchild),
+            "the grandchild {grandchild} is still running"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path()).unwrap();
+        let work = tool.start(&json!({})).unwrap();
+        let running = tokio::spawn(work(JobContext::new(CancellationToken::new())));
+        let grandchild = wait_for_pid(&pid_file).await;
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert!(
+            gone(grandchild),
+            "the grandchild {grandchild} is still running"
+        );
+    }
+
+    async fn wait_for_pid(pid_file: &std::path::Path) -> i32 {
         for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            if let Ok(text) = std::fs::read_to_string(pid_file) {
                 if let Ok(pid) = text.trim().parse::<i32>() {
-                    grandchild = Some(pid);
-                    break;
+                    return pid;
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let grandchild = grandchild.expect("the command started");
-        token.cancel();
-        assert_eq!(running.await.unwrap().unwrap_err(), "cancelled");
-        let gone = (0..100).any(|_| {
+        panic!("the command never wrote its pid");
+    }
+
+    /// Whether a process has exited (or is a zombie waiting for its parent).
+    fn gone(pid: i32) -> bool {
+        (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            nix::sys::signal::kill(Pid::from_raw(grandchild), None).is_err()
-                || std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+            nix::sys::signal::kill(Pid::from_raw(pid), None).is_err()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|s| s.contains(") Z"))
-        });
-        assert!(gone, "the grandchild {grandchild} is still running");
+        })
     }
 
     #[tokio::test]
