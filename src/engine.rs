@@ -287,13 +287,7 @@ impl Engine {
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        let features = self.features(&call.tool, &call.args).await;
-        let async_mode = call
-            .args
-            .get(ASYNC_MODE_ARG)
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let decision = self.decide(&call.tool, &features, async_mode, true);
+        let (features, decision) = self.decide(&call.tool, &call.args, true).await;
         let work: BoxedWork = Box::new(move |ctx| Box::pin(work(ctx)));
         match decision.mode {
             Mode::Background => self.start_background(call, features, decision, work).await,
@@ -303,12 +297,7 @@ impl Engine {
 
     /// What the engine would decide for this call, without running or counting it.
     pub async fn predict(&self, tool: &str, args: &Value) -> Decision {
-        let features = self.features(tool, args).await;
-        let async_mode = args
-            .get(ASYNC_MODE_ARG)
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        self.decide(tool, &features, async_mode, false)
+        self.decide(tool, args, false).await.1
     }
 
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).
@@ -365,11 +354,43 @@ impl Engine {
         Ok(())
     }
 
-    async fn features(&self, tool: &str, args: &Value) -> Features {
-        let mut features = Features::from_args(args);
-        let extractor = lock(&self.inner.tools)
+    /// The call's features and the decision on them; `count` records the decision in
+    /// the tool's counters (a real call) or not (a prediction).
+    async fn decide(&self, tool: &str, args: &Value, count: bool) -> (Features, Decision) {
+        let options = lock(&self.inner.tools)
             .get(tool)
-            .and_then(|o| o.extractor.clone());
+            .cloned()
+            .unwrap_or_default();
+        let features = self.features(tool, args, options.extractor).await;
+        let call = Call {
+            tool,
+            features: &features,
+            async_mode: args
+                .get(ASYNC_MODE_ARG)
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            expensive: options.expensive,
+        };
+        let mut learned = lock(&self.inner.learned);
+        let decision = self.inner.policy.decide(
+            call,
+            learned.tools.get(tool).map(|r| &r.model),
+            Some(&learned.pooled.model),
+        );
+        if count {
+            learned.record_mut(tool).counters.decided(&decision);
+        }
+        drop(learned);
+        (features, decision)
+    }
+
+    async fn features(
+        &self,
+        tool: &str,
+        args: &Value,
+        extractor: Option<Arc<dyn FeatureExtractor>>,
+    ) -> Features {
+        let mut features = Features::from_args(args);
         if let Some(extractor) = extractor {
             let args = args.clone();
             let base = features.clone();
@@ -388,28 +409,6 @@ impl Engine {
             }
         }
         features
-    }
-
-    fn decide(&self, tool: &str, features: &Features, async_mode: bool, count: bool) -> Decision {
-        let expensive = lock(&self.inner.tools)
-            .get(tool)
-            .is_some_and(|o| o.expensive);
-        let call = Call {
-            tool,
-            features,
-            async_mode,
-            expensive,
-        };
-        let mut learned = lock(&self.inner.learned);
-        let decision = self.inner.policy.decide(
-            call,
-            learned.tools.get(tool).map(|r| &r.model),
-            Some(&learned.pooled.model),
-        );
-        if count {
-            learned.record_mut(tool).counters.decided(&decision);
-        }
-        decision
     }
 
     async fn run_inline(

@@ -282,22 +282,6 @@ impl Contender for P90History {
     }
 }
 
-/// Sync iff the runtime fits: the floor no policy can beat.
-struct Oracle;
-
-impl Contender for Oracle {
-    fn name(&self) -> &'static str {
-        "oracle"
-    }
-
-    fn decide(&mut self, _: &str, _: &Features, _: bool) -> Said {
-        // Decided in `Replay::step`, which knows the runtime.
-        (Mode::Inline, None)
-    }
-
-    fn learn(&mut self, _: &str, _: &Features, _: f64) {}
-}
-
 /// Runtimes from 1 ms to ~10⁷ s in bins 1% wide.
 #[derive(Debug, Clone, Default)]
 struct LogHistogram {
@@ -342,12 +326,29 @@ struct Tally {
     covered: u64,
 }
 
+impl Tally {
+    fn count(&mut self, mode: Mode, fits: bool) {
+        match mode {
+            Mode::Inline => {
+                self.sync += 1;
+                self.late += u64::from(!fits);
+            }
+            Mode::Background => {
+                self.background += 1;
+                self.needless += u64::from(fits);
+            }
+        }
+    }
+}
+
 /// A replay in progress: feed it records, then read the report.
 pub struct Replay {
     budget_s: f64,
     poll_cost_s: f64,
     contenders: Vec<Box<dyn Contender + Send>>,
     tallies: Vec<Tally>,
+    /// Sync iff the runtime fits, scored last.
+    oracle: Tally,
     calls: u64,
 }
 
@@ -376,7 +377,6 @@ impl Replay {
                 budget_s,
                 histograms: HashMap::new(),
             }),
-            Box::new(Oracle),
         ];
         let tallies = vec![Tally::default(); contenders.len()];
         Replay {
@@ -384,6 +384,7 @@ impl Replay {
             poll_cost_s: config.poll_cost_s,
             contenders,
             tallies,
+            oracle: Tally::default(),
             calls: 0,
         }
     }
@@ -398,20 +399,8 @@ impl Replay {
             .unwrap_or(false);
         let fits = record.runtime_s <= self.budget_s;
         for (contender, tally) in self.contenders.iter_mut().zip(&mut self.tallies) {
-            let (mut mode, bound) = contender.decide(&record.tool, &features, async_mode);
-            if contender.name() == "oracle" {
-                mode = if fits { Mode::Inline } else { Mode::Background };
-            }
-            match mode {
-                Mode::Inline => {
-                    tally.sync += 1;
-                    tally.late += u64::from(!fits);
-                }
-                Mode::Background => {
-                    tally.background += 1;
-                    tally.needless += u64::from(fits);
-                }
-            }
+            let (mode, bound) = contender.decide(&record.tool, &features, async_mode);
+            tally.count(mode, fits);
             if let Some(bound) = bound {
                 tally.bounds += 1;
                 tally.covered += u64::from(record.runtime_s <= bound);
@@ -420,6 +409,9 @@ impl Replay {
                 contender.learn(&record.tool, &features, record.runtime_s);
             }
         }
+        // The oracle knows the runtime: the floor no policy can beat.
+        let oracle_mode = if fits { Mode::Inline } else { Mode::Background };
+        self.oracle.count(oracle_mode, fits);
         self.calls += 1;
     }
 
@@ -429,9 +421,11 @@ impl Replay {
         let policies = self
             .contenders
             .iter()
-            .zip(&self.tallies)
-            .map(|(contender, t)| PolicyScore {
-                name: contender.name().to_owned(),
+            .map(|contender| contender.name())
+            .chain(["oracle"])
+            .zip(self.tallies.iter().chain([&self.oracle]))
+            .map(|(name, t)| PolicyScore {
+                name: name.to_owned(),
                 sync: t.sync,
                 background: t.background,
                 late: t.late,

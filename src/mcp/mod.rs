@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::{CallOutcome, Engine, EngineError, ToolCall};
-use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus};
+use crate::engine::{CallOutcome, Engine, ToolCall};
+use crate::jobs::{now_ms, Job, JobFilter, JobState, JobStatus};
 use crate::policy::{Seconds, Source};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
@@ -268,7 +268,7 @@ impl SmartServer {
             .engine
             .wait_job(id, wait)
             .await
-            .map_err(engine_message)?;
+            .map_err(|e| e.to_string())?;
         Ok(job_report(&job))
     }
 
@@ -285,7 +285,7 @@ impl SmartServer {
             tool: args.tool,
             limit: Some(args.limit.unwrap_or(DEFAULT_LIST_LIMIT)),
         };
-        let jobs = self.engine.list_jobs(&filter).map_err(engine_message)?;
+        let jobs = self.engine.list_jobs(&filter).map_err(|e| e.to_string())?;
         let now = now_ms();
         let mut text = format!("{} jobs\n", jobs.len());
         for job in &jobs {
@@ -306,7 +306,11 @@ impl SmartServer {
     async fn cancel_job(&self, args: &Value) -> Result<CallToolResult, String> {
         let args: CancelJobArgs = parse_args(CANCEL_JOB, args)?;
         let id = parse_job_id(&args.job_id)?;
-        let job = self.engine.cancel_job(id).await.map_err(engine_message)?;
+        let job = self
+            .engine
+            .cancel_job(id)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(job_report(&job))
     }
 
@@ -332,15 +336,6 @@ fn parse_job_id(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text.trim()).map_err(|_| {
         format!("'{text}' is not a job id: use the job_id from a background answer or list_jobs")
     })
-}
-
-fn engine_message(error: EngineError) -> String {
-    match error {
-        EngineError::Job(JobError::NotFound(id)) => {
-            format!("no job with id {id}: list_jobs shows the known ones (finished jobs are kept for a limited time)")
-        }
-        other => other.to_string(),
-    }
 }
 
 fn text_and_structured(text: String, structured: Value) -> CallToolResult {
