@@ -41,6 +41,7 @@ fn decide(c: &mut Criterion) {
                 features: black_box(&features),
                 async_mode: false,
                 expensive: false,
+                budget_s: None,
             };
             black_box(policy.decide(call, Some(&model), Some(&pooled)))
         })
@@ -98,7 +99,9 @@ fn engine_paths(c: &mut Criterion) {
                 .wait_job(job.id, std::time::Duration::from_secs(5))
                 .await
                 .expect("job"),
-            CallOutcome::Done { .. } => unreachable!("async_mode=true is always a job"),
+            CallOutcome::Done { .. } | CallOutcome::Cancelled { .. } => {
+                unreachable!("async_mode=true is always a job")
+            }
         }
     });
     c.bench_function("job durable write", |b| {

@@ -56,6 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         CallOutcome::Done { .. } => println!("100 images ran inline"),
+        CallOutcome::Cancelled { .. } => unreachable!("this call carries no cancel token"),
     }
 
     for stats in engine.stats(Some("resize_images")) {

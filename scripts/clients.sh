@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end tests with real third-party MCP clients: the official Python SDK (pytest,
-# tests/clients/test_python_sdk.py) and the MCP Inspector CLI
-# (tests/clients/inspector_e2e.sh). Needs Python 3.11+ with venv, Node 20+ with npm,
-# and a Rust toolchain; installs the pinned client packages into tests/clients.
+# tests/clients/test_python_sdk.py), the MCP Inspector CLI
+# (tests/clients/inspector_e2e.sh) and the official TypeScript clients, the classic SDK
+# and the 2026-07-28 client with the tasks extension (node --test,
+# tests/clients/ts_*.test.mjs). Needs Python 3.11+ with venv, Node 20+ with npm, and a
+# Rust toolchain; installs the pinned client packages into tests/clients.
 #
 #   SMART_ASYNC_BIN   server binary to test (default target/debug/smart-async, or
 #                     under $CARGO_TARGET_DIR; built with `cargo build --locked` only
@@ -31,7 +33,8 @@ if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
     echo "$want" >"$VENV/.requirements.sha256"
 fi
 
-# MCP Inspector: npm ci when node_modules is missing or older than the lockfile.
+# npm packages (Inspector, TypeScript SDKs): npm ci when node_modules is missing or
+# older than the lockfile.
 want="$(stamp_of "$CLIENTS/package.json" "$CLIENTS/package-lock.json")"
 if [ "$(cat "$CLIENTS/node_modules/.clients-lock.sha256" 2>/dev/null)" != "$want" ]; then
     echo "== npm ci in tests/clients"
@@ -60,6 +63,10 @@ echo "== Python SDK (pytest tests/clients)"
 
 echo "== MCP Inspector CLI (tests/clients/inspector_e2e.sh)"
 bash "$CLIENTS/inspector_e2e.sh" || status=1
+
+# The two files run side by side: their servers mostly sleep, not compute.
+echo "== TypeScript SDK clients (node --test tests/clients/ts_*.test.mjs)"
+(cd "$CLIENTS" && node --test --test-concurrency=2 ts_*.test.mjs) || status=1
 
 echo "== clients.sh: $((SECONDS - started)) s, $([ "$status" = 0 ] && echo passed || echo FAILED)"
 exit "$status"

@@ -4,6 +4,7 @@
 //! paths in the file are relative to the file's own directory. See
 //! `data/smart-async.example.toml` for every key with its meaning.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -33,6 +34,9 @@ pub struct FileConfig {
     pub job_retention_h: Option<f64>,
     /// Finished jobs kept at most.
     pub max_finished_jobs: Option<usize>,
+    /// Budgets by client name (`[clients]`, `"claude-ai" = 50`).
+    #[serde(default)]
+    pub clients: BTreeMap<String, f64>,
     /// Command tools.
     #[serde(default, rename = "command")]
     pub commands: Vec<CommandSpec>,

@@ -5,7 +5,7 @@
 //! [`Policy`], spawns the work exactly once, persists jobs, samples and models through
 //! the [`Store`], and keeps the models in memory for the next decision.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -19,10 +19,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::clients::{ClientBudget, ClientBudgets, ClientRecord, ClientStats};
 use crate::features::{FeatureExtractor, Features, ASYNC_MODE_ARG};
 use crate::jobs::{
     now_ms, panic_message, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState,
-    Jobs, RunEnd, WorkHandle,
+    Jobs, Progress, RunEnd, WorkHandle,
 };
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
@@ -36,6 +37,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_PENDING_SAMPLES: usize = 100_000;
 /// How often samples and changed models are written to the store.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an inline call's watcher hears how it is going: well inside the 2 s
+/// idle timeouts some clients reset on progress.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// The name the pooled model is reported under.
 pub const POOLED_TOOL: &str = "*";
 
@@ -60,6 +64,9 @@ pub struct EngineConfig {
     /// second's worth) at a time, never below this count (the model keeps what it
     /// learned from them).
     pub max_samples_per_tool: usize,
+    /// Budgets by client name (`clientInfo.name`, compared without case), over the
+    /// built-in ones for known clients.
+    pub client_budgets: BTreeMap<String, f64>,
 }
 
 impl EngineConfig {
@@ -74,6 +81,7 @@ impl EngineConfig {
             jobs: JobSettings::default(),
             cache_bytes: DEFAULT_CACHE_BYTES,
             max_samples_per_tool: 10_000,
+            client_budgets: BTreeMap::new(),
         }
     }
 }
@@ -96,8 +104,22 @@ impl std::fmt::Debug for ToolOptions {
     }
 }
 
+/// What an inline call's watcher hears every [`PROGRESS_INTERVAL`] while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InlineProgress {
+    /// Seconds the call has run.
+    pub elapsed_s: f64,
+    /// The predicted runtime, when a model spoke.
+    pub predicted_s: Option<f64>,
+    /// What the tool itself last reported.
+    pub tool: Option<Progress>,
+}
+
+/// Hears an inline call's progress (see [`ToolCall::on_progress`]).
+pub type ProgressSink = Arc<dyn Fn(InlineProgress) + Send + Sync>;
+
 /// One call to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ToolCall {
     /// The tool's name.
     pub tool: String,
@@ -105,6 +127,14 @@ pub struct ToolCall {
     pub args: Value,
     /// A label for job lists; the tool's name if unset.
     pub label: Option<String>,
+    /// Who is calling (`clientInfo.name`): chooses the budget, and learns from where
+    /// the client gives up.
+    pub client: Option<String>,
+    /// Fires when the caller gives up on an inline call (`notifications/cancelled`):
+    /// the work stops and the call answers [`CallOutcome::Cancelled`].
+    pub cancel: Option<CancellationToken>,
+    /// Hears how an inline call is going, every [`PROGRESS_INTERVAL`].
+    pub on_progress: Option<ProgressSink>,
 }
 
 impl ToolCall {
@@ -114,7 +144,23 @@ impl ToolCall {
             tool: tool.into(),
             args,
             label: None,
+            client: None,
+            cancel: None,
+            on_progress: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ToolCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolCall")
+            .field("tool", &self.tool)
+            .field("args", &self.args)
+            .field("label", &self.label)
+            .field("client", &self.client)
+            .field("cancel", &self.cancel.is_some())
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
     }
 }
 
@@ -136,6 +182,14 @@ pub enum CallOutcome {
         /// The job as it was when the handle was made (already durable).
         job: Job,
     },
+    /// The caller cancelled it while it ran inline ([`ToolCall::cancel`]); the work
+    /// was stopped.
+    Cancelled {
+        /// Why it ran inline.
+        decision: Decision,
+        /// How long it ran.
+        runtime_s: f64,
+    },
 }
 
 /// Engine errors.
@@ -156,6 +210,14 @@ pub enum EngineError {
     /// A job operation failed.
     #[error(transparent)]
     Job(#[from] JobError),
+    /// A client's budget is not a positive number of seconds.
+    #[error("the budget of client '{client}' is {budget_s} s, not a positive number of seconds: use for example 50")]
+    ClientBudget {
+        /// The client.
+        client: String,
+        /// The budget given.
+        budget_s: f64,
+    },
 }
 
 struct Learned {
@@ -166,6 +228,10 @@ struct Learned {
     pooled_dirty: bool,
     /// Samples not yet written.
     samples: VecDeque<Sample>,
+    /// Budgets per client, with what each showed.
+    clients: ClientBudgets,
+    /// Clients whose record changed since it was last written.
+    dirty_clients: HashSet<String>,
 }
 
 impl Learned {
@@ -181,7 +247,8 @@ impl Learned {
 
 struct Inner {
     policy: Policy,
-    deadline: Duration,
+    /// The configured deadline; each call's own budget when unset.
+    deadline: Option<Duration>,
     max_samples_per_tool: usize,
     store: Store,
     jobs: Jobs,
@@ -235,12 +302,27 @@ impl Engine {
     /// unfinished ("interrupted by restart") and starts the retention sweeper.
     pub async fn open(config: EngineConfig) -> Result<Engine, EngineError> {
         let policy = Policy::new(config.budget_s, config.risk, config.static_table)?;
-        let deadline_s = config.deadline_s.unwrap_or(config.budget_s);
-        if !(deadline_s.is_finite() && deadline_s > 0.0) {
-            return Err(EngineError::Deadline(deadline_s));
+        if let Some(deadline_s) = config.deadline_s {
+            if !(deadline_s.is_finite() && deadline_s > 0.0) {
+                return Err(EngineError::Deadline(deadline_s));
+            }
+        }
+        if let Some((name, budget_s)) = config
+            .client_budgets
+            .iter()
+            .find(|(_, budget_s)| !(budget_s.is_finite() && **budget_s > 0.0))
+        {
+            return Err(EngineError::ClientBudget {
+                client: name.clone(),
+                budget_s: *budget_s,
+            });
         }
         let store = Store::open(&config.data_dir, config.cache_bytes)?;
         let (tools, pooled) = store.load_records()?;
+        let mut clients = ClientBudgets::new(config.budget_s, &config.client_budgets);
+        for (name, record) in store.load_clients()? {
+            clients.restore(name, record);
+        }
         let jobs = Jobs::open(store.clone(), config.jobs).await?;
         jobs.prune(now_ms())?;
         let mut learned = Learned {
@@ -249,13 +331,15 @@ impl Engine {
             dirty: HashSet::new(),
             pooled_dirty: false,
             samples: VecDeque::new(),
+            clients,
+            dirty_clients: HashSet::new(),
         };
         for record in learned.tools.values_mut().chain([&mut learned.pooled]) {
             record.model.set_risk(config.risk);
         }
         let inner = Arc::new(Inner {
             policy,
-            deadline: Duration::from_secs_f64(deadline_s),
+            deadline: config.deadline_s.map(Duration::from_secs_f64),
             max_samples_per_tool: config.max_samples_per_tool,
             store,
             jobs,
@@ -272,9 +356,14 @@ impl Engine {
         lock(&self.inner.tools).insert(tool.into(), options);
     }
 
-    /// The budget in seconds.
+    /// The budget in seconds (for clients without one of their own).
     pub fn budget_s(&self) -> f64 {
         self.inner.policy.budget_s()
+    }
+
+    /// Job retention, concurrency and cancel grace.
+    pub fn job_settings(&self) -> JobSettings {
+        self.inner.jobs.settings()
     }
 
     /// Runs one call: decides, spawns `work` once, and answers with its result if it
@@ -287,7 +376,9 @@ impl Engine {
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        let (features, decision) = self.decide(&call.tool, &call.args, true).await;
+        let (features, decision) = self
+            .decide(&call.tool, &call.args, call.client.as_deref(), true)
+            .await;
         let work: BoxedWork = Box::new(move |ctx| Box::pin(work(ctx)));
         match decision.mode {
             Mode::Background => self.start_background(call, features, decision, work).await,
@@ -297,7 +388,18 @@ impl Engine {
 
     /// What the engine would decide for this call, without running or counting it.
     pub async fn predict(&self, tool: &str, args: &Value) -> Decision {
-        self.decide(tool, args, false).await.1
+        self.decide(tool, args, None, false).await.1
+    }
+
+    /// The budget `client`'s calls are decided against (`None`: an unnamed client).
+    pub fn client_budget(&self, client: Option<&str>) -> ClientBudget {
+        lock(&self.inner.learned).clients.budget(client)
+    }
+
+    /// What is known of each client: its budget, where that came from, and the
+    /// timeout its cancellations revealed.
+    pub fn client_stats(&self) -> Vec<ClientStats> {
+        lock(&self.inner.learned).clients.stats()
     }
 
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).
@@ -354,14 +456,23 @@ impl Engine {
         Ok(())
     }
 
-    /// The call's features and the decision on them; `count` records the decision in
-    /// the tool's counters (a real call) or not (a prediction).
-    async fn decide(&self, tool: &str, args: &Value, count: bool) -> (Features, Decision) {
+    /// The call's features and the decision on them, against the client's budget;
+    /// `count` records the decision in the tool's counters (a real call) or not (a
+    /// prediction).
+    async fn decide(
+        &self,
+        tool: &str,
+        args: &Value,
+        client: Option<&str>,
+        count: bool,
+    ) -> (Features, Decision) {
         let options = lock(&self.inner.tools)
             .get(tool)
             .cloned()
             .unwrap_or_default();
         let features = self.features(tool, args, options.extractor).await;
+        let mut learned = lock(&self.inner.learned);
+        let budget = learned.clients.budget(client);
         let call = Call {
             tool,
             features: &features,
@@ -370,8 +481,8 @@ impl Engine {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             expensive: options.expensive,
+            budget_s: Some(budget.budget_s),
         };
-        let mut learned = lock(&self.inner.learned);
         let decision = self.inner.policy.decide(
             call,
             learned.tools.get(tool).map(|r| &r.model),
@@ -413,45 +524,88 @@ impl Engine {
 
     async fn run_inline(
         &self,
-        call: ToolCall,
+        mut call: ToolCall,
         features: Features,
         decision: Decision,
         work: BoxedWork,
     ) -> Result<CallOutcome, EngineError> {
         let cancel = CancellationToken::new();
+        let ctx = JobContext::new(cancel.clone());
         let started = Instant::now();
         let started_ms = now_ms();
+        let deadline = started + self.deadline(&decision);
+        let caller_cancel = call.cancel.take().unwrap_or_default();
+        let on_progress = call.on_progress.take();
+        let mut next_tick = started + PROGRESS_INTERVAL;
         // Polled right here, not spawned: an inline answer costs no task and no
         // cross-thread wake-up. If this call is dropped (its caller went away), the work
         // is dropped with it and its token fires for anything it handed the token to.
         let caller_gone = cancel.clone().drop_guard();
-        let mut work = work(JobContext::new(cancel.clone()));
-        let ended = tokio::time::timeout(
-            self.inner.deadline,
-            AssertUnwindSafe(&mut work).catch_unwind(),
-        )
-        .await;
-        caller_gone.disarm();
-        if let Ok(ended) = ended {
-            let runtime_s = started.elapsed().as_secs_f64();
-            let (result, outcome) = match ended {
-                Ok(Ok(value)) => (Ok(value), Outcome::Completed),
-                Ok(Err(error)) => (Err(error), Outcome::Failed),
-                Err(panic) => (Err(panic_error(&panic_message(&*panic))), Outcome::Failed),
+        let mut work = work(ctx.clone());
+        loop {
+            let wake = match on_progress {
+                Some(_) => deadline.min(next_tick),
+                None => deadline,
             };
-            self.record(&call.tool, &features, runtime_s, outcome, &decision);
-            return Ok(CallOutcome::Done {
-                result,
-                decision,
-                runtime_s,
-            });
+            tokio::select! {
+                biased;
+                ended = AssertUnwindSafe(&mut work).catch_unwind() => {
+                    caller_gone.disarm();
+                    let runtime_s = started.elapsed().as_secs_f64();
+                    let (result, outcome) = match ended {
+                        Ok(Ok(value)) => (Ok(value), Outcome::Completed),
+                        Ok(Err(error)) => (Err(error), Outcome::Failed),
+                        Err(panic) => (Err(panic_error(&panic_message(&*panic))), Outcome::Failed),
+                    };
+                    self.record(&call.tool, &features, runtime_s, outcome, &decision);
+                    if let Some(client) = &call.client {
+                        self.client_waited(client, runtime_s);
+                    }
+                    return Ok(CallOutcome::Done {
+                        result,
+                        decision,
+                        runtime_s,
+                    });
+                }
+                _ = caller_cancel.cancelled() => {
+                    caller_gone.disarm();
+                    let runtime_s = started.elapsed().as_secs_f64();
+                    // Recorded first, so the lesson is in before anything the work does
+                    // on its way out can be seen.
+                    self.record(&call.tool, &features, runtime_s, Outcome::Cancelled, &decision);
+                    if let Some(client) = &call.client {
+                        self.client_gave_up(client, runtime_s);
+                    }
+                    cancel.cancel();
+                    let grace = self.inner.jobs.settings().cancel_grace;
+                    // Work that honours its token ends here (a command's process group is
+                    // killed); the rest is dropped after the grace.
+                    let _ = tokio::time::timeout(grace, AssertUnwindSafe(&mut work).catch_unwind()).await;
+                    drop(work);
+                    return Ok(CallOutcome::Cancelled { decision, runtime_s });
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    if let Some(on_progress) = &on_progress {
+                        on_progress(InlineProgress {
+                            elapsed_s: started.elapsed().as_secs_f64(),
+                            predicted_s: decision.predicted_s,
+                            tool: ctx.progress().get(),
+                        });
+                    }
+                    next_tick += PROGRESS_INTERVAL;
+                }
+            }
         }
+        caller_gone.disarm();
         // Overran the deadline: the same work goes on as a job.
         let mut job = new_job(call, decision, started_ms);
         job.state = JobState::Running;
         job.started_at_ms = Some(started_ms);
         job.promoted = true;
-        if let Err(e) = self.inner.jobs.create(&job, cancel.clone()).await {
+        if let Err(e) = self.inner.jobs.create(&job, &ctx).await {
             cancel.cancel();
             return Err(e.into());
         }
@@ -475,6 +629,43 @@ impl Engine {
         Ok(CallOutcome::Job { job })
     }
 
+    /// How long a call decided inline may run before it becomes a job: the configured
+    /// deadline, never past the budget of the call's client.
+    pub fn deadline(&self, decision: &Decision) -> Duration {
+        let budget = Duration::from_secs_f64(decision.budget_s);
+        self.inner.deadline.map_or(budget, |d| d.min(budget))
+    }
+
+    /// The client cancelled an inline call after `elapsed_s`: perhaps its timeout.
+    fn client_gave_up(&self, client: &str, elapsed_s: f64) {
+        let mut learned = lock(&self.inner.learned);
+        let changed = learned.clients.record_mut(client).observe_cancel(elapsed_s);
+        if changed {
+            let budget = learned.clients.budget(Some(client));
+            tracing::info!(client, elapsed_s, budget_s = budget.budget_s, "the client cancels inline calls at about the same time: its budget is lowered below it");
+        }
+        learned.dirty_clients.insert(client.to_owned());
+    }
+
+    /// The client waited `runtime_s` for an inline answer, which may contradict the
+    /// timeout learned for it.
+    fn client_waited(&self, client: &str, runtime_s: f64) {
+        // A learned timeout is at least half a second, and only a wait well past it
+        // contradicts it: most answers skip the lock.
+        if runtime_s < 0.5 {
+            return;
+        }
+        let mut learned = lock(&self.inner.learned);
+        if learned.clients.record_mut(client).observe_answer(runtime_s) {
+            tracing::info!(
+                client,
+                runtime_s,
+                "the client waited past its learned timeout: forgotten"
+            );
+            learned.dirty_clients.insert(client.to_owned());
+        }
+    }
+
     async fn start_background(
         &self,
         call: ToolCall,
@@ -484,7 +675,8 @@ impl Engine {
     ) -> Result<CallOutcome, EngineError> {
         let job = new_job(call, decision, now_ms());
         let cancel = CancellationToken::new();
-        self.inner.jobs.create(&job, cancel.clone()).await?;
+        let ctx = JobContext::new(cancel.clone());
+        self.inner.jobs.create(&job, &ctx).await?;
         let engine = self.clone();
         let mut running = job.clone();
         let supervisor = tokio::spawn(async move {
@@ -501,7 +693,7 @@ impl Engine {
                 tracing::warn!(job = %running.id, error = %e, "could not record that the job started");
             }
             let started = Instant::now();
-            let mut work: WorkHandle = tokio::spawn(work(JobContext::new(cancel.clone())));
+            let mut work: WorkHandle = tokio::spawn(work(ctx));
             jobs.attach(running.id, None, Some(work.abort_handle()));
             let end = run_to_end(&mut work, &cancel, jobs.settings().cancel_grace).await;
             engine.finish(running, end, started, &features).await;
@@ -561,9 +753,7 @@ impl Engine {
         }
         learned.samples.push_back(sample);
         let record = learned.record_mut(tool);
-        record
-            .counters
-            .finished(decision, outcome, runtime_s, inner.policy.budget_s());
+        record.counters.finished(decision, outcome, runtime_s);
         if outcome == Outcome::Completed {
             record.model.observe(features, runtime_s, risk);
             learned.pooled.model.observe(features, runtime_s, risk);
@@ -576,7 +766,7 @@ impl Engine {
     /// insert per call cost more than everything else the engine does for it) and a
     /// crash loses at most that long of learning.
     fn persist(&self) -> Result<(), StoreError> {
-        let (samples, tools, pooled) = {
+        let (samples, tools, pooled, clients) = {
             let mut learned = lock(&self.inner.learned);
             let samples: Vec<Sample> = learned.samples.drain(..).collect();
             let dirty: Vec<String> = learned.dirty.drain().collect();
@@ -585,7 +775,15 @@ impl Engine {
                 .filter_map(|tool| learned.tools.get(&tool).map(|r| (tool, r.clone())))
                 .collect();
             let pooled = std::mem::take(&mut learned.pooled_dirty).then(|| learned.pooled.clone());
-            (samples, tools, pooled)
+            let dirty: Vec<String> = learned.dirty_clients.drain().collect();
+            let clients: Vec<(String, ClientRecord)> = dirty
+                .into_iter()
+                .map(|name| {
+                    let record = learned.clients.record_mut(&name).clone();
+                    (name, record)
+                })
+                .collect();
+            (samples, tools, pooled, clients)
         };
         if !samples.is_empty() {
             self.inner.store.append_samples(&samples)?;
@@ -595,6 +793,9 @@ impl Engine {
         }
         if let Some(pooled) = &pooled {
             self.inner.store.save_record(None, pooled)?;
+        }
+        for (name, record) in &clients {
+            self.inner.store.save_client(name, record)?;
         }
         Ok(())
     }
@@ -617,6 +818,7 @@ fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {
         finished_at_ms: None,
         decision,
         promoted: false,
+        progress: None,
     }
 }
 

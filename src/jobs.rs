@@ -139,6 +139,10 @@ pub struct Job {
     pub decision: Decision,
     /// Whether it began inline and overran the deadline.
     pub promoted: bool,
+    /// What the work last reported of its progress, while it runs (live only, never
+    /// stored).
+    #[serde(skip)]
+    pub progress: Option<Progress>,
 }
 
 impl Job {
@@ -174,6 +178,70 @@ impl Job {
     }
 }
 
+/// The shortest and longest poll interval suggested to clients.
+pub const MIN_POLL_S: f64 = 0.5;
+/// See [`MIN_POLL_S`].
+pub const MAX_POLL_S: f64 = 30.0;
+/// Once a job runs past its prediction (or has none), the suggested poll interval is
+/// this share of the time it has run: patient with long jobs, quick with short ones.
+const OVERDUE_POLL_SHARE: f64 = 0.25;
+
+impl Job {
+    /// Seconds a client should wait before asking again: until the predicted end
+    /// while one is ahead, then a share of the time run so far; between
+    /// [`MIN_POLL_S`] and [`MAX_POLL_S`].
+    pub fn poll_interval_s(&self, now_ms: u64) -> f64 {
+        let wait_s = match (self.eta_s(now_ms), self.elapsed_s(now_ms)) {
+            (Some(eta_s), _) if eta_s > 0.0 => eta_s,
+            (_, Some(elapsed_s)) => elapsed_s * OVERDUE_POLL_SHARE,
+            _ => MIN_POLL_S,
+        };
+        wait_s.clamp(MIN_POLL_S, MAX_POLL_S)
+    }
+}
+
+/// How far a tool's work has come, as the tool reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units of work done.
+    pub done: f64,
+    /// Units in all, when known.
+    pub total: Option<f64>,
+    /// What the units are, or any short note ("12 of 40 files").
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.message, self.total) {
+            (Some(message), _) => f.write_str(message),
+            (None, Some(total)) => write!(f, "{} of {}", self.done, total),
+            (None, None) => write!(f, "{} done", self.done),
+        }
+    }
+}
+
+/// Where a run's work reports its progress; shared by the work and whoever watches.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressCell(Arc<Mutex<Option<Progress>>>);
+
+impl ProgressCell {
+    /// The latest report.
+    pub fn get(&self) -> Option<Progress> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, progress: Progress) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
+    }
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -185,17 +253,32 @@ pub struct JobFilter {
     pub limit: Option<usize>,
 }
 
-/// What the caller's work gets: the signal to stop.
+/// What the caller's work gets: the signal to stop, and where to report progress.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     cancel: CancellationToken,
+    progress: ProgressCell,
 }
 
 impl JobContext {
     /// A context whose work should stop when `cancel` fires. The engine makes one per
     /// run; make your own to run a tool's work outside the engine (tests, a plain server).
     pub fn new(cancel: CancellationToken) -> JobContext {
-        JobContext { cancel }
+        JobContext {
+            cancel,
+            progress: ProgressCell::default(),
+        }
+    }
+
+    /// Reports how far the work has come: shown to inline callers in progress
+    /// notifications, and in `job_status` and `tasks/get` for a job.
+    pub fn report_progress(&self, progress: Progress) {
+        self.progress.set(progress);
+    }
+
+    /// Where this run's progress is reported.
+    pub fn progress(&self) -> &ProgressCell {
+        &self.progress
     }
 
     /// Resolves when the run is cancelled. Work that selects on it stops cleanly;
@@ -272,6 +355,7 @@ pub(crate) enum RunEnd {
 
 struct Live {
     cancel: CancellationToken,
+    progress: ProgressCell,
     status: watch::Sender<JobStatus>,
     supervisor: Option<AbortHandle>,
     work: Option<AbortHandle>,
@@ -326,18 +410,15 @@ impl Jobs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes the job durable, then live under `cancel`.
-    pub(crate) async fn create(
-        &self,
-        job: &Job,
-        cancel: CancellationToken,
-    ) -> Result<(), StoreError> {
+    /// Makes the job durable, then live under the run's context.
+    pub(crate) async fn create(&self, job: &Job, ctx: &JobContext) -> Result<(), StoreError> {
         self.store.put_job(job, true).await?;
         let (status, _) = watch::channel(job.status());
         self.live().insert(
             job.id,
             Live {
-                cancel,
+                cancel: ctx.cancel.clone(),
+                progress: ctx.progress.clone(),
                 status,
                 supervisor: None,
                 work: None,
@@ -388,9 +469,20 @@ impl Jobs {
         written
     }
 
-    /// Reads a job.
+    /// Reads a job, with its progress while it runs.
     pub(crate) fn get(&self, id: Uuid) -> Result<Job, JobError> {
-        self.store.job(id)?.ok_or(JobError::NotFound(id))
+        let mut job = self.store.job(id)?.ok_or(JobError::NotFound(id))?;
+        self.add_progress(&mut job);
+        Ok(job)
+    }
+
+    fn add_progress(&self, job: &mut Job) {
+        if !job.status().is_terminal() {
+            job.progress = self
+                .live()
+                .get(&job.id)
+                .and_then(|live| live.progress.get());
+        }
     }
 
     /// Waits until the job ends or `timeout` passes, then returns it as it is.
@@ -433,6 +525,9 @@ impl Jobs {
             .collect();
         jobs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
         jobs.truncate(filter.limit.unwrap_or(usize::MAX));
+        for job in &mut jobs {
+            self.add_progress(job);
+        }
         Ok(jobs)
     }
 
@@ -538,7 +633,21 @@ mod tests {
                 rule: None,
             },
             promoted: false,
+            progress: None,
         }
+    }
+
+    #[test]
+    fn polls_are_suggested_at_the_predicted_end_then_back_off_with_the_run() {
+        let running = job(JobState::Running, None, Some(10.0));
+        assert_eq!(running.poll_interval_s(1_000 + 2_000), 8.0);
+        assert_eq!(running.poll_interval_s(1_000 + 9_900), MIN_POLL_S);
+        assert_eq!(running.poll_interval_s(1_000 + 40_000), 10.0);
+        assert_eq!(running.poll_interval_s(1_000 + 3_600_000), MAX_POLL_S);
+        let unknown = job(JobState::Running, None, None);
+        assert_eq!(unknown.poll_interval_s(1_000 + 8_000), 2.0);
+        let long = job(JobState::Pending, None, Some(600.0));
+        assert_eq!(long.poll_interval_s(0), MAX_POLL_S);
     }
 
     #[test]

@@ -17,10 +17,12 @@
 //! match engine.call(call, |_ctx| async { Ok(serde_json::json!("built")) }).await? {
 //!     CallOutcome::Done { result, .. } => println!("inline: {result:?}"),
 //!     CallOutcome::Job { job } => println!("background job {}: {}", job.id, job.decision.reason()),
+//!     CallOutcome::Cancelled { .. } => println!("the caller gave up"),
 //! }
 //! # Ok(()) }
 //! ```
 
+pub mod clients;
 pub mod config;
 pub mod engine;
 pub mod features;
@@ -33,12 +35,15 @@ pub mod stats;
 pub mod store;
 pub mod tools;
 
+pub use clients::{BudgetSource, ClientBudget, ClientStats};
 pub use engine::{
-    CallOutcome, Engine, EngineConfig, EngineError, ToolCall, ToolOptions, POOLED_TOOL,
+    CallOutcome, Engine, EngineConfig, EngineError, InlineProgress, ProgressSink, ToolCall,
+    ToolOptions, POOLED_TOOL,
 };
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
 pub use jobs::{
-    Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, INTERRUPTED,
+    Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, Progress, ProgressCell,
+    INTERRUPTED,
 };
 pub use policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable, StaticTableError,

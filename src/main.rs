@@ -163,6 +163,7 @@ fn serve_settings(args: ServeArgs) -> anyhow::Result<ServeSettings> {
         engine.risk = risk;
     }
     engine.deadline_s = args.deadline_s.or(file.deadline_s);
+    engine.client_budgets = file.clients.clone();
     if let Some(table) = &file.static_table {
         engine.static_table = StaticTable::load(&file.resolve(table))?;
     }

@@ -178,6 +178,8 @@ pub struct Call<'a> {
     pub async_mode: bool,
     /// Whether the tool was registered as expensive.
     pub expensive: bool,
+    /// The budget for this call's client, when it has its own (else the policy's).
+    pub budget_s: Option<f64>,
 }
 
 /// Budget, risk and the static table.
@@ -239,12 +241,13 @@ impl Policy {
         tool_model: Option<&RuntimeModel>,
         pooled: Option<&RuntimeModel>,
     ) -> Decision {
+        let budget_s = call.budget_s.unwrap_or(self.budget_s);
         let decision = |mode, source, prediction: Option<Prediction>, rule| Decision {
             mode,
             source,
             predicted_s: prediction.map(|p| p.median_s),
             upper_bound_s: prediction.map(|p| p.upper_bound_s),
-            budget_s: self.budget_s,
+            budget_s,
             risk: self.risk,
             rule,
         };
@@ -260,7 +263,7 @@ impl Policy {
             .map(|p| (Source::Learned, p))
             .or_else(|| warm(pooled).map(|p| (Source::Pooled, p)));
         if let Some((source, prediction)) = learned {
-            let mode = if prediction.upper_bound_s > self.budget_s {
+            let mode = if prediction.upper_bound_s > budget_s {
                 Mode::Background
             } else {
                 Mode::Inline
@@ -483,6 +486,7 @@ mod tests {
                 features: &features,
                 async_mode,
                 expensive: false,
+                budget_s: None,
             },
             models.0,
             models.1,
@@ -612,6 +616,7 @@ mod tests {
             features: &features,
             async_mode: false,
             expensive: true,
+            budget_s: None,
         };
         assert_eq!(policy().decide(call, None, None).source, Source::Static);
         let fast = trained(1.0, 50);

@@ -137,6 +137,7 @@ impl Contender for Learned {
             features,
             async_mode,
             expensive: false,
+            budget_s: None,
         };
         let decision = self
             .policy
@@ -170,6 +171,7 @@ impl StaticOnly {
             features,
             async_mode,
             expensive: false,
+            budget_s: None,
         };
         if async_mode || table.check(call).is_some() {
             Mode::Background

@@ -45,18 +45,12 @@ impl Counters {
         self.decisions[source_index(decision.source)] += 1;
     }
 
-    /// Counts a finished run of a call decided by `decision`.
-    pub fn finished(
-        &mut self,
-        decision: &Decision,
-        outcome: Outcome,
-        runtime_s: f64,
-        budget_s: f64,
-    ) {
+    /// Counts a finished run of a call decided by `decision` (against its budget).
+    pub fn finished(&mut self, decision: &Decision, outcome: Outcome, runtime_s: f64) {
         self.outcomes[outcome as usize] += 1;
         let chosen_background =
             decision.mode == Mode::Background && decision.source != Source::Explicit;
-        if outcome == Outcome::Completed && chosen_background && runtime_s <= budget_s {
+        if outcome == Outcome::Completed && chosen_background && runtime_s <= decision.budget_s {
             self.needless_backgrounds += 1;
         }
     }
@@ -267,25 +261,21 @@ mod tests {
             &decision(Mode::Background, Source::Learned),
             Outcome::Completed,
             10.0,
-            50.0,
         );
         counters.finished(
             &decision(Mode::Background, Source::Explicit),
             Outcome::Completed,
             10.0,
-            50.0,
         );
         counters.finished(
             &decision(Mode::Background, Source::Static),
             Outcome::Completed,
             90.0,
-            50.0,
         );
         counters.finished(
             &decision(Mode::Background, Source::Static),
             Outcome::Failed,
             1.0,
-            50.0,
         );
         assert_eq!(counters.needless_backgrounds, 1);
         assert_eq!(counters.outcomes, [3, 1, 0]);

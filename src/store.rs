@@ -3,7 +3,8 @@
 //! Layout, declared once here: tree `samples` (key `tool \0 write-id:u64be`, value the
 //! postcard list of that tool's [`Sample`]s from one write), tree `models` (key tool name, value a postcard [`ToolRecord`]), tree
 //! `jobs` (key the job's 16 uuid bytes, value the [`Job`] as JSON, since results are
-//! arbitrary JSON) and tree `meta` (the format version and the pooled model).
+//! arbitrary JSON), tree `clients` (key the client's name, value a postcard
+//! [`ClientRecord`]) and tree `meta` (the format version and the pooled model).
 //!
 //! Opening says plainly what went wrong and what to do: another process holds the
 //! database, the directory cannot be written, the data is corrupt, or it was written by
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::clients::ClientRecord;
 use crate::features::Features;
 use crate::jobs::Job;
 use crate::stats::{Outcome, ToolRecord};
@@ -27,6 +29,7 @@ const TREE_SAMPLES: &str = "samples";
 const TREE_MODELS: &str = "models";
 const TREE_JOBS: &str = "jobs";
 const TREE_META: &str = "meta";
+const TREE_CLIENTS: &str = "clients";
 const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 const KEY_POOLED_MODEL: &[u8] = b"pooled_model";
 
@@ -100,6 +103,7 @@ pub struct Store {
     models: sled::Tree,
     jobs: sled::Tree,
     meta: sled::Tree,
+    clients: sled::Tree,
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -137,6 +141,7 @@ impl Store {
             models: tree(TREE_MODELS)?,
             jobs: tree(TREE_JOBS)?,
             meta: tree(TREE_META)?,
+            clients: tree(TREE_CLIENTS)?,
             db,
             path,
         };
@@ -288,6 +293,32 @@ impl Store {
             None => None,
         };
         Ok((tools, pooled))
+    }
+
+    /// Saves what was learned about a client.
+    pub fn save_client(&self, name: &str, record: &ClientRecord) -> Result<()> {
+        let bytes = postcard::to_allocvec(record).map_err(|e| self.corrupt(&e.to_string()))?;
+        self.clients
+            .insert(name.as_bytes(), bytes)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// What was learned about every client, by name.
+    pub fn load_clients(&self) -> Result<Vec<(String, ClientRecord)>> {
+        self.clients
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(|e| self.io(e))?;
+                let name = String::from_utf8_lossy(&key).into_owned();
+                let record = postcard::from_bytes(&value).map_err(|e| {
+                    self.corrupt(&format!(
+                        "the record of client '{name}' cannot be read: {e}"
+                    ))
+                })?;
+                Ok((name, record))
+            })
+            .collect()
     }
 
     /// Writes a job; with `durable`, returns only once it is on disk.

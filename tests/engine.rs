@@ -2,15 +2,16 @@
 //! promotion at the deadline, background jobs, cancellation, failures and learning.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use smart_async::{
-    CallOutcome, Engine, EngineConfig, EngineError, Job, JobError, JobFilter, JobSettings,
-    JobState, JobStatus, Mode, Source, ToolCall, ToolOptions,
+    BudgetSource, CallOutcome, Engine, EngineConfig, EngineError, InlineProgress, Job, JobError,
+    JobFilter, JobSettings, JobState, JobStatus, Mode, Progress, Source, ToolCall, ToolOptions,
 };
 use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
 
 async fn engine_with(config: impl FnOnce(&mut EngineConfig)) -> (Engine, TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -39,6 +40,9 @@ fn expect_job(outcome: CallOutcome) -> Job {
         CallOutcome::Done { decision, .. } => {
             panic!("expected a job, ran inline: {}", decision.reason())
         }
+        CallOutcome::Cancelled { runtime_s, .. } => {
+            panic!("expected a job, was cancelled after {runtime_s} s")
+        }
     }
 }
 
@@ -48,6 +52,9 @@ fn expect_done(outcome: CallOutcome) -> (Result<Value, String>, f64) {
             result, runtime_s, ..
         } => (result, runtime_s),
         CallOutcome::Job { job } => panic!("expected inline, got job: {}", job.decision.reason()),
+        CallOutcome::Cancelled { runtime_s, .. } => {
+            panic!("expected inline, was cancelled after {runtime_s} s")
+        }
     }
 }
 
@@ -484,4 +491,141 @@ async fn bad_settings_are_refused_with_the_fix() {
         Engine::open(config).await,
         Err(EngineError::Deadline(_))
     ));
+}
+
+/// An inline call of `client` that the caller cancels after `after_s`.
+async fn cancelled_inline_call(engine: &Engine, client: &str, after_s: f64) -> CallOutcome {
+    let cancel = CancellationToken::new();
+    let mut call = ToolCall::new("slow", json!({"n": 10}));
+    call.client = Some(client.to_owned());
+    call.cancel = Some(cancel.clone());
+    let timer = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs_f64(after_s)).await;
+        timer.cancel();
+    });
+    engine.call(call, sleeper(30.0)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_cancel_stops_inline_work_and_is_counted_not_taught() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let cancel = CancellationToken::new();
+    let (token_tx, token_rx) = tokio::sync::oneshot::channel();
+    let mut call = ToolCall::new("t", json!({}));
+    call.cancel = Some(cancel.clone());
+    let caller = engine.clone();
+    let running = tokio::spawn(async move {
+        caller
+            .call(call, move |ctx| async move {
+                let _ = token_tx.send(ctx.token().clone());
+                ctx.cancelled().await;
+                Ok(json!("finished anyway"))
+            })
+            .await
+    });
+    let token = token_rx.await.unwrap();
+    cancel.cancel();
+    let outcome = running.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Cancelled { .. }),
+        "work that returns after the cancel is still reported cancelled: {outcome:?}"
+    );
+    assert!(token.is_cancelled(), "the work was told to stop");
+    let stats = &engine.stats(Some("t"))[0];
+    assert_eq!((stats.samples, stats.cancelled), (0, 1));
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_cancelling_at_the_same_time_gets_a_budget_below_it() {
+    let (engine, dir) = engine_with(|_| {}).await;
+    for _ in 0..3 {
+        let outcome = cancelled_inline_call(&engine, "impatient", 0.6).await;
+        assert!(
+            matches!(outcome, CallOutcome::Cancelled { .. }),
+            "{outcome:?}"
+        );
+    }
+    let budget = engine.client_budget(Some("impatient"));
+    assert_eq!(budget.source, BudgetSource::Learned);
+    assert!(budget.budget_s < 0.6 && budget.budget_s > 0.3, "{budget:?}");
+    assert_eq!(engine.client_budget(Some("patient")).budget_s, 50.0);
+    let shown = engine.client_stats();
+    let impatient = shown.iter().find(|c| c.name == "impatient").unwrap();
+    assert_eq!(impatient.inline_cancels, 3);
+    assert!(impatient.learned_timeout_s.unwrap() >= 0.6);
+
+    // Its next long call is promoted at its own budget, not the server's 50 s.
+    let mut call = ToolCall::new("slow", json!({"n": 10}));
+    call.client = Some("impatient".to_owned());
+    let job = expect_job(engine.call(call, sleeper(2.0)).await.unwrap());
+    assert!(job.promoted);
+    assert!((job.decision.budget_s - budget.budget_s).abs() < 1e-9);
+    engine.cancel_job(job.id).await.unwrap();
+
+    // What the client showed survives a restart.
+    engine.close().await.unwrap();
+    drop(engine);
+    let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
+    assert_eq!(
+        engine.client_budget(Some("impatient")).source,
+        BudgetSource::Learned
+    );
+}
+
+#[tokio::test]
+async fn a_configured_client_budget_decides_its_calls() {
+    let (engine, _dir) = engine_with(|c| {
+        c.client_budgets.insert("Quick-Client".to_owned(), 0.3);
+    })
+    .await;
+    let mut call = ToolCall::new("slow", json!({}));
+    call.client = Some("quick-client".to_owned());
+    let job = expect_job(engine.call(call, sleeper(1.0)).await.unwrap());
+    assert!(job.promoted && job.decision.budget_s == 0.3);
+    let (result, _) = expect_done(
+        engine
+            .call(ToolCall::new("slow", json!({})), sleeper(0.5))
+            .await
+            .unwrap(),
+    );
+    assert!(result.is_ok(), "other clients keep the server's budget");
+    let err = Engine::open({
+        let mut config = EngineConfig::new(tempfile::tempdir().unwrap().path());
+        config.client_budgets.insert("c".to_owned(), -1.0);
+        config
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("client 'c'") && err.contains("positive"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_inline_call_reports_progress_while_it_runs() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let heard = Arc::new(Mutex::new(Vec::<InlineProgress>::new()));
+    let mut call = ToolCall::new("t", json!({}));
+    let sink = heard.clone();
+    call.on_progress = Some(Arc::new(move |p| sink.lock().unwrap().push(p)));
+    let outcome = engine
+        .call(call, |ctx| async move {
+            ctx.report_progress(Progress {
+                done: 1.0,
+                total: Some(4.0),
+                message: None,
+            });
+            tokio::time::sleep(Duration::from_secs_f64(3.2)).await;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    assert_eq!(expect_done(outcome).0, Ok(Value::Null));
+    let heard = heard.lock().unwrap();
+    assert!(heard.len() >= 2, "one report a second: {heard:?}");
+    assert!(heard.windows(2).all(|w| w[1].elapsed_s > w[0].elapsed_s));
+    assert_eq!(heard[0].tool.as_ref().unwrap().to_string(), "1 of 4");
 }

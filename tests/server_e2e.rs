@@ -1,114 +1,17 @@
 //! `smart-async serve` end to end: the real binary, driven by rmcp's client over stdio
 //! and over Streamable HTTP.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
-use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smart-async");
-
-type Client = RunningService<RoleClient, ()>;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Starts `smart-async serve` on stdio with these flags and connects to it.
-async fn connect(args: &[&str]) -> Client {
-    let command = tokio::process::Command::new(BIN).configure(|c| {
-        c.arg("serve").args(args);
-    });
-    let (transport, _) = TokioChildProcess::builder(command)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the server starts");
-    ().serve(transport)
-        .await
-        .expect("the MCP handshake succeeds")
-}
-
-async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
-    let Value::Object(args) = args else {
-        panic!("arguments must be an object")
-    };
-    client
-        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
-        .await
-        .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
-}
-
-fn text(result: &CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("")
-}
-
-fn structured(result: &CallToolResult) -> &Value {
-    result
-        .structured_content
-        .as_ref()
-        .expect("structured content")
-}
-
-fn is_error(result: &CallToolResult) -> bool {
-    result.is_error == Some(true)
-}
-
-/// A data dir and a root with a few small files.
-struct Setup {
-    data: TempDir,
-    root: TempDir,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("small")).unwrap();
-        for i in 0..3 {
-            std::fs::write(
-                root.path().join(format!("small/f{i}.txt")),
-                format!("file {i}\n"),
-            )
-            .unwrap();
-        }
-        Setup {
-            data: tempfile::tempdir().unwrap(),
-            root,
-        }
-    }
-
-    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "--data-dir",
-            path_str(self.data.path()),
-            "--root",
-            path_str(self.root.path()),
-        ];
-        args.extend_from_slice(extra);
-        args
-    }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
-
-fn example_config() -> String {
-    repo()
-        .join("data/smart-async.example.toml")
-        .display()
-        .to_string()
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn tools_are_listed_and_answer_inline_or_as_jobs_over_stdio() {
@@ -210,24 +113,6 @@ async fn a_call_that_overruns_the_deadline_is_promoted_and_completes() {
         "its runtime was learned"
     );
     client.cancel().await.unwrap();
-}
-
-/// Pids of processes whose command line is exactly `argv`.
-fn pids_running(argv: &[&str]) -> Vec<u32> {
-    let wanted = argv.join("\0") + "\0";
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            (cmdline == wanted.as_bytes() && !zombie).then_some(pid)
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ async fn open(dir: &std::path::Path) -> Engine {
 fn job_id(outcome: CallOutcome) -> uuid::Uuid {
     match outcome {
         CallOutcome::Job { job } => job.id,
-        CallOutcome::Done { .. } => panic!("expected a job"),
+        other => panic!("expected a job, got {other:?}"),
     }
 }
 

@@ -13,22 +13,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
-    Tool as McpTool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, DetailedTask, GetTaskParams, GetTaskResult, Implementation, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+    ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus, Tool as McpTool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::{CallOutcome, Engine, ToolCall};
-use crate::jobs::{now_ms, Job, JobFilter, JobState, JobStatus};
+use crate::engine::{CallOutcome, Engine, EngineError, InlineProgress, ToolCall};
+use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
 use crate::policy::{Seconds, Source};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
@@ -175,29 +177,122 @@ impl SmartServer {
         Ok(())
     }
 
-    async fn call_configured(&self, tool: &Arc<dyn Tool>, args: Value) -> CallToolResult {
+    /// Runs a configured tool through the engine for one request: with the client's
+    /// budget, its cancellation, and progress notifications when it sent a token. A job
+    /// is answered as a task to clients that declared the tasks extension, and with
+    /// the tool-level job answer to all others.
+    async fn call_configured(
+        &self,
+        tool: &Arc<dyn Tool>,
+        args: Value,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResponse {
         let work = match tool.start(&args) {
             Ok(work) => work,
-            Err(message) => return error_result(message),
+            Err(message) => return error_result(message).into(),
         };
-        let call = ToolCall::new(tool.name(), args);
-        let outcome = self
-            .engine
-            .call(call, move |ctx| async move {
-                Ok(output_value(work(ctx).await?))
-            })
-            .await;
+        let mut call = ToolCall::new(tool.name(), args);
+        call.client = ctx.client_info().map(|info| info.name);
+        call.cancel = Some(ctx.ct.clone());
+        let progress = ctx.meta.get_progress_token().map(|token| {
+            // Notifications are sent from this request's own task, where rmcp knows
+            // which request (and, over HTTP, which response stream) they belong to.
+            let (sender, receiver) = mpsc::channel::<InlineProgress>(2);
+            call.on_progress = Some(Arc::new(move |progress| {
+                let _ = sender.try_send(progress);
+            }));
+            (token, receiver)
+        });
+        let outcome = self.engine.call(call, move |ctx| async move {
+            Ok(output_value(work(ctx).await?))
+        });
+        let outcome = match progress {
+            None => outcome.await,
+            Some((token, mut receiver)) => {
+                tokio::pin!(outcome);
+                loop {
+                    tokio::select! {
+                        outcome = &mut outcome => break outcome,
+                        Some(progress) = receiver.recv() => {
+                            let note = progress_notification(token.clone(), &progress);
+                            if let Err(e) = ctx.peer.notify_progress(note).await {
+                                tracing::debug!(error = %e, "could not send a progress notification");
+                            }
+                        }
+                    }
+                }
+            }
+        };
         match outcome {
             Ok(CallOutcome::Done {
                 result: Ok(value), ..
-            }) => stored_result(value),
+            }) => stored_result(value).into(),
             Ok(CallOutcome::Done {
                 result: Err(message),
                 ..
-            }) => error_result(message),
-            Ok(CallOutcome::Job { job }) => self.background_answer(&job),
-            Err(e) => error_result(format!("smart-async could not run the call: {e}")),
+            }) => error_result(message).into(),
+            Ok(CallOutcome::Job { job }) if client_has_tasks(ctx) => {
+                CallToolResponse::Task(CreateTaskResult::new(self.task_of(&job)))
+            }
+            Ok(CallOutcome::Job { job }) => self.background_answer(&job).into(),
+            Ok(CallOutcome::Cancelled { runtime_s, .. }) => error_result(format!(
+                "the call was cancelled by the client after {}; its work was stopped",
+                Seconds(runtime_s)
+            ))
+            .into(),
+            Err(e) => error_result(format!("smart-async could not run the call: {e}")).into(),
         }
+    }
+
+    /// A job as the tasks extension shows it.
+    fn task_of(&self, job: &Job) -> Task {
+        let now = now_ms();
+        let status = match job.status() {
+            JobStatus::Pending | JobStatus::Running => TaskStatus::Working,
+            JobStatus::Completed => TaskStatus::Completed,
+            JobStatus::Failed if task_failure(job).is_some() => TaskStatus::Failed,
+            // A tool's error is a result (`isError`), as it is inline.
+            JobStatus::Failed => TaskStatus::Completed,
+            JobStatus::Cancelled => TaskStatus::Cancelled,
+        };
+        let updated_ms = job
+            .finished_at_ms
+            .or(job.started_at_ms)
+            .unwrap_or(job.created_at_ms);
+        let retention_ms = self.engine.job_settings().retention.as_millis();
+        let mut task = Task::new(
+            job.id.to_string(),
+            status,
+            iso_time(job.created_at_ms),
+            iso_time(updated_ms),
+        )
+        .with_status_message(job_summary(job, now))
+        .with_ttl_ms(u64::try_from(retention_ms).unwrap_or(u64::MAX));
+        if !job.status().is_terminal() {
+            task = task.with_poll_interval_ms((job.poll_interval_s(now) * 1000.0).round() as u64);
+        }
+        task
+    }
+
+    /// `tasks/get`: the job's state, with its result or error once it has ended.
+    fn detailed_task(&self, job: &Job) -> DetailedTask {
+        let task = self.task_of(job);
+        let payload = match &job.state {
+            JobState::Pending | JobState::Running => TaskPayload::Working,
+            JobState::Completed { result } => TaskPayload::Completed {
+                result: result_object(stored_result(result.clone())),
+            },
+            JobState::Failed { error } => match task_failure(job) {
+                Some(failure) => TaskPayload::Failed {
+                    error: result_object(failure),
+                },
+                None => TaskPayload::Completed {
+                    result: result_object(error_result(error.clone())),
+                },
+            },
+            JobState::Cancelled => TaskPayload::Cancelled,
+        };
+        DetailedTask::new(task, payload)
     }
 
     /// What a caller gets for a job: what happened, why, and what to call next.
@@ -206,7 +301,7 @@ impl SmartServer {
         let decision = &job.decision;
         let smart_async = decision.source != Source::Explicit;
         let eta_s = job.eta_s(now);
-        let wait_s = self.max_wait_s();
+        let wait_s = max_wait_s(decision.budget_s);
         let next = format!(
             "call job_status with job_id=\"{}\" (add wait_s up to {} to wait for the end in one call)",
             job.id,
@@ -215,7 +310,7 @@ impl SmartServer {
         let why = if job.promoted {
             format!(
                 "it was still running at the {} deadline, so it continues as a job",
-                Seconds(self.engine.budget_s())
+                Seconds(self.engine.deadline(decision).as_secs_f64())
             )
         } else if smart_async {
             "smart-async predicted it would take too long to answer inline".to_owned()
@@ -250,11 +345,27 @@ impl SmartServer {
         result
     }
 
-    fn max_wait_s(&self) -> f64 {
-        self.engine.budget_s() * WAIT_SHARE_OF_BUDGET
+    /// The job behind a task id; an unknown id is invalid params, as the extension says.
+    fn job_of_task(&self, task_id: &str) -> Result<Job, ErrorData> {
+        let unknown = || {
+            ErrorData::invalid_params(
+                format!("unknown task '{task_id}': it never existed or its retention has passed"),
+                None,
+            )
+        };
+        let id = Uuid::parse_str(task_id.trim()).map_err(|_| unknown())?;
+        match self.engine.job(id) {
+            Ok(job) => Ok(job),
+            Err(EngineError::Job(JobError::NotFound(_))) => Err(unknown()),
+            Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
+        }
     }
 
-    async fn job_status(&self, args: &Value) -> Result<CallToolResult, String> {
+    async fn job_status(
+        &self,
+        args: &Value,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
         let args: JobStatusArgs = parse_args(JOB_STATUS, args)?;
         let id = parse_job_id(&args.job_id)?;
         let wait_s = args.wait_s.unwrap_or(0.0);
@@ -263,7 +374,10 @@ impl SmartServer {
                 "{JOB_STATUS}: wait_s must be a number of seconds ≥ 0, got {wait_s}"
             ));
         }
-        let wait = Duration::from_secs_f64(wait_s.min(self.max_wait_s()));
+        // The wait must end inside this client's own budget, or the answer comes late.
+        let client = ctx.client_info().map(|info| info.name);
+        let budget_s = self.engine.client_budget(client.as_deref()).budget_s;
+        let wait = Duration::from_secs_f64(wait_s.min(max_wait_s(budget_s)));
         let job = self
             .engine
             .wait_job(id, wait)
@@ -290,12 +404,10 @@ impl SmartServer {
         let mut text = format!("{} jobs\n", jobs.len());
         for job in &jobs {
             text.push_str(&format!(
-                "{} {} {}{}\n",
+                "{} {}: {}\n",
                 job.id,
                 job.tool,
-                job.status().name(),
-                job.elapsed_s(now)
-                    .map_or(String::new(), |s| format!(" ({})", Seconds(s)))
+                job_summary(job, now)
             ));
         }
         let structured =
@@ -322,20 +434,115 @@ impl SmartServer {
                 "{PREDICTOR_STATS}: nothing has been learned about tool '{tool}' yet"
             ));
         }
-        let text = stats
+        let clients = self.engine.client_stats();
+        let mut text = stats
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n\n");
-        let structured = json!({ "budget_s": self.engine.budget_s(), "tools": stats });
+        for client in &clients {
+            text.push_str(&format!("\n{client}"));
+        }
+        let structured = json!({
+            "budget_s": self.engine.budget_s(),
+            "tools": stats,
+            "clients": clients,
+        });
         Ok(text_and_structured(text, structured))
     }
+}
+
+/// The longest `job_status` may wait for a client with this budget.
+fn max_wait_s(budget_s: f64) -> f64 {
+    budget_s * WAIT_SHARE_OF_BUDGET
 }
 
 fn parse_job_id(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text.trim()).map_err(|_| {
         format!("'{text}' is not a job id: use the job_id from a background answer or list_jobs")
     })
+}
+
+/// Whether this request's client declared the tasks extension (in the request's
+/// `_meta` or at initialize).
+fn client_has_tasks(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.client_capabilities()
+        .is_some_and(|capabilities| capabilities.supports_tasks())
+}
+
+/// The JSON-RPC error a failed job is to a tasks client, when the failure was the
+/// server's (a restart cut it off) rather than the tool's.
+fn task_failure(job: &Job) -> Option<ErrorData> {
+    match &job.state {
+        JobState::Failed { error } if error == INTERRUPTED => Some(ErrorData::internal_error(
+            "the job was interrupted by a restart of smart-async: call the tool again",
+            None,
+        )),
+        _ => None,
+    }
+}
+
+fn result_object(value: impl Serialize) -> JsonObject {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        _ => JsonObject::new(),
+    }
+}
+
+/// Milliseconds since the Unix epoch as an RFC 3339 time, as the tasks extension
+/// wants its timestamps.
+fn iso_time(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+/// A job's state in words, for people and models: "running for 3 s, about 7 s to go
+/// (12 of 40 files)".
+fn job_summary(job: &Job, now: u64) -> String {
+    let mut text = match job.status() {
+        JobStatus::Pending => "waiting for a free slot".to_owned(),
+        status => {
+            let mut text = status.name().to_owned();
+            if let Some(elapsed_s) = job.elapsed_s(now) {
+                let verb = if status.is_terminal() { "after" } else { "for" };
+                text.push_str(&format!(" {verb} {}", Seconds(elapsed_s)));
+            }
+            text
+        }
+    };
+    match job.eta_s(now) {
+        Some(eta_s) if eta_s > 0.0 => text.push_str(&format!(", about {} to go", Seconds(eta_s))),
+        Some(_) => text.push_str(", past its predicted end"),
+        None => {}
+    }
+    if let Some(progress) = &job.progress {
+        text.push_str(&format!(" ({progress})"));
+    }
+    text
+}
+
+/// The notification for an inline call that is still running: the seconds it has run
+/// as the progress (always rising), the prediction as the total while it lies ahead,
+/// and the tool's own progress in the message.
+fn progress_notification(
+    token: ProgressToken,
+    progress: &InlineProgress,
+) -> ProgressNotificationParam {
+    let mut message = format!("running for {}", Seconds(progress.elapsed_s));
+    let mut note = ProgressNotificationParam::new(token, progress.elapsed_s);
+    if let Some(predicted_s) = progress.predicted_s {
+        message.push_str(&format!(", predicted {}", Seconds(predicted_s)));
+        if predicted_s > progress.elapsed_s {
+            note = note.with_total(predicted_s);
+        }
+    }
+    if let Some(tool) = &progress.tool {
+        message.push_str(&format!(" ({tool})"));
+    }
+    note.with_message(message)
 }
 
 fn text_and_structured(text: String, structured: Value) -> CallToolResult {
@@ -386,6 +593,8 @@ fn job_view(job: &Job, now: u64) -> Value {
         "predicted_s": job.decision.predicted_s,
         "eta_s": job.eta_s(now),
         "elapsed_s": job.elapsed_s(now),
+        "progress": job.progress,
+        "poll_after_s": (!job.status().is_terminal()).then(|| job.poll_interval_s(now)),
         "created_at_ms": job.created_at_ms,
         "started_at_ms": job.started_at_ms,
         "finished_at_ms": job.finished_at_ms,
@@ -396,14 +605,7 @@ fn job_view(job: &Job, now: u64) -> Value {
 fn job_report(job: &Job) -> CallToolResult {
     let now = now_ms();
     let mut view = job_view(job, now);
-    let mut text = format!("Job {} ({}): {}", job.id, job.tool, job.status().name());
-    if let Some(elapsed_s) = job.elapsed_s(now) {
-        text.push_str(&format!(", ran {}", Seconds(elapsed_s)));
-    }
-    if let Some(eta_s) = job.eta_s(now) {
-        text.push_str(&format!(", about {} to go", Seconds(eta_s)));
-    }
-    text.push('\n');
+    let mut text = format!("Job {} ({}): {}\n", job.id, job.tool, job_summary(job, now));
     match &job.state {
         JobState::Completed { result } => {
             let result = stored_result(result.clone());
@@ -427,7 +629,12 @@ fn job_report(job: &Job) -> CallToolResult {
 
 impl ServerHandler for SmartServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
             .with_server_info(Implementation::new("smart-async", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Tools answer inline when they finish in time; otherwise they return a job_id. \
@@ -452,16 +659,16 @@ impl ServerHandler for SmartServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let answer = match request.name.as_ref() {
-            JOB_STATUS => self.job_status(&args).await,
+            JOB_STATUS => self.job_status(&args, &ctx).await,
             LIST_JOBS => self.list_jobs(&args),
             CANCEL_JOB => self.cancel_job(&args).await,
             PREDICTOR_STATS => self.predictor_stats(&args),
             name => match self.tools.get(name) {
-                Some(tool) => Ok(self.call_configured(tool, args).await),
+                Some(tool) => return Ok(self.call_configured(tool, args, &ctx).await),
                 None => {
                     return Err(ErrorData::invalid_params(
                         format!("unknown tool '{name}': tools/list shows the available ones"),
@@ -471,5 +678,29 @@ impl ServerHandler for SmartServer {
             },
         };
         Ok(answer.unwrap_or_else(error_result).into())
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let job = self.job_of_task(&request.task_id)?;
+        Ok(GetTaskResult::new(self.detailed_task(&job)))
+    }
+
+    /// Cooperative, as the extension has it: the job is asked to stop and given its
+    /// grace; `tasks/get` then reads `cancelled`. A task that has already ended is
+    /// acknowledged as it is.
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let job = self.job_of_task(&request.task_id)?;
+        match self.engine.cancel_job(job.id).await {
+            Ok(_) | Err(EngineError::Job(JobError::Finished { .. })) => Ok(()),
+            Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
+        }
     }
 }

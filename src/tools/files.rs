@@ -20,7 +20,7 @@ use super::roots::{files_under, tree_size, Roots};
 use super::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::{FeatureExtractor, FeatureKind, Features};
-use crate::jobs::JobContext;
+use crate::jobs::{JobContext, Progress};
 
 /// Manifest lines shown; the digest still covers every file.
 pub const MAX_MANIFEST_LINES: usize = 1000;
@@ -122,10 +122,11 @@ fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
     let mut entries = Vec::with_capacity(files.len().min(MAX_MANIFEST_LINES));
     let mut bytes = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
-    for file in &files {
+    for (done, file) in files.iter().enumerate() {
         if ctx.is_cancelled() {
             return Err("cancelled".to_owned());
         }
+
         let mut hasher = Sha256::new();
         let mut reader =
             File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -158,6 +159,11 @@ fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
         if entries.len() < MAX_MANIFEST_LINES {
             entries.push((digest, relative));
         }
+        ctx.report_progress(Progress {
+            done: (done + 1) as f64,
+            total: Some(files.len() as f64),
+            message: Some(format!("{} of {} files hashed", done + 1, files.len())),
+        });
     }
     let digest = hex(&manifest.finalize());
     let truncated = files.len() > entries.len();
@@ -446,5 +452,21 @@ mod tests {
         let token = CancellationToken::new();
         token.cancel();
         assert_eq!(work(JobContext::new(token)).await.unwrap_err(), "cancelled");
+    }
+
+    #[tokio::test]
+    async fn hashing_reports_files_done_of_total() {
+        let (_dir, roots) = setup();
+        let work = HashFiles::new(roots)
+            .start(&json!({"path": "src"}))
+            .unwrap();
+        let ctx = JobContext::new(CancellationToken::new());
+        let watched = ctx.progress().clone();
+        let output = work(ctx).await.unwrap();
+        let files = output.structured["files"].as_f64().unwrap();
+        let last = watched.get().expect("progress was reported");
+        assert_eq!(last.total, Some(files));
+        assert_eq!(last.done, files, "reported after each file");
+        assert!(last.to_string().contains("files hashed"), "{last}");
     }
 }

@@ -1,0 +1,168 @@
+//! Helpers shared by the end-to-end tests: start the real binary, call its tools
+//! with rmcp's client, read the answers.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, Peer, RunningService};
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_smart-async");
+
+pub type Client = RunningService<RoleClient, ()>;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts `smart-async serve` on stdio with these flags.
+pub fn spawn_server(args: &[&str]) -> TokioChildProcess {
+    let command = tokio::process::Command::new(BIN).configure(|c| {
+        c.arg("serve").args(args);
+    });
+    let (transport, _) = TokioChildProcess::builder(command)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    transport
+}
+
+/// Starts `smart-async serve` on stdio with these flags and connects to it.
+pub async fn connect(args: &[&str]) -> Client {
+    ().serve(spawn_server(args))
+        .await
+        .expect("the MCP handshake succeeds")
+}
+
+/// Connects as the client `info` says (its name and capabilities), with the
+/// 2026-07-28 lifecycle (`server/discover`, per-request metadata).
+pub async fn connect_as(
+    args: &[&str],
+    info: ClientConfig,
+) -> RunningService<RoleClient, ClientConfig> {
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    info.serve_with_lifecycle(spawn_server(args), lifecycle)
+        .await
+        .expect("the 2026-07-28 discovery succeeds")
+}
+
+/// A client called `name`, declaring the tasks extension or not.
+pub fn client_info(name: &str, tasks: bool) -> ClientConfig {
+    let capabilities = if tasks {
+        ClientCapabilities::builder().enable_tasks().build()
+    } else {
+        ClientCapabilities::default()
+    };
+    ClientConfig::new(capabilities, Implementation::new(name, "1.0.0"))
+}
+
+/// Writes a config file with `toml` in `dir`; returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).expect("the config is written");
+    path.display().to_string()
+}
+
+pub async fn call(client: &Peer<RoleClient>, tool: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+}
+
+pub fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+pub fn structured(result: &CallToolResult) -> &Value {
+    result
+        .structured_content
+        .as_ref()
+        .expect("structured content")
+}
+
+pub fn is_error(result: &CallToolResult) -> bool {
+    result.is_error == Some(true)
+}
+
+/// A data dir and a root with a few small files.
+pub struct Setup {
+    pub data: TempDir,
+    pub root: TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("small")).unwrap();
+        for i in 0..3 {
+            std::fs::write(
+                root.path().join(format!("small/f{i}.txt")),
+                format!("file {i}\n"),
+            )
+            .unwrap();
+        }
+        Setup {
+            data: tempfile::tempdir().unwrap(),
+            root,
+        }
+    }
+
+    pub fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--data-dir",
+            path_str(self.data.path()),
+            "--root",
+            path_str(self.root.path()),
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+pub fn example_config() -> String {
+    repo()
+        .join("data/smart-async.example.toml")
+        .display()
+        .to_string()
+}
+
+/// Pids of processes whose command line is exactly `argv`.
+pub fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let wanted = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (cmdline == wanted.as_bytes() && !zombie).then_some(pid)
+        })
+        .collect()
+}
