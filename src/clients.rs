@@ -263,7 +263,7 @@ impl fmt::Display for ClientStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "client {}: budget {} ({})",
+            "{}: budget {} ({})",
             self.name,
             Seconds(self.budget_s),
             self.source.name()

@@ -28,7 +28,7 @@ use crate::jobs::{
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
-use crate::stats::{Outcome, ToolRecord, ToolStats};
+use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
 use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
 /// How often finished jobs and old samples are pruned.
@@ -272,6 +272,7 @@ struct Inner {
 /// match outcome {
 ///     CallOutcome::Done { result, .. } => assert_eq!(result, Ok(serde_json::json!(5))),
 ///     CallOutcome::Job { job } => println!("running in the background as {}", job.id),
+///     CallOutcome::Cancelled { .. } => unreachable!("this call carries no cancel token"),
 /// }
 /// engine.close().await?;
 /// # Ok(())
@@ -400,6 +401,15 @@ impl Engine {
     /// timeout its cancellations revealed.
     pub fn client_stats(&self) -> Vec<ClientStats> {
         lock(&self.inner.learned).clients.stats()
+    }
+
+    /// What `predictor_stats` shows: [`Engine::stats`] and every client's budget.
+    pub fn report(&self, tool: Option<&str>) -> StatsReport {
+        StatsReport {
+            budget_s: self.budget_s(),
+            tools: self.stats(tool),
+            clients: self.client_stats(),
+        }
     }
 
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).

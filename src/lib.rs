@@ -50,7 +50,7 @@ pub use policy::{
     DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
 pub use predictor::{Calibration, FeatureEffect, Prediction, RuntimeModel};
-pub use stats::{Counters, Outcome, ToolRecord, ToolStats};
+pub use stats::{Counters, Outcome, StatsReport, ToolRecord, ToolStats};
 pub use store::{Sample, Store, StoreError};
 
 /// The README's examples, compiled as doc tests so they stay true.

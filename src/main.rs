@@ -282,19 +282,17 @@ async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Re
     let engine = Engine::open(EngineConfig::new(&data_dir))
         .await
         .with_context(|| format!("cannot read the statistics in {}", data_dir.display()))?;
-    let stats = engine.stats(tool.as_deref());
+    let report = engine.report(tool.as_deref());
     engine.close().await?;
-    if let (Some(tool), true) = (&tool, stats.is_empty()) {
+    if let (Some(tool), true) = (&tool, report.tools.is_empty()) {
         anyhow::bail!(
             "nothing has been learned about tool '{tool}' yet: run it through smart-async first"
         );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for tool in &stats {
-            println!("{tool}\n");
-        }
+        print!("{report}");
     }
     Ok(())
 }

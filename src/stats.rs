@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clients::ClientStats;
 use crate::policy::{Decision, Mode, Seconds, Source};
 use crate::predictor::{FeatureEffect, RuntimeModel};
 
@@ -160,6 +161,36 @@ pub struct ToolStats {
     pub failed: u64,
     /// Runs that were cancelled.
     pub cancelled: u64,
+}
+
+/// Everything `predictor_stats` and `smart-async stats` show: per tool (the pooled
+/// model last, as `*`), and per client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// The server's budget (clients may have their own).
+    pub budget_s: f64,
+    /// What was learned per tool.
+    pub tools: Vec<ToolStats>,
+    /// Each client's budget and what it showed.
+    pub clients: Vec<ClientStats>,
+}
+
+impl fmt::Display for StatsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, tool) in self.tools.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{tool}")?;
+        }
+        if !self.clients.is_empty() {
+            writeln!(f, "\nclients (server budget {}):", Seconds(self.budget_s))?;
+            for client in &self.clients {
+                writeln!(f, "  {client}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Opt<T>(Option<T>, fn(&T, &mut fmt::Formatter<'_>) -> fmt::Result);

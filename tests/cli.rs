@@ -55,14 +55,16 @@ async fn stats_shows_what_was_learned_as_text_and_json() {
 
     let out = smart_async(&["stats", "--data-dir", data_dir, "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let tools: Vec<&str> = stats
+    let tools: Vec<&str> = stats["tools"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["tool"].as_str().unwrap())
         .collect();
     assert_eq!(tools, ["index", "*"]);
-    assert_eq!(stats[0]["samples"], 8);
+    assert_eq!(stats["tools"][0]["samples"], 8);
+    assert_eq!(stats["budget_s"], 50.0);
+    assert!(stats["clients"].as_array().unwrap().is_empty());
 }
 
 #[test]

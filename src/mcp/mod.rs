@@ -428,26 +428,14 @@ impl SmartServer {
 
     fn predictor_stats(&self, args: &Value) -> Result<CallToolResult, String> {
         let args: StatsArgs = parse_args(PREDICTOR_STATS, args)?;
-        let stats = self.engine.stats(args.tool.as_deref());
-        if let (Some(tool), true) = (&args.tool, stats.is_empty()) {
+        let report = self.engine.report(args.tool.as_deref());
+        if let (Some(tool), true) = (&args.tool, report.tools.is_empty()) {
             return Err(format!(
                 "{PREDICTOR_STATS}: nothing has been learned about tool '{tool}' yet"
             ));
         }
-        let clients = self.engine.client_stats();
-        let mut text = stats
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n\n");
-        for client in &clients {
-            text.push_str(&format!("\n{client}"));
-        }
-        let structured = json!({
-            "budget_s": self.engine.budget_s(),
-            "tools": stats,
-            "clients": clients,
-        });
+        let text = report.to_string();
+        let structured = serde_json::to_value(&report).map_err(|e| e.to_string())?;
         Ok(text_and_structured(text, structured))
     }
 }
