@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod mcp;
 pub mod policy;
 pub mod predictor;
+pub mod proxy;
 pub mod replay;
 pub mod stats;
 pub mod store;

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use smart_async::config::FileConfig;
 use smart_async::mcp::SmartServer;
+use smart_async::proxy::{Upstream, UpstreamCommand};
 use smart_async::replay::{Replay, ReplayConfig, TraceRecord};
 use smart_async::tools::command::CommandTool;
 use smart_async::tools::files::{HashFiles, SearchText};
@@ -37,6 +38,12 @@ enum Command {
     /// config file, the job tools (job_status, list_jobs, cancel_job) and
     /// predictor_stats, and learns every tool's runtime as it runs.
     Serve(ServeArgs),
+    /// Put an existing MCP server behind the engine: `smart-async proxy -- CMD ARGS...`
+    ///
+    /// Starts CMD as the upstream server over stdio and offers its tools (with
+    /// async_mode), prompts and resources, plus the job tools and predictor_stats,
+    /// learning each upstream tool's runtime. The upstream is restarted if it dies.
+    Proxy(ProxyArgs),
     /// Backtest the decision policies on a runtime trace (JSON Lines; - for stdin).
     ///
     /// For each call every policy decides first, then learns the runtime. Prints a
@@ -93,16 +100,32 @@ struct DataDirArg {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A directory the built-in tools may read (repeatable; relative paths in calls
+    /// resolve against the first) [default: the current directory].
+    #[arg(long = "root", value_name = "DIR")]
+    roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The upstream MCP server's command and arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD ARGS")]
+    upstream: Vec<String>,
+}
+
+/// What `serve` and `proxy` share: transport, database and decision settings.
+#[derive(Debug, Args)]
+struct ServerArgs {
     /// Serve Streamable HTTP at ADDR (PORT or HOST:PORT; a bare port binds 127.0.0.1)
     /// under the path /mcp, instead of stdio.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
     #[command(flatten)]
     data: DataDirArg,
-    /// A directory the built-in tools may read (repeatable; relative paths in calls
-    /// resolve against the first) [default: the current directory].
-    #[arg(long = "root", value_name = "DIR")]
-    roots: Vec<PathBuf>,
     /// Seconds a call may take inline; calls predicted longer run as jobs [default: 50].
     #[arg(long)]
     budget_s: Option<f64>,
@@ -134,15 +157,11 @@ fn http_addr(text: &str) -> anyhow::Result<SocketAddr> {
     })
 }
 
-/// The server's settings: flags over the config file over defaults, all checked.
-struct ServeSettings {
-    engine: EngineConfig,
-    roots: Roots,
-    tools: Vec<Arc<dyn Tool>>,
-    http: Option<SocketAddr>,
-}
-
-fn serve_settings(args: ServeArgs) -> anyhow::Result<ServeSettings> {
+/// The engine's settings and the transport: flags over the config file over
+/// defaults, all checked. Returns the config file too, for what else it declares.
+fn server_settings(
+    args: ServerArgs,
+) -> anyhow::Result<(EngineConfig, FileConfig, Option<SocketAddr>)> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -181,8 +200,17 @@ fn serve_settings(args: ServeArgs) -> anyhow::Result<ServeSettings> {
     if let Some(max_finished) = file.max_finished_jobs {
         engine.jobs.max_finished = max_finished;
     }
-    let roots = if !args.roots.is_empty() {
-        args.roots
+    let http = args.http.as_deref().map(http_addr).transpose()?;
+    Ok((engine, file, http))
+}
+
+/// The built-in tools over the roots, and the config's command tools.
+fn serve_tools(
+    roots: Vec<PathBuf>,
+    file: &FileConfig,
+) -> anyhow::Result<(Roots, Vec<Arc<dyn Tool>>)> {
+    let roots = if !roots.is_empty() {
+        roots
     } else if !file.roots.is_empty() {
         file.roots.iter().map(|r| file.resolve(r)).collect()
     } else {
@@ -203,34 +231,90 @@ fn serve_settings(args: ServeArgs) -> anyhow::Result<ServeSettings> {
         let tool = CommandTool::new(spec, &file.base_dir).map_err(anyhow::Error::msg)?;
         tools.push(Arc::new(tool));
     }
-    let http = args.http.as_deref().map(http_addr).transpose()?;
-    Ok(ServeSettings {
-        engine,
-        roots,
-        tools,
-        http,
-    })
+    Ok((roots, tools))
+}
+
+async fn open_engine(config: EngineConfig) -> anyhow::Result<Engine> {
+    let data_dir = config.data_dir.clone();
+    Engine::open(config)
+        .await
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = serve_settings(args)?;
-    let data_dir = settings.engine.data_dir.clone();
-    let budget_s = settings.engine.budget_s;
-    let engine = Engine::open(settings.engine)
-        .await
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
-    let tool_names: Vec<&str> = settings.tools.iter().map(|t| t.name()).collect();
+    let (config, file, http) = server_settings(args.server)?;
+    let (roots, tools) = serve_tools(args.roots, &file)?;
+    let data_dir = config.data_dir.clone();
+    let budget_s = config.budget_s;
+    let engine = open_engine(config).await?;
+    let tool_names: Vec<&str> = tools.iter().map(|t| t.name()).collect();
     tracing::info!(
         "smart-async {}: data in {}, roots {}, budget {budget_s} s, tools: {}",
         env!("CARGO_PKG_VERSION"),
         data_dir.display(),
-        settings.roots.describe(),
+        roots.describe(),
         tool_names.join(", ")
     );
-    let server = SmartServer::new(engine.clone(), settings.tools);
+    let server = SmartServer::new(engine.clone(), tools);
+    let served = run_server(server, http, "smart-async serve").await;
+    // Finished jobs and what was learned are flushed; running jobs will read as
+    // interrupted on the next start.
+    engine.close().await?;
+    tracing::info!("stopped");
+    served
+}
+
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let (config, file, http) = server_settings(args.server)?;
+    if !file.commands.is_empty() {
+        tracing::warn!("the config's command tools are not offered by the proxy: use `smart-async serve` for them");
+    }
+    let mut upstream = args.upstream.into_iter();
+    let command = UpstreamCommand {
+        program: upstream
+            .next()
+            .context("give the upstream server's command after --")?,
+        args: upstream.collect(),
+    };
+    let data_dir = config.data_dir.clone();
+    let budget_s = config.budget_s;
+    let engine = open_engine(config).await?;
+    let upstream = match Upstream::start(command, engine.clone()).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            engine.close().await?;
+            return Err(e.into());
+        }
+    };
+    let tool_names: Vec<String> = upstream
+        .tools()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    tracing::info!(
+        "smart-async {} proxy: data in {}, budget {budget_s} s, upstream `{}` with tools: {}",
+        env!("CARGO_PKG_VERSION"),
+        data_dir.display(),
+        upstream.command(),
+        tool_names.join(", ")
+    );
+    let server = SmartServer::proxy(engine.clone(), upstream.clone());
+    let served = run_server(server, http, "smart-async proxy -- CMD").await;
+    engine.close().await?;
+    upstream.close().await;
+    tracing::info!("stopped");
+    served
+}
+
+/// Serves MCP over stdio or HTTP until the client leaves or a signal comes.
+async fn run_server(
+    server: SmartServer,
+    http: Option<SocketAddr>,
+    how_to_run: &str,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let served = match settings.http {
+    match http {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr}: is another server using that port?")
@@ -243,7 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!(
-                "waiting for an MCP client on stdin/stdout: configure your client to run `smart-async serve` \
+                "waiting for an MCP client on stdin/stdout: configure your client to run `{how_to_run}` \
                  (or use --http PORT); Ctrl-D or closing stdin stops"
             );
             tokio::select! {
@@ -251,12 +335,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 _ = shutdown.cancelled() => Ok(()),
             }
         }
-    };
-    // Finished jobs and what was learned are flushed; running jobs will read as
-    // interrupted on the next start.
-    engine.close().await?;
-    tracing::info!("stopped");
-    served
+    }
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, so the database is flushed and closed.
@@ -300,6 +379,7 @@ async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Re
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Proxy(args) => proxy(args).await,
         Command::Stats { tool, json, data } => stats(tool, json, data).await,
         Command::Replay {
             trace,

@@ -322,13 +322,3 @@ async fn a_client_that_keeps_timing_out_gets_a_budget_below_its_timeout() {
     call(&client, "cancel_job", json!({"job_id": job_id})).await;
     client.cancel().await.unwrap();
 }
-
-async fn wait_until(condition: impl Fn() -> bool, what: &str) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting: {what}");
-}

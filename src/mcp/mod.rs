@@ -12,13 +12,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
-    CreateTaskResult, DetailedTask, GetTaskParams, GetTaskResult, Implementation, JsonObject,
-    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
-    ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus, Tool as McpTool,
+    CreateTaskResult, DetailedTask, GetPromptRequestMethod, GetPromptRequestParams,
+    GetPromptResponse, GetTaskParams, GetTaskResult, Implementation, JsonObject,
+    ListPromptsRequestMethod, ListPromptsResult, ListResourceTemplatesRequestMethod,
+    ListResourceTemplatesResult, ListResourcesRequestMethod, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ReadResourceRequestMethod,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, Task,
+    TaskPayload, TaskStatus, Tool as McpTool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, ServiceError};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -30,8 +35,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::engine::{CallOutcome, Engine, EngineError, InlineProgress, ToolCall};
+use crate::jobs::JobContext;
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
 use crate::policy::{Seconds, Source};
+use crate::proxy::{upstream_rpc_error, Upstream, UPSTREAM_RESULT};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 /// The share of the budget `job_status` may wait, so its own answer stays in time.
@@ -43,9 +50,25 @@ pub const DEFAULT_LIST_LIMIT: usize = 20;
 #[derive(Clone)]
 pub struct SmartServer {
     engine: Engine,
-    tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
-    listed: Arc<Vec<McpTool>>,
+    backend: Backend,
+    /// The job tools and `predictor_stats`, listed after the backend's tools.
+    own_tools: Arc<Vec<McpTool>>,
 }
+
+/// Where the tools come from.
+#[derive(Clone)]
+enum Backend {
+    /// Tools of this process (built-in and configured), listed with `async_mode`.
+    Local {
+        tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
+        listed: Arc<Vec<McpTool>>,
+    },
+    /// An upstream MCP server's tools, through the proxy.
+    Upstream(Upstream),
+}
+
+/// A call's work as the engine runs it.
+type CallWork = Box<dyn FnOnce(JobContext) -> BoxFuture<'static, Result<Value, String>> + Send>;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -86,11 +109,12 @@ const JOB_STATUS: &str = "job_status";
 const LIST_JOBS: &str = "list_jobs";
 const CANCEL_JOB: &str = "cancel_job";
 const PREDICTOR_STATS: &str = "predictor_stats";
+const OWN_TOOLS: [&str; 4] = [JOB_STATUS, LIST_JOBS, CANCEL_JOB, PREDICTOR_STATS];
 
 impl SmartServer {
     /// A server offering `tools` through `engine`; registers each tool's options.
     pub fn new(engine: Engine, tools: Vec<Arc<dyn Tool>>) -> SmartServer {
-        let mut listed = Vec::with_capacity(tools.len() + 4);
+        let mut listed = Vec::with_capacity(tools.len());
         let mut by_name = BTreeMap::new();
         for tool in tools {
             engine.register_tool(tool.name(), tool.options());
@@ -101,35 +125,95 @@ impl SmartServer {
             ));
             by_name.insert(tool.name().to_owned(), tool);
         }
+        let backend = Backend::Local {
+            tools: Arc::new(by_name),
+            listed: Arc::new(listed),
+        };
+        SmartServer::with_backend(engine, backend)
+    }
+
+    /// A server offering an upstream MCP server's tools through `engine` (the proxy).
+    pub fn proxy(engine: Engine, upstream: Upstream) -> SmartServer {
+        for tool in upstream.tools().iter() {
+            if OWN_TOOLS.contains(&tool.name.as_ref()) {
+                tracing::warn!(
+                    "the upstream's tool '{}' is shadowed by smart-async's own tool of that name",
+                    tool.name
+                );
+            }
+        }
+        SmartServer::with_backend(engine, Backend::Upstream(upstream))
+    }
+
+    fn with_backend(engine: Engine, backend: Backend) -> SmartServer {
         let own = |name: &'static str, description: &'static str, schema: JsonObject| {
             McpTool::new(name, description, Arc::new(schema))
         };
-        listed.push(own(
-            JOB_STATUS,
-            "Status of a background job: timings, ETA, and the result or error once it has ended. \
-             Pass wait_s to wait for the end in this same call instead of polling.",
-            schema_of::<JobStatusArgs>(),
-        ));
-        listed.push(own(
-            LIST_JOBS,
-            "Background jobs, newest first, optionally by status or tool.",
-            schema_of::<ListJobsArgs>(),
-        ));
-        listed.push(own(
-            CANCEL_JOB,
-            "Cancel a pending or running background job.",
-            schema_of::<CancelJobArgs>(),
-        ));
-        listed.push(own(
-            PREDICTOR_STATS,
-            "What smart-async has learned per tool: samples, warm or cold, effect of each argument, \
-             bound coverage, decisions by source, promotions and needless backgrounds.",
-            schema_of::<StatsArgs>(),
-        ));
+        let own_tools = vec![
+            own(
+                JOB_STATUS,
+                "Status of a background job: timings, ETA, and the result or error once it has ended. \
+                 Pass wait_s to wait for the end in this same call instead of polling.",
+                schema_of::<JobStatusArgs>(),
+            ),
+            own(
+                LIST_JOBS,
+                "Background jobs, newest first, optionally by status or tool.",
+                schema_of::<ListJobsArgs>(),
+            ),
+            own(
+                CANCEL_JOB,
+                "Cancel a pending or running background job.",
+                schema_of::<CancelJobArgs>(),
+            ),
+            own(
+                PREDICTOR_STATS,
+                "What smart-async has learned per tool: samples, warm or cold, effect of each argument, \
+                 bound coverage, decisions by source, promotions and needless backgrounds.",
+                schema_of::<StatsArgs>(),
+            ),
+        ];
         SmartServer {
             engine,
-            tools: Arc::new(by_name),
-            listed: Arc::new(listed),
+            backend,
+            own_tools: Arc::new(own_tools),
+        }
+    }
+
+    /// Every tool a client sees: the backend's, then smart-async's own.
+    fn listed(&self) -> Vec<McpTool> {
+        let backend = match &self.backend {
+            Backend::Local { listed, .. } => listed.clone(),
+            Backend::Upstream(upstream) => upstream.tools(),
+        };
+        backend
+            .iter()
+            .filter(|tool| !OWN_TOOLS.contains(&tool.name.as_ref()))
+            .chain(self.own_tools.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// The work of a call of the backend's tool `name`: `None` if there is no such
+    /// tool, an error if the arguments are wrong.
+    fn start(&self, name: &str, args: &Value) -> Option<Result<CallWork, String>> {
+        match &self.backend {
+            Backend::Local { tools, .. } => {
+                let work = tools.get(name)?.start(args);
+                Some(work.map(|work| -> CallWork {
+                    Box::new(move |ctx| Box::pin(async move { Ok(output_value(work(ctx).await?)) }))
+                }))
+            }
+            Backend::Upstream(upstream) => upstream
+                .has_tool(name)
+                .then(|| Ok(Box::new(upstream.call(name, args)) as CallWork)),
+        }
+    }
+
+    fn upstream(&self) -> Option<&Upstream> {
+        match &self.backend {
+            Backend::Upstream(upstream) => Some(upstream),
+            Backend::Local { .. } => None,
         }
     }
 
@@ -183,15 +267,12 @@ impl SmartServer {
     /// the tool-level job answer to all others.
     async fn call_configured(
         &self,
-        tool: &Arc<dyn Tool>,
+        tool: &str,
         args: Value,
+        work: CallWork,
         ctx: &RequestContext<RoleServer>,
-    ) -> CallToolResponse {
-        let work = match tool.start(&args) {
-            Ok(work) => work,
-            Err(message) => return error_result(message).into(),
-        };
-        let mut call = ToolCall::new(tool.name(), args);
+    ) -> Result<CallToolResponse, ErrorData> {
+        let mut call = ToolCall::new(tool, args);
         call.client = ctx.client_info().map(|info| info.name);
         call.cancel = Some(ctx.ct.clone());
         let progress = ctx.meta.get_progress_token().map(|token| {
@@ -203,9 +284,7 @@ impl SmartServer {
             }));
             (token, receiver)
         });
-        let outcome = self.engine.call(call, move |ctx| async move {
-            Ok(output_value(work(ctx).await?))
-        });
+        let outcome = self.engine.call(call, work);
         let outcome = match progress {
             None => outcome.await,
             Some((token, mut receiver)) => {
@@ -223,14 +302,18 @@ impl SmartServer {
                 }
             }
         };
-        match outcome {
+        Ok(match outcome {
             Ok(CallOutcome::Done {
                 result: Ok(value), ..
             }) => stored_result(value).into(),
             Ok(CallOutcome::Done {
                 result: Err(message),
                 ..
-            }) => error_result(message).into(),
+            }) => match upstream_rpc_error(&message) {
+                // The upstream's protocol error goes back as one, with its code.
+                Some(error) => return Err(error),
+                None => error_result(message).into(),
+            },
             Ok(CallOutcome::Job { job }) if client_has_tasks(ctx) => {
                 CallToolResponse::Task(CreateTaskResult::new(self.task_of(&job)))
             }
@@ -241,7 +324,7 @@ impl SmartServer {
             ))
             .into(),
             Err(e) => error_result(format!("smart-async could not run the call: {e}")).into(),
-        }
+        })
     }
 
     /// A job as the tasks extension shows it.
@@ -466,6 +549,7 @@ fn task_failure(job: &Job) -> Option<ErrorData> {
             "the job was interrupted by a restart of smart-async: call the tool again",
             None,
         )),
+        JobState::Failed { error } => upstream_rpc_error(error),
         _ => None,
     }
 }
@@ -553,10 +637,15 @@ fn error_result(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-/// The result for an output the engine carried ([`output_value`]); any other value is
-/// shown as it is.
+/// The result for an output the engine carried ([`output_value`], or an upstream's
+/// result under [`UPSTREAM_RESULT`]); any other value is shown as it is.
 fn stored_result(value: Value) -> CallToolResult {
     match value {
+        Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
+            let result = map.remove(UPSTREAM_RESULT).unwrap_or(Value::Null);
+            serde_json::from_value(result.clone())
+                .unwrap_or_else(|_| text_and_structured(result.to_string(), result))
+        }
         Value::Object(mut map)
             if map.len() == 2 && map.contains_key("text") && map.contains_key("structured") =>
         {
@@ -602,6 +691,7 @@ fn job_report(job: &Job) -> CallToolResult {
                     text.push_str(&content.text);
                 }
             }
+            view["content"] = serde_json::to_value(&result.content).unwrap_or(Value::Null);
             view["result"] = result.structured_content.unwrap_or(Value::Null);
         }
         JobState::Failed { error } => {
@@ -615,21 +705,131 @@ fn job_report(job: &Job) -> CallToolResult {
     text_and_structured(text, view)
 }
 
+/// What every client is told about smart-async's tools.
+const INSTRUCTIONS: &str =
+    "Tools answer inline when they finish in time; otherwise they return a job_id. \
+     Use job_status (with wait_s) for the result, list_jobs and cancel_job to manage jobs, \
+     and predictor_stats to see what smart-async has learned. Any tool accepts \
+     async_mode=true to run in the background at once.";
+
+/// An upstream's error on a pass-through request, as the downstream client's error.
+fn upstream_error(error: ServiceError) -> ErrorData {
+    match error {
+        ServiceError::McpError(error) => error,
+        other => ErrorData::internal_error(format!("the upstream server failed: {other}"), None),
+    }
+}
+
 impl ServerHandler for SmartServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_tasks()
-                .build(),
-        )
-            .with_server_info(Implementation::new("smart-async", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Tools answer inline when they finish in time; otherwise they return a job_id. \
-                 Use job_status (with wait_s) for the result, list_jobs and cancel_job to manage jobs, \
-                 and predictor_stats to see what smart-async has learned. Any tool accepts \
-                 async_mode=true to run in the background at once.",
-            )
+        let mut capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_tasks()
+            .build();
+        let mut instructions = INSTRUCTIONS.to_owned();
+        // The proxy offers the upstream's prompts and resources as they are.
+        if let Some(info) = self.upstream().and_then(Upstream::info) {
+            capabilities.prompts = info.capabilities.prompts.clone();
+            capabilities.resources = info.capabilities.resources.clone();
+            if let Some(theirs) = &info.instructions {
+                instructions = format!("{theirs}\n\n{instructions}");
+            }
+        }
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new(
+                "smart-async",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(instructions)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Some(upstream) = self.upstream() {
+            upstream.add_downstream(context.peer);
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        match self.upstream() {
+            Some(upstream) => upstream
+                .peer()
+                .await?
+                .list_prompts(request)
+                .await
+                .map_err(upstream_error),
+            None => Err(ErrorData::method_not_found::<ListPromptsRequestMethod>()),
+        }
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        match self.upstream() {
+            Some(upstream) => upstream
+                .peer()
+                .await?
+                .get_prompt_once(request)
+                .await
+                .map_err(upstream_error),
+            None => Err(ErrorData::method_not_found::<GetPromptRequestMethod>()),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        match self.upstream() {
+            Some(upstream) => upstream
+                .peer()
+                .await?
+                .list_resources(request)
+                .await
+                .map_err(upstream_error),
+            None => Err(ErrorData::method_not_found::<ListResourcesRequestMethod>()),
+        }
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        match self.upstream() {
+            Some(upstream) => upstream
+                .peer()
+                .await?
+                .list_resource_templates(request)
+                .await
+                .map_err(upstream_error),
+            None => Err(ErrorData::method_not_found::<
+                ListResourceTemplatesRequestMethod,
+            >()),
+        }
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        match self.upstream() {
+            Some(upstream) => upstream
+                .peer()
+                .await?
+                .read_resource_once(request)
+                .await
+                .map_err(upstream_error),
+            None => Err(ErrorData::method_not_found::<ReadResourceRequestMethod>()),
+        }
     }
 
     async fn list_tools(
@@ -637,11 +837,11 @@ impl ServerHandler for SmartServer {
         _request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items((*self.listed).clone()))
+        Ok(ListToolsResult::with_all_items(self.listed()))
     }
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
-        self.listed.iter().find(|t| t.name == name).cloned()
+        self.listed().into_iter().find(|t| t.name == name)
     }
 
     async fn call_tool(
@@ -655,8 +855,9 @@ impl ServerHandler for SmartServer {
             LIST_JOBS => self.list_jobs(&args),
             CANCEL_JOB => self.cancel_job(&args).await,
             PREDICTOR_STATS => self.predictor_stats(&args),
-            name => match self.tools.get(name) {
-                Some(tool) => return Ok(self.call_configured(tool, args, &ctx).await),
+            name => match self.start(name, &args) {
+                Some(Ok(work)) => return self.call_configured(name, args, work, &ctx).await,
+                Some(Err(message)) => Err(message),
                 None => {
                     return Err(ErrorData::invalid_params(
                         format!("unknown tool '{name}': tools/list shows the available ones"),

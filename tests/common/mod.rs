@@ -25,8 +25,13 @@ pub fn repo() -> PathBuf {
 
 /// Starts `smart-async serve` on stdio with these flags.
 pub fn spawn_server(args: &[&str]) -> TokioChildProcess {
+    spawn("serve", args)
+}
+
+/// Starts `smart-async SUBCOMMAND ARGS` with stdio as its MCP transport.
+pub fn spawn(subcommand: &str, args: &[&str]) -> TokioChildProcess {
     let command = tokio::process::Command::new(BIN).configure(|c| {
-        c.arg("serve").args(args);
+        c.arg(subcommand).args(args);
     });
     let (transport, _) = TokioChildProcess::builder(command)
         .stderr(Stdio::null())
@@ -165,4 +170,15 @@ pub fn pids_running(argv: &[&str]) -> Vec<u32> {
             (cmdline == wanted.as_bytes() && !zombie).then_some(pid)
         })
         .collect()
+}
+
+/// Waits (up to 10 s) until `condition` holds.
+pub async fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting: {what}");
 }

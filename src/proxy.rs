@@ -1,0 +1,692 @@
+//! The proxy's upstream: an existing MCP server run as a child process over stdio and
+//! spoken to with rmcp's client, so its tools can be offered through the engine.
+//!
+//! The upstream is supervised: its tool list is followed (`tools/list_changed`), its
+//! stderr is passed on and its last lines kept, and when it exits the calls it was
+//! running fail with the reason and it is started again with backoff. A call's
+//! progress notifications from upstream become the call's progress; cancelling the
+//! call sends `notifications/cancelled` upstream.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rmcp::handler::client::progress::ProgressDispatcher;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
+    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, JsonObject,
+    ProgressNotificationParam, ServerPeerInfo, ServerResult, Tool as McpTool,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RunningService, ServiceError};
+use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer, ServiceExt};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, ToolOptions};
+use crate::features::ASYNC_MODE_ARG;
+use crate::jobs::{JobContext, Progress};
+use crate::tools::with_async_mode;
+
+/// How long the upstream may take to answer the MCP handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits for an upstream that is being restarted.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
+/// The first wait before a restart; it doubles up to [`MAX_BACKOFF`] while restarts
+/// keep failing, and starts over once the upstream has run [`STABLE_RUN`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// See [`FIRST_BACKOFF`].
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// See [`FIRST_BACKOFF`].
+const STABLE_RUN: Duration = Duration::from_secs(30);
+/// Lines of the upstream's stderr kept for error messages.
+const STDERR_LINES: usize = 20;
+/// How long to wait for the last stderr lines of an upstream that exited.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
+/// How an upstream JSON-RPC error reads in a job's error, so it can be told apart
+/// from a tool's own error and given back with its code.
+const RPC_ERROR_PREFIX: &str = "the upstream server answered with JSON-RPC error ";
+
+/// The upstream server's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCommand {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl std::fmt::Display for UpstreamCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.program)?;
+        for arg in &self.args {
+            write!(f, " {arg}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The upstream could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the upstream MCP server `{command}`: {reason}")]
+pub struct UpstreamStartError {
+    /// The command line.
+    pub command: String,
+    /// Why, with its last stderr lines.
+    pub reason: String,
+}
+
+/// The link to the running upstream, as calls see it.
+#[derive(Clone, Default)]
+struct Link {
+    peer: Option<Peer<RoleClient>>,
+    /// Why it is down, while it is.
+    down_reason: Option<String>,
+}
+
+struct Inner {
+    command: UpstreamCommand,
+    engine: Engine,
+    link: watch::Sender<Link>,
+    /// The upstream's tools as downstream sees them (with `async_mode`).
+    tools: RwLock<Arc<Vec<McpTool>>>,
+    info: RwLock<Option<ServerPeerInfo>>,
+    progress: ProgressDispatcher,
+    stderr_tail: Mutex<VecDeque<String>>,
+    /// Downstream sessions to tell when the tool list changes.
+    downstream: Mutex<Vec<Peer<RoleServer>>>,
+    shutdown: CancellationToken,
+}
+
+/// A supervised upstream MCP server. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+    supervisor: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Upstream {
+    /// Starts the upstream and waits for its handshake and tool list; fails with the
+    /// reason (not found, exit code, last stderr lines) if it does not come up.
+    pub async fn start(
+        command: UpstreamCommand,
+        engine: Engine,
+    ) -> Result<Upstream, UpstreamStartError> {
+        let inner = Arc::new(Inner {
+            command,
+            engine,
+            link: watch::Sender::new(Link::default()),
+            tools: RwLock::new(Arc::new(Vec::new())),
+            info: RwLock::new(None),
+            progress: ProgressDispatcher::new(),
+            stderr_tail: Mutex::new(VecDeque::new()),
+            downstream: Mutex::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+        });
+        let running = connect(&inner).await.map_err(|reason| UpstreamStartError {
+            command: inner.command.to_string(),
+            reason,
+        })?;
+        running
+            .go_live(&inner)
+            .await
+            .map_err(|reason| UpstreamStartError {
+                command: inner.command.to_string(),
+                reason,
+            })?;
+        let supervisor = tokio::spawn(supervise(inner.clone(), running));
+        Ok(Upstream {
+            inner,
+            supervisor: Arc::new(Mutex::new(Some(supervisor))),
+        })
+    }
+
+    /// The upstream's tools, each with `async_mode` added.
+    pub fn tools(&self) -> Arc<Vec<McpTool>> {
+        self.inner
+            .tools
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether the upstream offers `tool`.
+    pub fn has_tool(&self, tool: &str) -> bool {
+        self.tools().iter().any(|t| t.name == tool)
+    }
+
+    /// What the upstream said of itself at the handshake.
+    pub fn info(&self) -> Option<ServerPeerInfo> {
+        self.inner
+            .info
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The upstream's command line.
+    pub fn command(&self) -> &UpstreamCommand {
+        &self.inner.command
+    }
+
+    /// Remembers a downstream session, to tell it when the tool list changes.
+    pub fn add_downstream(&self, peer: Peer<RoleServer>) {
+        lock(&self.inner.downstream).push(peer);
+    }
+
+    /// The client to the running upstream, waiting a little for one that is being
+    /// restarted; else why it is down.
+    pub async fn peer(&self) -> Result<Peer<RoleClient>, ErrorData> {
+        let mut link = self.inner.link.subscribe();
+        let up = tokio::time::timeout(RESTART_WAIT, link.wait_for(|l| l.peer.is_some())).await;
+        if let Ok(Ok(link)) = up {
+            if let Some(peer) = &link.peer {
+                return Ok(peer.clone());
+            }
+        }
+        let reason = self
+            .inner
+            .link
+            .borrow()
+            .down_reason
+            .clone()
+            .unwrap_or_else(|| "it is starting".to_owned());
+        Err(ErrorData::internal_error(
+            format!(
+                "the upstream server `{}` is not running ({reason}); smart-async is restarting it: try again shortly",
+                self.inner.command
+            ),
+            None,
+        ))
+    }
+
+    /// The work of one call of the upstream tool `tool`, for the engine to run.
+    pub fn call(
+        &self,
+        tool: &str,
+        args: &Value,
+    ) -> impl FnOnce(JobContext) -> futures_util::future::BoxFuture<'static, Result<Value, String>>
+    {
+        let upstream = self.clone();
+        let mut arguments = match args {
+            Value::Object(map) => map.clone(),
+            _ => JsonObject::new(),
+        };
+        arguments.remove(ASYNC_MODE_ARG);
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        move |ctx| Box::pin(async move { upstream.run_call(params, ctx).await })
+    }
+
+    async fn run_call(
+        &self,
+        params: CallToolRequestParams,
+        ctx: JobContext,
+    ) -> Result<Value, String> {
+        let peer = self.peer().await.map_err(|e| e.message.into_owned())?;
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| self.lost(e))?;
+        let request_id = handle.id.clone();
+        let mut progress = self
+            .inner
+            .progress
+            .subscribe(handle.progress_token.clone())
+            .await;
+        let response = handle.await_response();
+        tokio::pin!(response);
+        loop {
+            tokio::select! {
+                answered = &mut response => {
+                    return match answered {
+                        Ok(ServerResult::CallToolResult(result)) => carried(result),
+                        Ok(other) => Err(format!(
+                            "the upstream server answered tools/call with something else: {}",
+                            serde_json::to_string(&other).unwrap_or_default()
+                        )),
+                        Err(ServiceError::McpError(error)) => Err(rpc_error_message(&error)),
+                        Err(e) => Err(self.lost_while_running(e).await),
+                    };
+                }
+                Some(note) = progress.next() => ctx.report_progress(upstream_progress(note)),
+                _ = ctx.cancelled() => {
+                    let cancelled = CancelledNotificationParam::new(
+                        Some(request_id),
+                        Some("cancelled through smart-async".to_owned()),
+                    );
+                    if let Err(e) = peer.notify_cancelled(cancelled).await {
+                        tracing::debug!(error = %e, "could not tell the upstream to cancel");
+                    }
+                    return Err("cancelled".to_owned());
+                }
+            }
+        }
+    }
+
+    fn lost(&self, error: ServiceError) -> String {
+        format!(
+            "the call could not reach the upstream server `{}`: {error}",
+            self.inner.command
+        )
+    }
+
+    /// The error of a call whose upstream went away: waits briefly for the supervisor
+    /// to learn why (exit code, last stderr lines).
+    async fn lost_while_running(&self, error: ServiceError) -> String {
+        let mut link = self.inner.link.subscribe();
+        let reason = tokio::time::timeout(
+            Duration::from_secs(2),
+            link.wait_for(|l| l.down_reason.is_some()),
+        )
+        .await
+        .ok()
+        .and_then(|link| link.ok().and_then(|l| l.down_reason.clone()));
+        match reason {
+            Some(reason) => format!(
+                "the upstream server `{}` stopped while the call ran: {reason}; smart-async is restarting it",
+                self.inner.command
+            ),
+            None => self.lost(error),
+        }
+    }
+
+    /// Stops the upstream: closes its stdin, then kills it if it does not exit.
+    pub async fn close(&self) {
+        self.inner.shutdown.cancel();
+        let supervisor = lock(&self.supervisor).take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+    }
+}
+
+/// The upstream's answer as the engine carries it; an `isError` result is the call's
+/// error (counted as failed, not taught), with the result's text.
+fn carried(result: CallToolResult) -> Result<Value, String> {
+    if result.is_error == Some(true) {
+        let text: Vec<String> = result
+            .content
+            .iter()
+            .filter_map(|block| block.as_text().map(|t| t.text.clone()))
+            .collect();
+        return Err(text.join("\n"));
+    }
+    serde_json::to_value(&result)
+        .map(|result| serde_json::json!({ UPSTREAM_RESULT: result }))
+        .map_err(|e| format!("the upstream's result cannot be carried: {e}"))
+}
+
+/// The key under which a proxied result travels through the engine and the job store.
+pub const UPSTREAM_RESULT: &str = "upstream_result";
+
+fn rpc_error_message(error: &ErrorData) -> String {
+    format!("{RPC_ERROR_PREFIX}{}: {}", error.code.0, error.message)
+}
+
+/// The upstream JSON-RPC error a call's error message carries, if it is one (see
+/// [`RPC_ERROR_PREFIX`]).
+pub fn upstream_rpc_error(message: &str) -> Option<ErrorData> {
+    let rest = message.strip_prefix(RPC_ERROR_PREFIX)?;
+    let (code, text) = rest.split_once(": ")?;
+    let code = code.parse().ok()?;
+    Some(ErrorData::new(ErrorCode(code), text.to_owned(), None))
+}
+
+fn upstream_progress(note: ProgressNotificationParam) -> Progress {
+    Progress {
+        done: note.progress,
+        total: note.total,
+        message: note.message,
+    }
+}
+
+/// The client side the upstream talks to: it forwards progress and follows the
+/// tool list.
+#[derive(Clone)]
+struct UpstreamClient {
+    inner: Weak<Inner>,
+}
+
+impl ClientHandler for UpstreamClient {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("smart-async-proxy", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.progress.handle_notification(params).await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if let Some(inner) = self.inner.upgrade() {
+            let peer = context.peer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = refresh_tools(&inner, &peer).await {
+                    tracing::warn!("could not read the upstream's new tool list: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// One run of the upstream process with its MCP session.
+struct Running {
+    service: RunningService<RoleClient, UpstreamClient>,
+    child: Child,
+    stderr: JoinHandle<()>,
+}
+
+impl Running {
+    /// Reads the tool list and opens the link for calls.
+    async fn go_live(&self, inner: &Arc<Inner>) -> Result<(), String> {
+        let peer = self.service.peer().clone();
+        *inner
+            .info
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            peer.peer_info().map(|i| (*i).clone());
+        refresh_tools(inner, &peer)
+            .await
+            .map_err(|e| format!("it did not list its tools: {e}"))?;
+        inner.link.send_replace(Link {
+            peer: Some(peer),
+            down_reason: None,
+        });
+        Ok(())
+    }
+}
+
+/// Spawns the upstream and speaks the MCP handshake with it.
+async fn connect(inner: &Arc<Inner>) -> Result<Running, String> {
+    let mut command = Command::new(&inner.command.program);
+    command
+        .args(&inner.command.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "command not found: `{}` (is it installed and on PATH?)",
+            inner.command.program
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!(
+                "`{}` cannot be executed: permission denied",
+                inner.command.program
+            )
+        }
+        _ => format!("it could not be spawned: {e}"),
+    })?;
+    lock(&inner.stderr_tail).clear();
+    let stderr = tokio::spawn(pass_stderr(Arc::downgrade(inner), child.stderr.take()));
+    let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+        return Err("its stdin and stdout could not be connected".to_owned());
+    };
+    let client = UpstreamClient {
+        inner: Arc::downgrade(inner),
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.serve((stdout, stdin)));
+    let failure = tokio::select! {
+        served = handshake => match served {
+            Ok(Ok(service)) => return Ok(Running { service, child, stderr }),
+            Ok(Err(e)) => format!("the MCP handshake failed: {e}"),
+            Err(_) => format!(
+                "it did not answer the MCP handshake within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        },
+        status = child.wait() => format!(
+            "{} before answering the MCP handshake (is it an MCP server speaking stdio?)",
+            exit_description(status)
+        ),
+    };
+    // A handshake that failed because the process is ending: its exit says more.
+    let failure = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+        Ok(status) if !failure.starts_with("it ") => {
+            format!("{failure} ({})", exit_description(status))
+        }
+        Ok(_) => failure,
+        Err(_) => {
+            let _ = child.kill().await;
+            format!("{failure} (it was still running and has been stopped)")
+        }
+    };
+    Err(with_stderr(inner, failure, stderr).await)
+}
+
+fn exit_description(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("it exited with code {code}"),
+            (None, Some(signal)) => format!("it was killed by signal {signal}"),
+            (None, None) => format!("it exited ({status})"),
+        },
+        Err(e) => format!("its exit could not be read: {e}"),
+    }
+}
+
+/// `reason` with the upstream's last stderr lines, once they are read.
+async fn with_stderr(inner: &Inner, reason: String, stderr: JoinHandle<()>) -> String {
+    let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
+    let tail = lock(&inner.stderr_tail);
+    if tail.is_empty() {
+        reason
+    } else {
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("{reason}; its last stderr lines:\n{}", lines.join("\n"))
+    }
+}
+
+/// Passes the upstream's stderr on to ours (as log lines) and keeps its last lines.
+async fn pass_stderr(inner: Weak<Inner>, stderr: Option<ChildStderr>) {
+    let Some(stderr) = stderr else {
+        return;
+    };
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "upstream", "{line}");
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut tail = lock(&inner.stderr_tail);
+        if tail.len() == STDERR_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Reads the upstream's tool list, registers its tools with the engine and tells the
+/// downstream sessions when it changed.
+async fn refresh_tools(inner: &Arc<Inner>, peer: &Peer<RoleClient>) -> Result<(), ServiceError> {
+    let listed = peer.list_all_tools().await?;
+    let tools: Vec<McpTool> = listed
+        .into_iter()
+        .map(|mut tool| {
+            inner
+                .engine
+                .register_tool(tool.name.to_string(), ToolOptions::default());
+            tool.input_schema = Arc::new(with_async_mode((*tool.input_schema).clone()));
+            tool
+        })
+        .collect();
+    let changed = {
+        let mut current = inner
+            .tools
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = **current != tools;
+        *current = Arc::new(tools);
+        changed
+    };
+    if changed {
+        let sessions: Vec<Peer<RoleServer>> = lock(&inner.downstream).clone();
+        let mut alive = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            if session.notify_tool_list_changed().await.is_ok() {
+                alive.push(session);
+            }
+        }
+        *lock(&inner.downstream) = alive;
+    }
+    Ok(())
+}
+
+/// Keeps the upstream running: on exit, fails its calls with the reason and starts it
+/// again with backoff, until shutdown.
+async fn supervise(inner: Arc<Inner>, mut running: Running) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let exit = tokio::select! {
+            status = running.child.wait() => exit_description(status),
+            _ = inner.shutdown.cancelled() => {
+                stop(running).await;
+                return;
+            }
+        };
+        let Running {
+            service, stderr, ..
+        } = running;
+        let reason = with_stderr(&inner, exit, stderr).await;
+        tracing::warn!("the upstream server `{}` stopped: {reason}", inner.command);
+        inner.link.send_replace(Link {
+            peer: None,
+            down_reason: Some(reason),
+        });
+        drop(service);
+        if started.elapsed() >= STABLE_RUN {
+            backoff = FIRST_BACKOFF;
+        }
+        running = loop {
+            tracing::info!(
+                "restarting the upstream server in {} ms",
+                backoff.as_millis()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = inner.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let attempt = match connect(&inner).await {
+                Ok(running) => match running.go_live(&inner).await {
+                    Ok(_) => Ok(running),
+                    Err(reason) => {
+                        stop(running).await;
+                        Err(reason)
+                    }
+                },
+                Err(reason) => Err(reason),
+            };
+            match attempt {
+                Ok(running) => {
+                    tracing::info!("the upstream server `{}` is back", inner.command);
+                    break running;
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        "the upstream server `{}` did not start: {reason}",
+                        inner.command
+                    );
+                    inner.link.send_replace(Link {
+                        peer: None,
+                        down_reason: Some(reason),
+                    });
+                }
+            }
+        };
+    }
+}
+
+/// Closes the session (the upstream's stdin), then kills the process if it does not
+/// exit in time.
+async fn stop(running: Running) {
+    let Running {
+        service, mut child, ..
+    } = running;
+    drop(service);
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_rpc_error_survives_the_trip_through_a_job_error() {
+        let error = ErrorData::invalid_params("missing field `seconds`", None);
+        let message = rpc_error_message(&error);
+        let back = upstream_rpc_error(&message).unwrap();
+        assert_eq!(back.code, ErrorCode::INVALID_PARAMS);
+        assert_eq!(back.message, "missing field `seconds`");
+        assert!(upstream_rpc_error("a tool's own error: 3").is_none());
+    }
+
+    #[test]
+    fn an_is_error_result_is_the_call_error_with_its_text() {
+        let failed = CallToolResult::error(vec![rmcp::model::ContentBlock::text("no such file")]);
+        assert_eq!(carried(failed), Err("no such file".to_owned()));
+        let ok = CallToolResult::success(vec![rmcp::model::ContentBlock::text("fine")]);
+        let value = carried(ok).unwrap();
+        assert_eq!(value[UPSTREAM_RESULT]["content"][0]["text"], "fine");
+    }
+
+    #[tokio::test]
+    async fn a_missing_command_fails_at_once_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(crate::EngineConfig::new(dir.path()))
+            .await
+            .unwrap();
+        let command = UpstreamCommand {
+            program: "/nonexistent/mcp-server".to_owned(),
+            args: vec![],
+        };
+        let err = Upstream::start(command, engine.clone())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("command not found"), "{err}");
+        let command = UpstreamCommand {
+            program: "sh".to_owned(),
+            args: vec!["-c".into(), "echo 'bad config' >&2; exit 3".into()],
+        };
+        let err = Upstream::start(command, engine)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("code 3") && err.contains("bad config"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! `smart-async proxy` end to end: the real binary in front of a real upstream MCP
+//! server (here `smart-async serve` itself, which needs nothing outside this
+//! repository), driven by rmcp's client. Third-party upstreams (the Python SDK, the
+//! everything server) are tested in tests/clients.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ClientConfig, GetTaskParams,
+    ProgressNotificationParam, TaskPayload,
+};
+use rmcp::service::{NotificationContext, RoleClient};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{json, Value};
+
+mod common;
+use common::*;
+
+const UPSTREAM_CONFIG: &str = r#"
+[[command]]
+name = "sleep"
+description = "Sleep for a number of seconds."
+argv = ["sleep", "{seconds}"]
+timeout_s = 600
+[command.params.seconds]
+type = "number"
+description = "Seconds"
+required = true
+"#;
+
+/// A proxy in front of `smart-async serve` with the sleep tool; returns the proxy's
+/// arguments and the upstream's command line (to find its process).
+struct ProxySetup {
+    setup: Setup,
+    upstream_data: tempfile::TempDir,
+    config: String,
+}
+
+impl ProxySetup {
+    fn new() -> ProxySetup {
+        let setup = Setup::new();
+        let config = write_config(setup.root.path(), UPSTREAM_CONFIG);
+        ProxySetup {
+            setup,
+            upstream_data: tempfile::tempdir().unwrap(),
+            config,
+        }
+    }
+
+    fn upstream_argv(&self) -> Vec<&str> {
+        vec![
+            BIN,
+            "serve",
+            "--data-dir",
+            path_str(self.upstream_data.path()),
+            "--root",
+            path_str(self.setup.root.path()),
+            "--config",
+            &self.config,
+        ]
+    }
+
+    fn proxy_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--data-dir", path_str(self.setup.data.path())];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend(self.upstream_argv());
+        args
+    }
+}
+
+/// Starts `smart-async proxy ARGS` on stdio with `handler` as the client.
+async fn connect_proxy<H: ClientHandler>(
+    handler: H,
+    args: &[&str],
+) -> rmcp::service::RunningService<RoleClient, H> {
+    let transport = spawn("proxy", args);
+    handler
+        .serve(transport)
+        .await
+        .expect("the MCP handshake with the proxy succeeds")
+}
+
+#[tokio::test]
+async fn the_proxy_offers_the_upstream_tools_and_runs_long_calls_as_jobs() {
+    let proxy = ProxySetup::new();
+    let client = connect_proxy((), &proxy.proxy_args(&["--budget-s", "1"])).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for expected in [
+        "sleep",
+        "hash_files",
+        "job_status",
+        "list_jobs",
+        "cancel_job",
+        "predictor_stats",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert_eq!(
+        names.iter().filter(|n| **n == "job_status").count(),
+        1,
+        "the upstream's own job tools are shadowed, not listed twice: {names:?}"
+    );
+    let sleep = tools.iter().find(|t| t.name == "sleep").unwrap();
+    assert_eq!(
+        sleep.description.as_deref(),
+        Some("Sleep for a number of seconds.")
+    );
+    assert_eq!(
+        sleep.input_schema["properties"]["async_mode"]["type"],
+        "boolean"
+    );
+    assert_eq!(
+        sleep.input_schema["properties"]["seconds"]["type"],
+        "number"
+    );
+
+    // Inline: the upstream's answer, unchanged.
+    let quick = call(&client, "sleep", json!({"seconds": 0.05})).await;
+    assert!(!is_error(&quick), "{}", text(&quick));
+    assert_eq!(structured(&quick)["exit_code"], 0, "{}", text(&quick));
+
+    // Over the budget: promoted to a job that completes with the upstream's result.
+    let long = call(&client, "sleep", json!({"seconds": 1.6})).await;
+    let job_id = structured(&long)["job_id"].clone();
+    assert!(job_id.is_string(), "{}", text(&long));
+    assert_eq!(structured(&long)["promoted"], true);
+    let done = call(
+        &client,
+        "job_status",
+        json!({"job_id": job_id, "wait_s": 0.8}),
+    )
+    .await;
+    let done = if structured(&done)["status"] == "completed" {
+        done
+    } else {
+        call(
+            &client,
+            "job_status",
+            json!({"job_id": job_id, "wait_s": 0.8}),
+        )
+        .await
+    };
+    assert_eq!(structured(&done)["status"], "completed", "{}", text(&done));
+    assert_eq!(structured(&done)["result"]["exit_code"], 0);
+    assert!(structured(&done)["content"][0]["text"].is_string());
+
+    // Errors keep their meaning: the upstream's isError result stays one.
+    let bad = call(&client, "sleep", json!({"seconds": "soon"})).await;
+    assert!(is_error(&bad), "{}", text(&bad));
+    assert!(text(&bad).contains("seconds"), "{}", text(&bad));
+
+    let stats = call(&client, "predictor_stats", json!({"tool": "sleep"})).await;
+    assert_eq!(
+        structured(&stats)["tools"][0]["samples"],
+        2,
+        "{}",
+        text(&stats)
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tasks_client_gets_tasks_for_proxied_calls() {
+    let proxy = ProxySetup::new();
+    let client = connect_proxy(client_info("tasks", true), &proxy.proxy_args(&[])).await;
+    let Value::Object(args) = json!({"seconds": 0.3, "async_mode": true}) else {
+        unreachable!()
+    };
+    let answer = client
+        .call_tool_once(CallToolRequestParams::new("sleep").with_arguments(args))
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = answer else {
+        panic!("expected a task, got {answer:?}")
+    };
+    let payload = loop {
+        let got = client
+            .get_task(GetTaskParams::new(created.task.task_id.clone()))
+            .await
+            .unwrap();
+        if got.task.task.status.is_terminal() {
+            break got.task.payload;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let TaskPayload::Completed { result } = payload else {
+        panic!("expected the upstream's result, got {payload:?}")
+    };
+    assert_eq!(result["structuredContent"]["exit_code"], 0, "{result:?}");
+    client.cancel().await.unwrap();
+}
+
+/// A client that keeps the messages of the progress notifications it gets.
+#[derive(Clone, Default)]
+struct ProgressRecorder {
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for ProgressRecorder {
+    fn get_info(&self) -> ClientConfig {
+        client_info("progress-recorder", false)
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let mut messages = self.messages.lock().unwrap();
+        messages.push(params.message.unwrap_or_default());
+    }
+}
+
+#[tokio::test]
+async fn upstream_progress_reaches_the_inline_caller() {
+    let proxy = ProxySetup::new();
+    let recorder = ProgressRecorder::default();
+    let client = connect_proxy(recorder.clone(), &proxy.proxy_args(&[])).await;
+    let done = call(&client, "sleep", json!({"seconds": 2.6})).await;
+    assert!(!is_error(&done), "{}", text(&done));
+    let messages = recorder.messages.lock().unwrap().clone();
+    // The upstream (smart-async serve) reports its own progress each second; the
+    // proxy's notifications carry it in parentheses.
+    assert!(
+        messages.iter().any(|m| m.contains("(running for")),
+        "the upstream's progress is forwarded: {messages:?}"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_upstream_fails_its_calls_clearly_and_is_restarted() {
+    let proxy = ProxySetup::new();
+    let client = connect_proxy((), &proxy.proxy_args(&[])).await;
+    let argv = proxy.upstream_argv();
+    let pid = pids_running(&argv);
+    assert_eq!(pid.len(), 1, "one upstream runs");
+
+    // A job and an inline call are running when the upstream is killed.
+    let job = call(
+        &client,
+        "sleep",
+        json!({"seconds": 6.5, "async_mode": true}),
+    )
+    .await;
+    let job_id = structured(&job)["job_id"].clone();
+    let inline = {
+        let peer = client.peer().clone();
+        tokio::spawn(async move { call(&peer, "sleep", json!({"seconds": 6.25})).await })
+    };
+    wait_until(
+        || !pids_running(&["sleep", "6.25"]).is_empty(),
+        "the inline call runs",
+    )
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let inline = inline.await.unwrap();
+    assert!(is_error(&inline), "{}", text(&inline));
+    assert!(
+        text(&inline).contains("stopped while the call ran")
+            && text(&inline).contains("killed by signal 9"),
+        "{}",
+        text(&inline)
+    );
+    let failed = call(
+        &client,
+        "job_status",
+        json!({"job_id": job_id, "wait_s": 5}),
+    )
+    .await;
+    assert_eq!(structured(&failed)["status"], "failed", "{}", text(&failed));
+    assert!(
+        structured(&failed)["error"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{}",
+        text(&failed)
+    );
+
+    // Restarted: the next call is served by a new upstream process.
+    let again = call(&client, "sleep", json!({"seconds": 0.05})).await;
+    assert!(!is_error(&again), "{}", text(&again));
+    let restarted = pids_running(&argv);
+    assert_eq!(restarted.len(), 1);
+    assert_ne!(restarted, pid, "a new process");
+    client.cancel().await.unwrap();
+}
+
+#[test]
+fn a_wrong_upstream_command_fails_fast_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |upstream: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(BIN)
+            .args(["proxy", "--data-dir", path_str(data.path()), "--"])
+            .args(upstream)
+            .stdin(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(15));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["/nonexistent/mcp-server", "--flag"]);
+    assert!(
+        err.contains("/nonexistent/mcp-server") && err.contains("command not found"),
+        "{err}"
+    );
+    let err = run(&["sh", "-c", "echo 'bad token' >&2; exit 3"]);
+    assert!(
+        err.contains("exited with code 3") && err.contains("bad token"),
+        "{err}"
+    );
+    let err = run(&["echo", "not an MCP server"]);
+    assert!(err.contains("cannot start the upstream"), "{err}");
+}
