@@ -161,6 +161,7 @@ fn http_addr(text: &str) -> anyhow::Result<SocketAddr> {
 /// defaults, all checked. Returns the config file too, for what else it declares.
 fn server_settings(
     args: ServerArgs,
+    default_dir: impl FnOnce() -> anyhow::Result<PathBuf>,
 ) -> anyhow::Result<(EngineConfig, FileConfig, Option<SocketAddr>)> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
@@ -172,7 +173,7 @@ fn server_settings(
         .or_else(|| file.data_dir.as_ref().map(|d| file.resolve(d)))
     {
         Some(dir) => dir,
-        None => default_data_dir()?,
+        None => default_dir()?,
     };
     let mut engine = EngineConfig::new(data_dir);
     if let Some(budget_s) = args.budget_s.or(file.budget_s) {
@@ -242,7 +243,7 @@ async fn open_engine(config: EngineConfig) -> anyhow::Result<Engine> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (config, file, http) = server_settings(args.server)?;
+    let (config, file, http) = server_settings(args.server, default_data_dir)?;
     let (roots, tools) = serve_tools(args.roots, &file)?;
     let data_dir = config.data_dir.clone();
     let budget_s = config.budget_s;
@@ -265,10 +266,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    let (config, file, http) = server_settings(args.server)?;
-    if !file.commands.is_empty() {
-        tracing::warn!("the config's command tools are not offered by the proxy: use `smart-async serve` for them");
-    }
     let mut upstream = args.upstream.into_iter();
     let command = UpstreamCommand {
         program: upstream
@@ -276,6 +273,14 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             .context("give the upstream server's command after --")?,
         args: upstream.collect(),
     };
+    // Each upstream learns in a database of its own, so that a client can run several
+    // proxies at once (a database is one process's at a time).
+    let (config, file, http) = server_settings(args.server, || {
+        Ok(default_data_dir()?.join("proxy").join(command.slug()))
+    })?;
+    if !file.commands.is_empty() {
+        tracing::warn!("the config's command tools are not offered by the proxy: use `smart-async serve` for them");
+    }
     let data_dir = config.data_dir.clone();
     let budget_s = config.budget_s;
     let engine = open_engine(config).await?;

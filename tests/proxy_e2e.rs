@@ -298,6 +298,37 @@ async fn a_dead_upstream_fails_its_calls_clearly_and_is_restarted() {
     client.cancel().await.unwrap();
 }
 
+#[tokio::test]
+async fn the_proxy_serves_http_and_stops_its_upstream_on_sigterm() {
+    let proxy = ProxySetup::new();
+    let addr = free_local_addr();
+    let mut server = tokio::process::Command::new(BIN)
+        .arg("proxy")
+        .args(proxy.proxy_args(&["--http", &addr]))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = connect_http(&addr).await;
+    let quick = call(&client, "sleep", json!({"seconds": 0.05})).await;
+    assert_eq!(structured(&quick)["exit_code"], 0, "{}", text(&quick));
+    client.cancel().await.unwrap();
+    let upstream = proxy.upstream_argv();
+    assert_eq!(pids_running(&upstream).len(), 1);
+    let pid = nix::unistd::Pid::from_raw(server.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    wait_until(
+        || pids_running(&upstream).is_empty(),
+        "the upstream stops with it",
+    )
+    .await;
+}
+
 #[test]
 fn a_wrong_upstream_command_fails_fast_with_the_reason() {
     let data = tempfile::tempdir().unwrap();

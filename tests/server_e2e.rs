@@ -6,8 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::ServiceExt;
 use serde_json::{json, Value};
 
 mod common;
@@ -355,12 +353,7 @@ async fn learning_survives_a_restart_and_decides_from_arguments() {
 #[tokio::test]
 async fn the_same_flow_works_over_streamable_http() {
     let setup = Setup::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     let mut server = tokio::process::Command::new(BIN)
         .arg("serve")
         .args(setup.args(&["--http", &addr]))
@@ -368,17 +361,7 @@ async fn the_same_flow_works_over_streamable_http() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let url = format!("http://{addr}/mcp");
-    let mut client = None;
-    for _ in 0..100 {
-        if let Ok(connected) = ().serve(StreamableHttpClientTransport::from_uri(url.clone())).await
-        {
-            client = Some(connected);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = client.expect("connected over HTTP");
+    let client = connect_http(&addr).await;
     let tools = client.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "predictor_stats"));
     let inline = call(&client, "hash_files", json!({"path": "small"})).await;

@@ -10,7 +10,7 @@ use rmcp::model::{
     ProtocolVersion,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, Peer, RunningService};
-use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -181,4 +181,24 @@ pub async fn wait_until(condition: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("timed out waiting: {what}");
+}
+
+/// A loopback address with a port nobody listens on.
+pub fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("its address").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Connects over Streamable HTTP to `http://ADDR/mcp`, waiting (up to 5 s) for the
+/// server to listen.
+pub async fn connect_http(addr: &str) -> Client {
+    let url = format!("http://{addr}/mcp");
+    for _ in 0..100 {
+        if let Ok(client) = ().serve(StreamableHttpClientTransport::from_uri(url.clone())).await {
+            return client;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("could not connect to {url}");
 }
