@@ -144,7 +144,7 @@ pub fn revealed_timeout_s(cancels_s: &[f64]) -> Option<f64> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientBudgets {
     server_budget_s: f64,
-    /// Configured budgets by lower-case client name.
+    /// Configured budgets by client name (matched without case).
     configured: BTreeMap<String, f64>,
     /// What each client showed, by name as the client sent it.
     records: BTreeMap<String, ClientRecord>,
@@ -156,10 +156,7 @@ impl ClientBudgets {
     pub fn new(server_budget_s: f64, configured: &BTreeMap<String, f64>) -> ClientBudgets {
         ClientBudgets {
             server_budget_s,
-            configured: configured
-                .iter()
-                .map(|(name, budget_s)| (name.to_lowercase(), *budget_s))
-                .collect(),
+            configured: configured.clone(),
             records: BTreeMap::new(),
         }
     }
@@ -178,8 +175,11 @@ impl ClientBudgets {
         let Some(name) = client else {
             return server;
         };
-        let lower = name.to_lowercase();
-        let base = if let Some(budget_s) = self.configured.get(&lower) {
+        let configured = self
+            .configured
+            .iter()
+            .find(|(configured, _)| configured.eq_ignore_ascii_case(name));
+        let base = if let Some((_, budget_s)) = configured {
             ClientBudget {
                 budget_s: *budget_s,
                 source: BudgetSource::Configured,

@@ -16,8 +16,10 @@ use futures_util::StreamExt;
 use rmcp::handler::client::progress::ProgressDispatcher;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, JsonObject,
-    ProgressNotificationParam, ServerPeerInfo, ServerResult, Tool as McpTool,
+    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, GetPromptResponse, GetPromptResult,
+    Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ProgressNotificationParam, ReadResourceResponse, ReadResourceResult,
+    ResultType, ServerPeerInfo, ServerResult, Tool as McpTool,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RunningService, ServiceError};
 use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer, ServiceExt};
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Engine, ToolOptions};
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
+use crate::mcp::or_job_answer;
 use crate::tools::with_async_mode;
 
 /// How long the upstream may take to answer the MCP handshake.
@@ -362,6 +365,54 @@ fn carried(result: CallToolResult) -> Result<Value, String> {
         .map_err(|e| format!("the upstream's result cannot be carried: {e}"))
 }
 
+/// A result passed on from the upstream, marked `resultType: complete`: an upstream
+/// that speaks an older protocol leaves it out, and 2026-07-28 clients require it
+/// (rmcp removes it again for clients of older versions).
+pub trait MarkComplete {
+    /// The result with its `resultType` set.
+    fn complete(self) -> Self;
+}
+
+macro_rules! mark_complete {
+    ($($result:ty),*) => {$(
+        impl MarkComplete for $result {
+            fn complete(mut self) -> Self {
+                self.result_type = Some(ResultType::COMPLETE);
+                self
+            }
+        }
+    )*};
+}
+
+mark_complete!(
+    CallToolResult,
+    ListPromptsResult,
+    GetPromptResult,
+    ListResourcesResult,
+    ListResourceTemplatesResult,
+    ReadResourceResult
+);
+
+impl MarkComplete for GetPromptResponse {
+    fn complete(self) -> Self {
+        match self {
+            GetPromptResponse::Complete(result) => GetPromptResponse::Complete(result.complete()),
+            other => other,
+        }
+    }
+}
+
+impl MarkComplete for ReadResourceResponse {
+    fn complete(self) -> Self {
+        match self {
+            ReadResourceResponse::Complete(result) => {
+                ReadResourceResponse::Complete(result.complete())
+            }
+            other => other,
+        }
+    }
+}
+
 /// The key under which a proxied result travels through the engine and the job store.
 pub const UPSTREAM_RESULT: &str = "upstream_result";
 
@@ -563,6 +614,10 @@ async fn refresh_tools(inner: &Arc<Inner>, peer: &Peer<RoleClient>) -> Result<()
                 .engine
                 .register_tool(tool.name.to_string(), ToolOptions::default());
             tool.input_schema = Arc::new(with_async_mode((*tool.input_schema).clone()));
+            // A call can come back as a job: its answer must pass the schema too.
+            tool.output_schema = tool
+                .output_schema
+                .map(|schema| Arc::new(or_job_answer(&schema)));
             tool
         })
         .collect();

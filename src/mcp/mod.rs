@@ -8,6 +8,7 @@
 //! unknown tool is a protocol error.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +24,10 @@ use rmcp::model::{
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, Task,
     TaskPayload, TaskStatus, Tool as McpTool,
 };
-use rmcp::service::{NotificationContext, RequestContext, ServiceError};
+use rmcp::service::{NotificationContext, Peer, RequestContext, ServiceError};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -38,7 +39,7 @@ use crate::engine::{CallOutcome, Engine, EngineError, InlineProgress, ToolCall};
 use crate::jobs::JobContext;
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
 use crate::policy::{Seconds, Source};
-use crate::proxy::{upstream_rpc_error, Upstream, UPSTREAM_RESULT};
+use crate::proxy::{upstream_rpc_error, MarkComplete, Upstream, UPSTREAM_RESULT};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 /// The share of the budget `job_status` may wait, so its own answer stays in time.
@@ -69,6 +70,41 @@ enum Backend {
 
 /// A call's work as the engine runs it.
 type CallWork = Box<dyn FnOnce(JobContext) -> BoxFuture<'static, Result<Value, String>> + Send>;
+
+/// The structured content of a call answered with a job handle.
+#[derive(Debug, Serialize, JsonSchema)]
+struct JobAnswer {
+    /// The job's id, for job_status and cancel_job.
+    job_id: String,
+    /// pending or running.
+    status: &'static str,
+    /// Whether smart-async chose the background (false when the call asked for it).
+    smart_async: bool,
+    /// Whether the call began inline and overran its deadline.
+    promoted: bool,
+    /// Why it was decided so.
+    reason: String,
+    /// The predicted runtime, when a model spoke.
+    predicted_s: Option<f64>,
+    /// Seconds to the predicted end.
+    eta_s: Option<f64>,
+    /// What to call next.
+    next: String,
+}
+
+/// A tool's output schema that also admits the job answer, for a tool whose calls can
+/// come back as jobs: strict clients check structured content against it.
+pub(crate) fn or_job_answer(schema: &JsonObject) -> JsonObject {
+    let mut job_answer = schema_of::<JobAnswer>();
+    job_answer.remove("$schema");
+    let mut widened = JsonObject::new();
+    widened.insert("type".to_owned(), json!("object"));
+    widened.insert(
+        "anyOf".to_owned(),
+        json!([Value::Object(schema.clone()), Value::Object(job_answer)]),
+    );
+    widened
+}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +244,24 @@ impl SmartServer {
                 .has_tool(name)
                 .then(|| Ok(Box::new(upstream.call(name, args)) as CallWork)),
         }
+    }
+
+    /// Passes a request on to the upstream (the proxy), its answer marked complete for
+    /// 2026-07-28 clients; a server of its own tools answers `missing`.
+    async fn forward<T, Fut>(
+        &self,
+        missing: ErrorData,
+        request: impl FnOnce(Peer<RoleClient>) -> Fut,
+    ) -> Result<T, ErrorData>
+    where
+        T: MarkComplete,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let upstream = self.upstream().ok_or(missing)?;
+        request(upstream.peer().await?)
+            .await
+            .map(MarkComplete::complete)
+            .map_err(upstream_error)
     }
 
     fn upstream(&self) -> Option<&Upstream> {
@@ -413,19 +467,17 @@ impl SmartServer {
             ));
         }
         text.push_str(&format!("Next: {next}.\n"));
-        let structured = json!({
-            "job_id": job.id,
-            "status": job.status(),
-            "smart_async": smart_async,
-            "promoted": job.promoted,
-            "reason": decision.reason(),
-            "predicted_s": decision.predicted_s,
-            "eta_s": eta_s,
-            "next": next,
-        });
-        let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-        result.structured_content = Some(structured);
-        result
+        let structured = JobAnswer {
+            job_id: job.id.to_string(),
+            status: job.status().name(),
+            smart_async,
+            promoted: job.promoted,
+            reason: decision.reason(),
+            predicted_s: decision.predicted_s,
+            eta_s,
+            next,
+        };
+        text_and_structured(text, result_object(structured).into())
     }
 
     /// The job behind a task id; an unknown id is invalid params, as the extension says.
@@ -644,6 +696,7 @@ fn stored_result(value: Value) -> CallToolResult {
         Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
             let result = map.remove(UPSTREAM_RESULT).unwrap_or(Value::Null);
             serde_json::from_value(result.clone())
+                .map(MarkComplete::complete)
                 .unwrap_or_else(|_| text_and_structured(result.to_string(), result))
         }
         Value::Object(mut map)
@@ -755,15 +808,12 @@ impl ServerHandler for SmartServer {
         request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        match self.upstream() {
-            Some(upstream) => upstream
-                .peer()
-                .await?
-                .list_prompts(request)
-                .await
-                .map_err(upstream_error),
-            None => Err(ErrorData::method_not_found::<ListPromptsRequestMethod>()),
-        }
+        let missing = ErrorData::method_not_found::<ListPromptsRequestMethod>();
+        self.forward(
+            missing,
+            |peer| async move { peer.list_prompts(request).await },
+        )
+        .await
     }
 
     async fn get_prompt(
@@ -771,15 +821,11 @@ impl ServerHandler for SmartServer {
         request: GetPromptRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        match self.upstream() {
-            Some(upstream) => upstream
-                .peer()
-                .await?
-                .get_prompt_once(request)
-                .await
-                .map_err(upstream_error),
-            None => Err(ErrorData::method_not_found::<GetPromptRequestMethod>()),
-        }
+        let missing = ErrorData::method_not_found::<GetPromptRequestMethod>();
+        self.forward(missing, |peer| async move {
+            peer.get_prompt_once(request).await
+        })
+        .await
     }
 
     async fn list_resources(
@@ -787,15 +833,12 @@ impl ServerHandler for SmartServer {
         request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        match self.upstream() {
-            Some(upstream) => upstream
-                .peer()
-                .await?
-                .list_resources(request)
-                .await
-                .map_err(upstream_error),
-            None => Err(ErrorData::method_not_found::<ListResourcesRequestMethod>()),
-        }
+        let missing = ErrorData::method_not_found::<ListResourcesRequestMethod>();
+        self.forward(
+            missing,
+            |peer| async move { peer.list_resources(request).await },
+        )
+        .await
     }
 
     async fn list_resource_templates(
@@ -803,17 +846,11 @@ impl ServerHandler for SmartServer {
         request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        match self.upstream() {
-            Some(upstream) => upstream
-                .peer()
-                .await?
-                .list_resource_templates(request)
-                .await
-                .map_err(upstream_error),
-            None => Err(ErrorData::method_not_found::<
-                ListResourceTemplatesRequestMethod,
-            >()),
-        }
+        let missing = ErrorData::method_not_found::<ListResourceTemplatesRequestMethod>();
+        self.forward(missing, |peer| async move {
+            peer.list_resource_templates(request).await
+        })
+        .await
     }
 
     async fn read_resource(
@@ -821,15 +858,11 @@ impl ServerHandler for SmartServer {
         request: ReadResourceRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        match self.upstream() {
-            Some(upstream) => upstream
-                .peer()
-                .await?
-                .read_resource_once(request)
-                .await
-                .map_err(upstream_error),
-            None => Err(ErrorData::method_not_found::<ReadResourceRequestMethod>()),
-        }
+        let missing = ErrorData::method_not_found::<ReadResourceRequestMethod>();
+        self.forward(missing, |peer| async move {
+            peer.read_resource_once(request).await
+        })
+        .await
     }
 
     async fn list_tools(

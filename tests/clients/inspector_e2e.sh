@@ -95,5 +95,49 @@ inspector bad --method tools/call --tool-name hash_files --tool-arg path=.. \
 check bad 5 "tools/call hash_files path=.. is an isError result" \
     'outside the allowed roots' '"isError": true'
 
+# --- smart-async proxy: the Inspector in front of the proxy in front of a real server.
+# The upstream's command comes after the proxy's own `--` (the Inspector passes the
+# second `--` through to the proxy unchanged).
+EVERYTHING="$CLIENTS/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+[ -f "$EVERYTHING" ] || { echo "inspector_e2e: no server-everything: run 'npm ci' in $CLIENTS" >&2; exit 1; }
+proxy_everything() { # proxy_everything DATA_DIR PROXY_FLAGS...
+    local data="$1"
+    shift
+    printf '%s\n' -- "$BIN" proxy --data-dir "$data" "$@" -- node "$EVERYTHING" stdio
+}
+
+mapfile -t cmd < <(proxy_everything "$WORK/data-proxy-list")
+inspector proxy-list --method tools/list "${cmd[@]}"
+check proxy-list 0 "proxy: tools/list offers server-everything's tools and the job tools" \
+    '"name": "echo"' '"name": "trigger-long-running-operation"' '"name": "job_status"' \
+    '"name": "predictor_stats"' '"async_mode"' '"description": "Echoes back the input string"'
+
+mapfile -t cmd < <(proxy_everything "$WORK/data-proxy-echo")
+inspector proxy-echo --method tools/call --tool-name echo --tool-arg 'message=hi from the inspector' "${cmd[@]}"
+# (the upstream's result as it is: server-everything sends no isError field)
+check proxy-echo 0 "proxy: tools/call echo answers inline with the upstream's text" \
+    '"text": "Echo: hi from the inspector"'
+
+# 3 s of work against a 1 s budget: promoted to a job at the deadline. The Inspector
+# declares the tasks extension at initialize, so the answer is a task (CreateTaskResult);
+# a client without it would get the tool-level job answer (job_id).
+mapfile -t cmd < <(proxy_everything "$WORK/data-proxy-long" --budget-s 1)
+inspector proxy-long --method tools/call --tool-name trigger-long-running-operation \
+    --tool-arg duration=3 --tool-arg steps=3 "${cmd[@]}"
+check proxy-long 0 "proxy: tools/call trigger-long-running-operation 3 s over a 1 s budget is a job" \
+    '"(taskId|job_id)": "[0-9a-f-]{36}"' '"status": "(working|running)"'
+
+# An upstream isError result stays one (the Python test server, from the venv that
+# scripts/clients.sh creates).
+SLOW_PY="${SLOW_SERVER_PYTHON:-$CLIENTS/.venv/bin/python}"
+if [ -x "$SLOW_PY" ]; then
+    inspector proxy-fail --method tools/call --tool-name fail --tool-arg 'message=kaput' \
+        -- "$BIN" proxy --data-dir "$WORK/data-proxy-fail" -- "$SLOW_PY" "$CLIENTS/slow_server.py"
+    check proxy-fail 5 "proxy: tools/call fail (Python upstream) is an isError result with its message" \
+        'kaput' '"isError": true'
+else
+    echo "skipped: proxy isError case (no Python venv at $SLOW_PY: run scripts/clients.sh)"
+fi
+
 echo "inspector: $passed passed, $failed failed"
 [ "$failed" = 0 ]

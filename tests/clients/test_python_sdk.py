@@ -9,9 +9,7 @@ HTTP (`serve --http`, started here). Run through scripts/clients.sh.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-REPO = Path(__file__).resolve().parents[2]
-# Per-request limit for the SDK: every call here answers in well under this.
-READ_TIMEOUT_S = 30.0
+from harness import READ_TIMEOUT_S, binary_params, call_ok, free_port, run, server_bin, text_of
+
 # A server that ignores `server/discover` makes the auto-mode probe wait 10 s.
 MAX_CONNECT_S = 5.0
 MIB = 1024 * 1024
@@ -41,19 +37,6 @@ EXPECTED_TOOLS = {
 }
 JOB_TOOLS = {"job_status", "list_jobs", "cancel_job", "predictor_stats"}
 REASON_PREFIXES = ("learned:", "pooled over all tools", "static:", "default:", "explicit:")
-
-
-def server_bin() -> str:
-    configured = Path(os.environ.get("SMART_ASYNC_BIN", "target/debug/smart-async"))
-    path = configured if configured.is_absolute() else REPO / configured
-    if not path.is_file():
-        pytest.fail(f"smart-async binary not found at {path}: run `cargo build` or set SMART_ASYNC_BIN")
-    return str(path)
-
-
-def run(test_body: Any) -> None:
-    """Runs an async test body (no pytest async plugin is needed)."""
-    anyio.run(test_body)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,22 +56,7 @@ def serve_args(data: Path, root: Path, *extra: str) -> list[str]:
 
 
 def stdio_params(data: Path, root: Path, *extra: str, exit_file: Path | None = None) -> StdioServerParameters:
-    """How the SDK starts the server over stdio.
-
-    With `exit_file`, a small sh wrapper writes the server's exit code there once it
-    exits by itself: the SDK closes stdin to stop a server and kills the whole process
-    group (wrapper included) if it is still running 2 s later, so the file exists only
-    after a clean, timely stop.
-    """
-    args = serve_args(data, root, *extra)
-    if exit_file is None:
-        return StdioServerParameters(command=server_bin(), args=args)
-    script = '"$0" "$@"; echo $? > "$SMART_ASYNC_TEST_EXIT_FILE"'
-    return StdioServerParameters(
-        command="/bin/sh",
-        args=["-c", script, server_bin(), *args],
-        env={"SMART_ASYNC_TEST_EXIT_FILE": str(exit_file)},
-    )
+    return binary_params(serve_args(data, root, *extra), exit_file)
 
 
 def make_sparse(path: Path, size: int) -> None:
@@ -96,16 +64,6 @@ def make_sparse(path: Path, size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.truncate(size)
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
-
-
-async def call_ok(client: Client, tool: str, arguments: dict[str, Any]) -> Any:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, f"{tool}({arguments}) failed: {text_of(result)}"
-    return result
 
 
 async def call_error(client: Client, tool: str, arguments: dict[str, Any], says: str | None = None) -> str:
@@ -281,12 +239,6 @@ def test_learning_survives_restart(dirs: tuple[Path, Path], record_property: Any
 
 
 # ------------------------------------------------------------ c. Streamable HTTP
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HttpServer:
