@@ -26,6 +26,12 @@ timeout_s = 600
 type = "number"
 description = "Seconds"
 required = true
+
+[[command]]
+name = "steps"
+description = "Four steps, each reported on stdout."
+argv = ["sh", "-c", "for i in 1 2 3 4; do echo \"[$i/4] step $i\"; sleep 0.5; done"]
+progress = '\[(?P<done>\d+)/(?P<total>\d+)\]'
 "#;
 
 fn params(tool: &str, args: Value) -> CallToolRequestParams {
@@ -320,5 +326,48 @@ async fn a_client_that_keeps_timing_out_gets_a_budget_below_its_timeout() {
     let job_id = structured(&result)["job_id"].clone();
     assert!(job_id.is_string(), "{}", text(&result));
     call(&client, "cancel_job", json!({"job_id": job_id})).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_jobs_own_progress_shows_in_job_status_and_tasks_get() {
+    let setup = Setup::new();
+    let config = write_config(setup.root.path(), CONFIG);
+    let client = connect_as(
+        &setup.args(&["--config", &config]),
+        client_info("tasks-client", true),
+    )
+    .await;
+    let started = client
+        .call_tool_once(params("steps", json!({"async_mode": true})))
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = started else {
+        panic!("expected a task, got {started:?}")
+    };
+    let task_id = created.task.task_id;
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        let status = call(&client, "job_status", json!({"job_id": task_id})).await;
+        seen = structured(&status)["progress"].clone();
+        if seen.is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen["total"], 4.0,
+        "job_status shows the command's progress: {seen}"
+    );
+    assert!(seen["message"].as_str().unwrap().contains("step"), "{seen}");
+    let got = client
+        .get_task(GetTaskParams::new(task_id.clone()))
+        .await
+        .unwrap();
+    let message = got.task.task.status_message.unwrap_or_default();
+    assert!(
+        message.contains("/4] step"),
+        "tasks/get says it in words: {message}"
+    );
     client.cancel().await.unwrap();
 }

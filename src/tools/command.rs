@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::ASYNC_MODE_ARG;
-use crate::jobs::JobContext;
+use crate::jobs::{JobContext, Progress};
 use crate::policy::Seconds;
 
 /// Output kept per stream, from the end, when the config does not say.
@@ -101,6 +102,10 @@ pub struct CommandSpec {
     /// Typed parameters by name.
     #[serde(default)]
     pub params: BTreeMap<String, ParamSpec>,
+    /// A regex for output lines that report progress, with a named group `done` and
+    /// optionally `total` (`'\[(?P<done>\d+)/(?P<total>\d+)\]'`); the matching line is
+    /// the progress message. Without it a command reports no progress.
+    pub progress: Option<String>,
 }
 
 /// A command tool ready to run.
@@ -108,7 +113,13 @@ pub struct CommandSpec {
 pub struct CommandTool {
     spec: CommandSpec,
     cwd: PathBuf,
+    progress: Option<Regex>,
 }
+
+/// The longest output line looked at for progress; longer ones are cut.
+const MAX_PROGRESS_LINE: usize = 4096;
+/// The longest progress message kept from a line.
+const MAX_PROGRESS_MESSAGE: usize = 200;
 
 impl CommandTool {
     /// Checks the spec; `base_dir` anchors a relative `cwd`.
@@ -150,7 +161,24 @@ impl CommandTool {
             Some(dir) => base_dir.join(dir),
             None => base_dir.to_path_buf(),
         };
-        Ok(CommandTool { spec, cwd })
+        let progress = match &spec.progress {
+            Some(pattern) => {
+                let regex = Regex::new(pattern)
+                    .map_err(|e| format!("command '{name}': progress is not a valid regex: {e}"))?;
+                if !regex.capture_names().any(|group| group == Some("done")) {
+                    return Err(format!(
+                        "command '{name}': the progress regex needs a group named done, as in '(?P<done>\\d+)/(?P<total>\\d+)'"
+                    ));
+                }
+                Some(regex)
+            }
+            None => None,
+        };
+        Ok(CommandTool {
+            spec,
+            cwd,
+            progress,
+        })
     }
 
     /// The parameters a call gives, checked against their types, with defaults.
@@ -315,14 +343,70 @@ impl Tool for CommandTool {
             .spec
             .max_output_bytes
             .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        let progress = self.progress.clone();
         Ok(Box::new(move |ctx: JobContext| {
-            Box::pin(async move { run(&name, &mut command, timeout, max_bytes, &ctx).await })
+            let progress = progress.map(|regex| ProgressLines::new(regex, ctx.clone()));
+            Box::pin(
+                async move { run(&name, &mut command, timeout, max_bytes, progress, &ctx).await },
+            )
         }))
     }
 }
 
-/// The end of a stream, at most `max` bytes, and how many bytes were dropped before it.
-async fn tail(mut stream: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, u64) {
+/// Reads a command's output lines for progress reports (see [`CommandSpec::progress`]).
+#[derive(Debug, Clone)]
+struct ProgressLines {
+    regex: Regex,
+    ctx: JobContext,
+    line: Vec<u8>,
+}
+
+impl ProgressLines {
+    fn new(regex: Regex, ctx: JobContext) -> ProgressLines {
+        ProgressLines {
+            regex,
+            ctx,
+            line: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' || byte == b'\r' {
+                self.end_line();
+            } else if self.line.len() < MAX_PROGRESS_LINE {
+                self.line.push(byte);
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = String::from_utf8_lossy(&self.line);
+        if let Some(progress) = progress_of(&self.regex, &line) {
+            self.ctx.report_progress(progress);
+        }
+        self.line.clear();
+    }
+}
+
+/// The progress a line reports, if it matches and its `done` is a number.
+fn progress_of(regex: &Regex, line: &str) -> Option<Progress> {
+    let captures = regex.captures(line)?;
+    let number = |group: &str| captures.name(group)?.as_str().trim().parse::<f64>().ok();
+    Some(Progress {
+        done: number("done")?,
+        total: number("total"),
+        message: Some(line.trim().chars().take(MAX_PROGRESS_MESSAGE).collect()),
+    })
+}
+
+/// The end of a stream, at most `max` bytes, and how many bytes were dropped before it;
+/// lines are shown to `progress` as they come.
+async fn tail(
+    mut stream: impl AsyncRead + Unpin,
+    max: usize,
+    mut progress: Option<ProgressLines>,
+) -> (Vec<u8>, u64) {
     let mut kept = VecDeque::with_capacity(max.min(1 << 16));
     let mut dropped = 0u64;
     let mut buffer = [0u8; 8192];
@@ -330,10 +414,16 @@ async fn tail(mut stream: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, u64) 
         if n == 0 {
             break;
         }
+        if let Some(progress) = &mut progress {
+            progress.feed(&buffer[..n]);
+        }
         kept.extend(&buffer[..n]);
         let excess = kept.len().saturating_sub(max);
         kept.drain(..excess);
         dropped += excess as u64;
+    }
+    if let Some(progress) = &mut progress {
+        progress.end_line();
     }
     (kept.into(), dropped)
 }
@@ -343,6 +433,7 @@ async fn run(
     command: &mut tokio::process::Command,
     timeout: Option<Duration>,
     max_bytes: usize,
+    progress: Option<ProgressLines>,
     ctx: &JobContext,
 ) -> Result<ToolOutput, String> {
     let started = Instant::now();
@@ -359,11 +450,11 @@ async fn run(
     let stdout = child
         .stdout
         .take()
-        .map(|s| tokio::spawn(tail(s, max_bytes)));
+        .map(|s| tokio::spawn(tail(s, max_bytes, progress.clone())));
     let stderr = child
         .stderr
         .take()
-        .map(|s| tokio::spawn(tail(s, max_bytes)));
+        .map(|s| tokio::spawn(tail(s, max_bytes, progress)));
     let deadline = async {
         match timeout {
             Some(timeout) => tokio::time::sleep(timeout).await,
@@ -485,6 +576,7 @@ mod tests {
             expensive: false,
             max_output_bytes: None,
             params: BTreeMap::new(),
+            progress: None,
         }
     }
 
@@ -499,6 +591,47 @@ mod tests {
 
     async fn run_tool(tool: &CommandTool, args: Value) -> Result<ToolOutput, String> {
         tool.start(&args)?(JobContext::new(CancellationToken::new())).await
+    }
+
+    #[tokio::test]
+    async fn output_lines_that_match_the_progress_regex_report_progress() {
+        let mut spec = spec(&[
+            "sh",
+            "-c",
+            "echo building; echo '[1/3] a' >&2; sleep 1; echo '[2/3] b'; printf '[3/3] c'",
+        ]);
+        spec.progress = Some(r"\[(?P<done>\d+)/(?P<total>\d+)\]".to_owned());
+        let tool = CommandTool::new(spec, std::path::Path::new(".")).unwrap();
+        let ctx = JobContext::new(CancellationToken::new());
+        let watched = ctx.progress().clone();
+        let run = tokio::spawn(tool.start(&json!({})).unwrap()(ctx));
+        let mut first = None;
+        for _ in 0..500 {
+            first = watched.get();
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = first.expect("stderr lines count too");
+        assert_eq!(first.done, 1.0, "{first:?}");
+        run.await.unwrap().unwrap();
+        let last = watched.get().expect("progress was reported");
+        assert_eq!((last.done, last.total), (3.0, Some(3.0)), "{last:?}");
+        assert_eq!(last.to_string(), "[3/3] c", "the line is the message");
+    }
+
+    #[test]
+    fn a_progress_regex_must_be_valid_and_name_its_done_group() {
+        let mut bad = spec(&["true"]);
+        bad.progress = Some("([".to_owned());
+        let err = CommandTool::new(bad.clone(), std::path::Path::new(".")).unwrap_err();
+        assert!(err.contains("not a valid regex"), "{err}");
+        bad.progress = Some(r"(\d+)/(\d+)".to_owned());
+        let err = CommandTool::new(bad, std::path::Path::new(".")).unwrap_err();
+        assert!(err.contains("group named done"), "{err}");
+        let line = progress_of(&Regex::new(r"(?P<done>\d+)%").unwrap(), "  40% done ");
+        assert_eq!(line.map(|p| (p.done, p.total)), Some((40.0, None)));
     }
 
     #[test]
