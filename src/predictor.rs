@@ -101,7 +101,7 @@ pub const MIN_RUNTIME_S: f64 = 1e-3;
 /// assert!(prediction.is_some_and(|p| p.upper_bound_s > p.median_s));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "ModelState", into = "ModelState")]
+#[serde(try_from = "ModelState", into = "ModelState")]
 pub struct RuntimeModel {
     state: ModelState,
     posterior: Option<Posterior>,
@@ -112,11 +112,11 @@ pub struct RuntimeModel {
 pub struct FeatureEffect {
     /// The feature's name.
     pub name: String,
-    /// `d ln(runtime) / d ln(1+|f|)` at the typical value: near it, runtime grows like
-    /// `f^elasticity` (1 = proportional, 0 = no effect).
+    /// `d ln(runtime) / d ln(1+|f|/s)` at the typical value: near it, runtime grows
+    /// like `f^elasticity` (1 = proportional, 0 = no effect).
     pub elasticity: f64,
-    /// Coefficient of `u - c`, with `u = ln(1+|f|)` and `c` the first value of `u` the
-    /// model saw.
+    /// Coefficient of `u - c`, with `u = ln(1+|f|/s)` (`s` is the feature's first value
+    /// when that is below 1, else 1) and `c` the first value of `u` the model saw.
     pub linear: f64,
     /// Coefficient of `(u - c)²`.
     pub square: f64,
@@ -176,6 +176,8 @@ struct ModelState {
     /// not a slope), and its mean square is its spread, which is what the ridge is
     /// scaled to.
     centers_ln: Vec<f64>,
+    /// Per slot, the scale `s` in `u = ln(1 + |f|/s)` (see [`scale_for`]).
+    scales: Vec<f64>,
     /// `XᵀX`, row-major, `dim × dim` with `dim = 1 + 2·feature_names.len()`.
     xtx: Vec<f64>,
     xty: Vec<f64>,
@@ -250,10 +252,98 @@ struct Posterior {
     quantile_key: (f64, f64),
 }
 
-impl From<ModelState> for RuntimeModel {
-    fn from(state: ModelState) -> Self {
-        let posterior = posterior(&state, None);
-        RuntimeModel { state, posterior }
+impl TryFrom<ModelState> for RuntimeModel {
+    type Error = String;
+
+    /// A stored state whose parts disagree in size was written by something else
+    /// (or damaged): refused, not used.
+    fn try_from(state: ModelState) -> Result<Self, Self::Error> {
+        let slots = state.feature_names.len();
+        let dim = dim_for(slots);
+        let consistent = slots <= MAX_SLOTS
+            && state.ranges_ln.len() == slots
+            && state.centers_ln.len() == slots
+            && state.scales.len() == slots
+            && state.scales.iter().all(|s| s.is_finite() && *s > 0.0)
+            && state.xtx.len() == dim * dim
+            && state.xty.len() == dim;
+        if consistent {
+            Ok(RuntimeModel::with_state(state))
+        } else {
+            Err(format!(
+                "a model state with {slots} features has parts of other sizes"
+            ))
+        }
+    }
+}
+
+/// A model as store format 2 kept it, before feature scales: the same state, with
+/// every scale 1 (which is what format 2 computed with), so it reads back exactly.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "ModelStateV2")]
+pub struct ModelV2(pub RuntimeModel);
+
+/// The format-2 state of a model whose scales are all 1, as format 2 wrote it (for
+/// tests of the migration).
+#[cfg(test)]
+pub(crate) fn v2_bytes(model: &RuntimeModel) -> Vec<u8> {
+    let state = &model.state;
+    assert!(
+        state.scales.iter().all(|s| *s == 1.0),
+        "format 2 had no scales"
+    );
+    postcard::to_stdvec(&ModelStateV2 {
+        feature_names: state.feature_names.clone(),
+        ranges_ln: state.ranges_ln.clone(),
+        centers_ln: state.centers_ln.clone(),
+        xtx: state.xtx.clone(),
+        xty: state.xty.clone(),
+        yty: state.yty,
+        weight: state.weight,
+        samples: state.samples,
+        recency: state.recency.clone(),
+        calibration: state.calibration,
+        risk: state.risk,
+    })
+    .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ModelStateV2 {
+    feature_names: Vec<String>,
+    ranges_ln: Vec<(f64, f64)>,
+    centers_ln: Vec<f64>,
+    xtx: Vec<f64>,
+    xty: Vec<f64>,
+    yty: f64,
+    weight: f64,
+    samples: u64,
+    recency: Option<Recency>,
+    calibration: Calibration,
+    risk: f64,
+}
+
+impl TryFrom<ModelStateV2> for ModelV2 {
+    type Error = String;
+
+    fn try_from(v2: ModelStateV2) -> Result<Self, Self::Error> {
+        let scales = vec![1.0; v2.feature_names.len()];
+        RuntimeModel::try_from(ModelState {
+            feature_names: v2.feature_names,
+            ranges_ln: v2.ranges_ln,
+            centers_ln: v2.centers_ln,
+            scales,
+            xtx: v2.xtx,
+            xty: v2.xty,
+            yty: v2.yty,
+            weight: v2.weight,
+            samples: v2.samples,
+            recency: v2.recency,
+            calibration: v2.calibration,
+            risk: v2.risk,
+        })
+        .map(ModelV2)
     }
 }
 
@@ -271,6 +361,7 @@ impl RuntimeModel {
             feature_names: Vec::new(),
             ranges_ln: Vec::new(),
             centers_ln: Vec::new(),
+            scales: Vec::new(),
             xtx: vec![0.0],
             xty: vec![0.0],
             yty: 0.0,
@@ -280,7 +371,12 @@ impl RuntimeModel {
             calibration: Calibration::default(),
             risk: crate::policy::DEFAULT_RISK,
         };
-        RuntimeModel::from(state)
+        RuntimeModel::with_state(state)
+    }
+
+    fn with_state(state: ModelState) -> RuntimeModel {
+        let posterior = posterior(&state, None);
+        RuntimeModel { state, posterior }
     }
 
     /// Sets the risk whose quantile [`RuntimeModel::predict`] reports as the bound.
@@ -334,7 +430,7 @@ impl RuntimeModel {
                     elasticity: linear + 2.0 * square * typical_offset,
                     linear,
                     square,
-                    typical_value: typical_ln.exp_m1(),
+                    typical_value: typical_ln.exp_m1() * self.state.scales[slot],
                 }
             })
             .collect()
@@ -400,13 +496,14 @@ impl RuntimeModel {
             }
         }
         self.grow(features);
-        for (name, range) in self
+        for ((name, range), &scale) in self
             .state
             .feature_names
             .iter()
             .zip(&mut self.state.ranges_ln)
+            .zip(&self.state.scales)
         {
-            let u = features.get(name).map_or(0.0, |v| v.abs().ln_1p());
+            let u = transform(features.get(name).unwrap_or(0.0), scale);
             *range = (range.0.min(u), range.1.max(u));
         }
         let x = self.design_row(features);
@@ -438,7 +535,7 @@ impl RuntimeModel {
 
     /// Reads state written by [`RuntimeModel::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<RuntimeModel, postcard::Error> {
-        postcard::from_bytes::<ModelState>(bytes).map(RuntimeModel::from)
+        postcard::from_bytes(bytes)
     }
 
     fn dim(&self) -> usize {
@@ -454,9 +551,11 @@ impl RuntimeModel {
                 break;
             }
             if !state.feature_names.contains(&feature.name) {
+                let scale = scale_for(feature.value);
                 state.feature_names.push(feature.name.clone());
                 state.ranges_ln.push((f64::INFINITY, f64::NEG_INFINITY));
-                state.centers_ln.push(feature.value.abs().ln_1p());
+                state.centers_ln.push(transform(feature.value, scale));
+                state.scales.push(scale);
             }
         }
         let dim = dim_for(state.feature_names.len());
@@ -484,9 +583,10 @@ impl RuntimeModel {
             .feature_names
             .iter()
             .zip(&state.ranges_ln)
-            .zip(&state.centers_ln);
-        for (slot, ((name, &(lo, hi)), &center)) in slots.enumerate() {
-            let u = features.get(name).map_or(0.0, |v| v.abs().ln_1p());
+            .zip(&state.centers_ln)
+            .zip(&state.scales);
+        for (slot, (((name, &(lo, hi)), &center), &scale)) in slots.enumerate() {
+            let u = transform(features.get(name).unwrap_or(0.0), scale);
             // Past the taught range a parabola turns back on itself; its tangent at the
             // edge does not, so extrapolation keeps the slope seen at the edge.
             let edge = if lo <= hi { u.clamp(lo, hi) } else { u } - center;
@@ -496,6 +596,26 @@ impl RuntimeModel {
         }
         row
     }
+}
+
+/// The scale of a feature whose first value was `first`: its own size when that is
+/// below 1, else 1. `ln(1+|f|)` is nearly linear below 1, so a feature that lives there
+/// (seconds, ratios) would look flat to the model and a larger call would be
+/// extrapolated along a far too steep slope; divided by its first size, it spreads
+/// over `u` as a feature above 1 does. Features of 1 and more (counts, bytes) keep
+/// `ln(1+|f|)`.
+fn scale_for(first: f64) -> f64 {
+    let size = first.abs();
+    if size > 0.0 && size < 1.0 {
+        size
+    } else {
+        1.0
+    }
+}
+
+/// The regressor variable of a feature value: `u = ln(1 + |f|/s)`.
+fn transform(value: f64, scale: f64) -> f64 {
+    (value.abs() / scale).ln_1p()
 }
 
 /// The most coefficients a model has.
@@ -640,6 +760,36 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feature_that_lives_below_1_extrapolates_along_its_own_scale() {
+        // Seconds from 0.05 to 0.6 (plus 10 ms of overhead), then a call of 30 s: with
+        // ln(1+|f|) alone the slope at the edge is that of ln(s) near 0 and the
+        // prediction came out near 8,000 s.
+        let mut model = RuntimeModel::new(true);
+        for i in 0..12 {
+            let seconds = 0.05 + 0.05 * f64::from(i);
+            let features = Features::from_args(&serde_json::json!({ "seconds": seconds }));
+            model.observe(&features, seconds + 0.01, 0.05);
+        }
+        let long = Features::from_args(&serde_json::json!({ "seconds": 30.0 }));
+        let predicted = model.predict(&long).unwrap().median_s;
+        assert!(
+            (10.0..=90.0).contains(&predicted),
+            "predicted {predicted} s for a 30 s call"
+        );
+    }
+
+    #[test]
+    fn a_format_2_model_reads_back_the_same() {
+        let mut model = RuntimeModel::new(true);
+        for n in 1..=10 {
+            let features = Features::from_args(&serde_json::json!({ "n": n * 10 }));
+            model.observe(&features, f64::from(n), 0.05);
+        }
+        let ModelV2(back) = postcard::from_bytes(&v2_bytes(&model)).unwrap();
+        assert_eq!(back, model);
+    }
     use proptest::prelude::*;
     use serde_json::json;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::ClientStats;
 use crate::policy::{Decision, Mode, Seconds, Source};
-use crate::predictor::{FeatureEffect, RuntimeModel};
+use crate::predictor::{FeatureEffect, ModelV2, RuntimeModel};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +88,15 @@ impl ToolRecord {
     /// Reads what [`ToolRecord::to_bytes`] wrote.
     pub fn from_bytes(bytes: &[u8]) -> Result<ToolRecord, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+
+    /// Reads a record as store format 2 wrote it (before feature scales).
+    pub fn from_bytes_v2(bytes: &[u8]) -> Result<ToolRecord, postcard::Error> {
+        let (model, counters): (ModelV2, Counters) = postcard::from_bytes(bytes)?;
+        Ok(ToolRecord {
+            model: model.0,
+            counters,
+        })
     }
 
     /// The report for this record.

@@ -21,7 +21,10 @@ use crate::jobs::Job;
 use crate::stats::{Outcome, ToolRecord};
 
 /// Bumped when the layout or an encoding changes incompatibly.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The last format this version reads and rewrites as its own on open (its models
+/// had no feature scales; everything else is the same).
+const MIGRATES_FROM: u32 = 2;
 /// sled's page cache; its own default is 1 GiB, far more than a few models and jobs need.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -173,6 +176,8 @@ impl Store {
                     .map_err(|_| self.corrupt("the format version key is not 4 bytes"))?;
                 if found == FORMAT_VERSION {
                     Ok(())
+                } else if found == MIGRATES_FROM {
+                    self.migrate_models()
                 } else {
                     Err(StoreError::Version {
                         path: self.path.clone(),
@@ -182,6 +187,49 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Rewrites format-2 models in this format and marks the database as this format,
+    /// in one transaction: an interrupted migration leaves format 2 as it was.
+    fn migrate_models(&self) -> Result<()> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let migrate = |what: String, bytes: &[u8]| -> Result<Vec<u8>> {
+            ToolRecord::from_bytes_v2(bytes)
+                .map(|record| record.to_bytes())
+                .map_err(|e| self.corrupt(&format!("{what} cannot be read: {e}")))
+        };
+        let mut models = Vec::new();
+        for item in self.models.iter() {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let tool = String::from_utf8_lossy(&key).into_owned();
+            models.push((key, migrate(format!("the model of tool '{tool}'"), &value)?));
+        }
+        let pooled = match self.meta.get(KEY_POOLED_MODEL).map_err(|e| self.io(e))? {
+            Some(value) => Some(migrate("the pooled model".to_owned(), &value)?),
+            None => None,
+        };
+        (&self.models, &self.meta)
+            .transaction(|(models_tx, meta_tx)| {
+                for (key, bytes) in &models {
+                    models_tx.insert(key, bytes.as_slice())?;
+                }
+                if let Some(bytes) = &pooled {
+                    meta_tx.insert(KEY_POOLED_MODEL, bytes.as_slice())?;
+                }
+                meta_tx.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => self.io(e),
+                TransactionError::Abort(()) => self.corrupt("the upgrade was aborted"),
+            })?;
+        self.db.flush().map_err(|e| self.io(e))?;
+        tracing::info!(
+            "the database in {} was upgraded from format {MIGRATES_FROM} to {FORMAT_VERSION}",
+            self.path.display()
+        );
+        Ok(())
     }
 
     /// Appends samples: one value per tool holding that tool's samples in order, so a
@@ -420,4 +468,55 @@ fn sample_id(key: &[u8]) -> u64 {
         .checked_sub(8)
         .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
         .map_or(0, u64::from_be_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_format_2_database_is_upgraded_on_open_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = ToolRecord::new(true);
+        for kb in 1..=20 {
+            let features = Features::from_args(&json!({ "kb": kb * 100 }));
+            record.model.observe(&features, 0.01 * f64::from(kb), 0.05);
+        }
+        record.counters.promotions = 3;
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let counters = postcard::to_stdvec(&record.counters).unwrap();
+            let v2 = [crate::predictor::v2_bytes(&record.model), counters].concat();
+            store.models.insert("t", v2.clone()).unwrap();
+            store.meta.insert(KEY_POOLED_MODEL, v2).unwrap();
+            store
+                .meta
+                .insert(KEY_FORMAT_VERSION, &MIGRATES_FROM.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (tools, pooled) = store.load_records().unwrap();
+        assert_eq!(tools, vec![("t".to_owned(), record.clone())]);
+        assert_eq!(pooled, Some(record));
+        let version = store.meta.get(KEY_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), FORMAT_VERSION.to_be_bytes());
+    }
+
+    #[test]
+    fn a_model_whose_parts_disagree_in_size_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut record = ToolRecord::new(true);
+        record
+            .model
+            .observe(&Features::from_args(&json!({ "n": 3 })), 1.0, 0.05);
+        // Format-2 bytes read as this format: the sizes do not line up.
+        let counters = postcard::to_stdvec(&record.counters).unwrap();
+        let v2 = [crate::predictor::v2_bytes(&record.model), counters].concat();
+        store.models.insert("t", v2).unwrap();
+        let err = store.load_records().unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains("tool 't'"), "{err}");
+    }
 }
