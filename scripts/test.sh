@@ -10,6 +10,7 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
 cargo test --locked --doc
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 
 # Real clients against the binary the tests above just built.
 scripts/clients.sh

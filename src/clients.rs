@@ -132,7 +132,7 @@ impl ClientRecord {
 }
 
 /// The timeout the latest cancellations agree on: the earliest of the last
-/// [`CANCELS_TO_LEARN`], when they lie within [`AGREEING_SPREAD`] of each other.
+/// [`CANCELS_TO_LEARN`], when they lie within 25% of each other.
 pub fn revealed_timeout_s(cancels_s: &[f64]) -> Option<f64> {
     let latest = cancels_s.get(cancels_s.len().checked_sub(CANCELS_TO_LEARN)?..)?;
     let min_s = latest.iter().copied().fold(f64::INFINITY, f64::min);

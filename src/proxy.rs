@@ -420,8 +420,9 @@ fn rpc_error_message(error: &ErrorData) -> String {
     format!("{RPC_ERROR_PREFIX}{}: {}", error.code.0, error.message)
 }
 
-/// The upstream JSON-RPC error a call's error message carries, if it is one (see
-/// [`RPC_ERROR_PREFIX`]).
+/// The upstream JSON-RPC error a call's error message carries, if it is one: the
+/// proxy writes such errors as "the upstream server answered with JSON-RPC error CODE:
+/// MESSAGE", so a job's error can give back the code.
 pub fn upstream_rpc_error(message: &str) -> Option<ErrorData> {
     let rest = message.strip_prefix(RPC_ERROR_PREFIX)?;
     let (code, text) = rest.split_once(": ")?;
