@@ -112,6 +112,9 @@ struct ServeArgs {
 struct ProxyArgs {
     #[command(flatten)]
     server: ServerArgs,
+    /// Seconds the upstream may take to start and answer the MCP handshake.
+    #[arg(long, default_value_t = smart_async::proxy::DEFAULT_STARTUP_TIMEOUT.as_secs_f64())]
+    startup_timeout_s: f64,
     /// The upstream MCP server's command and arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD ARGS")]
     upstream: Vec<String>,
@@ -266,12 +269,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.startup_timeout_s.is_finite() && args.startup_timeout_s > 0.0,
+        "--startup-timeout-s must be a positive number of seconds, for example 120"
+    );
     let mut upstream = args.upstream.into_iter();
     let command = UpstreamCommand {
         program: upstream
             .next()
             .context("give the upstream server's command after --")?,
         args: upstream.collect(),
+        startup_timeout: Duration::from_secs_f64(args.startup_timeout_s),
     };
     // Each upstream learns in a database of its own, so that a client can run several
     // proxies at once (a database is one process's at a time).

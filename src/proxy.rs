@@ -37,8 +37,9 @@ use crate::jobs::{JobContext, Progress};
 use crate::mcp::or_job_answer;
 use crate::tools::with_async_mode;
 
-/// How long the upstream may take to answer the MCP handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the upstream may take to answer the MCP handshake, by default: long
+/// enough for `npx -y` to fetch a server on its first run.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a call waits for an upstream that is being restarted.
 const RESTART_WAIT: Duration = Duration::from_secs(5);
 /// The first wait before a restart; it doubles up to [`MAX_BACKOFF`] while restarts
@@ -63,6 +64,9 @@ pub struct UpstreamCommand {
     pub program: String,
     /// Its arguments.
     pub args: Vec<String>,
+    /// How long it may take to answer the MCP handshake (see
+    /// [`DEFAULT_STARTUP_TIMEOUT`]).
+    pub startup_timeout: Duration,
 }
 
 impl UpstreamCommand {
@@ -532,14 +536,16 @@ async fn connect(inner: &Arc<Inner>) -> Result<Running, String> {
     let client = UpstreamClient {
         inner: Arc::downgrade(inner),
     };
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.serve((stdout, stdin)));
+    let startup_timeout = inner.command.startup_timeout;
+    let handshake = tokio::time::timeout(startup_timeout, client.serve((stdout, stdin)));
     let failure = tokio::select! {
         served = handshake => match served {
             Ok(Ok(service)) => return Ok(Running { service, child, stderr }),
             Ok(Err(e)) => format!("the MCP handshake failed: {e}"),
             Err(_) => format!(
-                "it did not answer the MCP handshake within {} s",
-                HANDSHAKE_TIMEOUT.as_secs()
+                "it did not answer the MCP handshake within {} s (is it an MCP server \
+                 speaking stdio? a slow one needs a longer --startup-timeout-s)",
+                startup_timeout.as_secs_f64()
             ),
         },
         status = child.wait() => format!(
@@ -734,6 +740,7 @@ mod tests {
         let command = |program: &str, args: &[&str]| UpstreamCommand {
             program: program.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         };
         let slug = command("/usr/bin/npx", &["-y", "server-everything"]).slug();
         assert!(
@@ -778,6 +785,7 @@ mod tests {
         let command = UpstreamCommand {
             program: "/nonexistent/mcp-server".to_owned(),
             args: vec![],
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         };
         let err = Upstream::start(command, engine.clone())
             .await
@@ -788,6 +796,7 @@ mod tests {
         let command = UpstreamCommand {
             program: "sh".to_owned(),
             args: vec!["-c".into(), "echo 'bad config' >&2; exit 3".into()],
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         };
         let err = Upstream::start(command, engine)
             .await

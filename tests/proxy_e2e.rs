@@ -335,7 +335,7 @@ fn a_wrong_upstream_command_fails_fast_with_the_reason() {
     let run = |upstream: &[&str]| {
         let started = std::time::Instant::now();
         let out = std::process::Command::new(BIN)
-            .args(["proxy", "--data-dir", path_str(data.path()), "--"])
+            .args(["proxy", "--data-dir", path_str(data.path())])
             .args(upstream)
             .stdin(std::process::Stdio::piped())
             .output()
@@ -344,16 +344,21 @@ fn a_wrong_upstream_command_fails_fast_with_the_reason() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = run(&["/nonexistent/mcp-server", "--flag"]);
+    let err = run(&["--", "/nonexistent/mcp-server", "--flag"]);
     assert!(
         err.contains("/nonexistent/mcp-server") && err.contains("command not found"),
         "{err}"
     );
-    let err = run(&["sh", "-c", "echo 'bad token' >&2; exit 3"]);
+    let err = run(&["--", "sh", "-c", "echo 'bad token' >&2; exit 3"]);
     assert!(
         err.contains("exited with code 3") && err.contains("bad token"),
         "{err}"
     );
-    let err = run(&["echo", "not an MCP server"]);
+    let err = run(&["--", "echo", "not an MCP server"]);
     assert!(err.contains("cannot start the upstream"), "{err}");
+    let err = run(&["--startup-timeout-s", "0.5", "--", "sleep", "30"]);
+    assert!(
+        err.contains("did not answer the MCP handshake within 0.5 s"),
+        "{err}"
+    );
 }
