@@ -21,7 +21,9 @@ use rmcp::model::{
     ListResourcesResult, ProgressNotificationParam, ReadResourceResponse, ReadResourceResult,
     ResultType, ServerPeerInfo, ServerResult, Tool as McpTool,
 };
-use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RunningService, ServiceError};
+use rmcp::service::{
+    NotificationContext, Peer, PeerRequestOptions, RunningService, ServiceError, SubscriptionSink,
+};
 use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer, ServiceExt};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -139,8 +141,10 @@ struct Inner {
     info: RwLock<Option<ServerPeerInfo>>,
     progress: ProgressDispatcher,
     stderr_tail: Mutex<VecDeque<String>>,
-    /// Downstream sessions to tell when the tool list changes.
+    /// Downstream sessions (`initialize`) to tell when the tool list changes.
     downstream: Mutex<Vec<Peer<RoleServer>>>,
+    /// Downstream `subscriptions/listen` streams (2026-07-28) to tell the same.
+    subscriptions: Mutex<Vec<SubscriptionSink>>,
     shutdown: CancellationToken,
 }
 
@@ -173,6 +177,7 @@ impl Upstream {
             progress: ProgressDispatcher::new(),
             stderr_tail: Mutex::new(VecDeque::new()),
             downstream: Mutex::new(Vec::new()),
+            subscriptions: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
         });
         let running = connect(&inner).await.map_err(|reason| UpstreamStartError {
@@ -224,6 +229,11 @@ impl Upstream {
     /// Remembers a downstream session, to tell it when the tool list changes.
     pub fn add_downstream(&self, peer: Peer<RoleServer>) {
         lock(&self.inner.downstream).push(peer);
+    }
+
+    /// Remembers a downstream subscription to tool list changes, until it ends.
+    pub fn add_subscription(&self, sink: SubscriptionSink) {
+        lock(&self.inner.subscriptions).push(sink);
     }
 
     /// The client to the running upstream, waiting a little for one that is being
@@ -638,14 +648,19 @@ async fn refresh_tools(inner: &Arc<Inner>, peer: &Peer<RoleClient>) -> Result<()
         changed
     };
     if changed {
-        let sessions: Vec<Peer<RoleServer>> = lock(&inner.downstream).clone();
-        let mut alive = Vec::with_capacity(sessions.len());
+        // Sessions and subscriptions that can no longer be told are dropped.
+        let sessions: Vec<Peer<RoleServer>> = std::mem::take(&mut *lock(&inner.downstream));
         for session in sessions {
             if session.notify_tool_list_changed().await.is_ok() {
-                alive.push(session);
+                lock(&inner.downstream).push(session);
             }
         }
-        *lock(&inner.downstream) = alive;
+        let sinks: Vec<SubscriptionSink> = std::mem::take(&mut *lock(&inner.subscriptions));
+        for sink in sinks {
+            if sink.notify_tool_list_changed().await.is_ok() {
+                lock(&inner.subscriptions).push(sink);
+            }
+        }
     }
     Ok(())
 }

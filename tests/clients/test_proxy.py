@@ -324,8 +324,14 @@ def test_upstream_tool_list_changed(data: Path) -> None:
     async def body() -> None:
         async with Client(proxy_params(data, slow_cmd()), read_timeout_seconds=READ_TIMEOUT_S) as client:
             assert "extra" not in {tool.name for tool in (await client.list_tools()).tools}
-            grown = await call_ok(client, "grow", {"name": "extra"})
-            assert text_of(grown) == "added extra", grown
+            # A 2026-07-28 client listens for the change (subscriptions/listen).
+            async with client.listen(tools_list_changed=True) as subscription:
+                assert subscription.honored.tools_list_changed, subscription.honored
+                grown = await call_ok(client, "grow", {"name": "extra"})
+                assert text_of(grown) == "added extra", grown
+                with anyio.fail_after(5):
+                    event = await subscription.__anext__()
+                assert type(event).__name__ == "ToolsListChanged", event
             end = time.monotonic() + 5
             while True:
                 listed = {tool.name: tool for tool in (await client.list_tools()).tools}
