@@ -31,7 +31,6 @@ use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -327,26 +326,26 @@ impl SmartServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let mut call = ToolCall::new(tool, args);
-        call.client = ctx.client_info().map(|info| info.name);
+        call.client = client_name(ctx);
         call.cancel = Some(ctx.ct.clone());
         let progress = ctx.meta.get_progress_token().map(|token| {
             // Notifications are sent from this request's own task, where rmcp knows
-            // which request (and, over HTTP, which response stream) they belong to.
-            let (sender, receiver) = mpsc::channel::<InlineProgress>(2);
-            call.on_progress = Some(Arc::new(move |progress| {
-                let _ = sender.try_send(progress);
-            }));
-            (token, receiver)
+            // which request (and, over HTTP, which response stream) they belong to:
+            // the engine leaves the latest report here and rings.
+            let mailbox = Arc::new(ProgressMailbox::default());
+            let posted = mailbox.clone();
+            call.on_progress = Some(Arc::new(move |progress| posted.post(progress)));
+            (token, mailbox)
         });
         let outcome = self.engine.call(call, work);
         let outcome = match progress {
             None => outcome.await,
-            Some((token, mut receiver)) => {
+            Some((token, mailbox)) => {
                 tokio::pin!(outcome);
                 loop {
                     tokio::select! {
                         outcome = &mut outcome => break outcome,
-                        Some(progress) = receiver.recv() => {
+                        progress = mailbox.take() => {
                             let note = progress_notification(token.clone(), &progress);
                             if let Err(e) = ctx.peer.notify_progress(note).await {
                                 tracing::debug!(error = %e, "could not send a progress notification");
@@ -510,7 +509,7 @@ impl SmartServer {
             ));
         }
         // The wait must end inside this client's own budget, or the answer comes late.
-        let client = ctx.client_info().map(|info| info.name);
+        let client = client_name(ctx);
         let budget_s = self.engine.client_budget(client.as_deref()).budget_s;
         let wait = Duration::from_secs_f64(wait_s.min(max_wait_s(budget_s)));
         let job = self
@@ -583,6 +582,47 @@ fn max_wait_s(budget_s: f64) -> f64 {
 fn parse_job_id(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text.trim()).map_err(|_| {
         format!("'{text}' is not a job id: use the job_id from a background answer or list_jobs")
+    })
+}
+
+/// The latest progress report of an inline call, for the request's task to send.
+#[derive(Default)]
+struct ProgressMailbox {
+    latest: std::sync::Mutex<Option<InlineProgress>>,
+    ring: tokio::sync::Notify,
+}
+
+impl ProgressMailbox {
+    fn post(&self, progress: InlineProgress) {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
+        self.ring.notify_one();
+    }
+
+    async fn take(&self) -> InlineProgress {
+        loop {
+            let taken = self
+                .latest
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(progress) = taken {
+                return progress;
+            }
+            self.ring.notified().await;
+        }
+    }
+}
+
+/// The caller's name, from the request's `_meta` (2026-07-28) or the session's
+/// `initialize`, without copying the rest of its description.
+fn client_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    ctx.meta.client_info().map(|info| info.name).or_else(|| {
+        ctx.peer
+            .peer_info()
+            .map(|info| info.client_info.name.clone())
     })
 }
 
