@@ -36,13 +36,7 @@ fn decide(c: &mut Criterion) {
     let pooled = RuntimeModel::new(false);
     c.bench_function("decide (warm tool, 8 features)", |b| {
         b.iter(|| {
-            let call = Call {
-                tool: "scan",
-                features: black_box(&features),
-                async_mode: false,
-                expensive: false,
-                budget_s: None,
-            };
+            let call = Call::new("scan", black_box(&features), false);
             black_box(policy.decide(call, Some(&model), Some(&pooled)))
         })
     });

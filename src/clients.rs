@@ -214,6 +214,14 @@ impl ClientBudgets {
         self.records.entry(name.to_owned()).or_default()
     }
 
+    /// Notes that `client` waited `runtime_s` for an inline answer (see
+    /// [`ClientRecord::observe_answer`]); a client that never cancelled gets no record.
+    pub fn observe_answer(&mut self, client: &str, runtime_s: f64) -> bool {
+        self.records
+            .get_mut(client)
+            .is_some_and(|record| record.observe_answer(runtime_s))
+    }
+
     /// What is known of every client that has shown something or has a configured
     /// budget, by name.
     pub fn stats(&self) -> Vec<ClientStats> {
@@ -345,8 +353,10 @@ mod tests {
             record.observe_cancel(3.0);
         }
         assert!(!record.observe_answer(3.5));
-        assert!(record.observe_answer(10.0));
+        assert!(budgets.observe_answer("c", 10.0));
         assert_eq!(budgets.budget(Some("c")).source, BudgetSource::Server);
+        assert!(!budgets.observe_answer("never-cancelled", 99.0));
+        assert!(budgets.stats().iter().all(|c| c.name != "never-cancelled"));
     }
 
     proptest! {

@@ -666,7 +666,7 @@ impl Engine {
             return;
         }
         let mut learned = lock(&self.inner.learned);
-        if learned.clients.record_mut(client).observe_answer(runtime_s) {
+        if learned.clients.observe_answer(client, runtime_s) {
             tracing::info!(
                 client,
                 runtime_s,

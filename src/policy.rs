@@ -182,6 +182,19 @@ pub struct Call<'a> {
     pub budget_s: Option<f64>,
 }
 
+impl<'a> Call<'a> {
+    /// A call of an ordinary tool (not expensive) against the policy's own budget.
+    pub fn new(tool: &'a str, features: &'a Features, async_mode: bool) -> Call<'a> {
+        Call {
+            tool,
+            features,
+            async_mode,
+            expensive: false,
+            budget_s: None,
+        }
+    }
+}
+
 /// Budget, risk and the static table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -480,17 +493,7 @@ mod tests {
             .get("async_mode")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        policy().decide(
-            Call {
-                tool,
-                features: &features,
-                async_mode,
-                expensive: false,
-                budget_s: None,
-            },
-            models.0,
-            models.1,
-        )
+        policy().decide(Call::new(tool, &features, async_mode), models.0, models.1)
     }
 
     fn trained(runtime_s: f64, calls: usize) -> RuntimeModel {

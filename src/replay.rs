@@ -132,13 +132,7 @@ impl Contender for Learned {
     }
 
     fn decide(&mut self, tool: &str, features: &Features, async_mode: bool) -> Said {
-        let call = Call {
-            tool,
-            features,
-            async_mode,
-            expensive: false,
-            budget_s: None,
-        };
+        let call = Call::new(tool, features, async_mode);
         let decision = self
             .policy
             .decide(call, self.tools.get(tool), Some(&self.pooled));
@@ -166,13 +160,7 @@ struct StaticOnly {
 
 impl StaticOnly {
     fn mode(table: &StaticTable, tool: &str, features: &Features, async_mode: bool) -> Mode {
-        let call = Call {
-            tool,
-            features,
-            async_mode,
-            expensive: false,
-            budget_s: None,
-        };
+        let call = Call::new(tool, features, async_mode);
         if async_mode || table.check(call).is_some() {
             Mode::Background
         } else {

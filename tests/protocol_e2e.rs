@@ -6,39 +6,44 @@
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientRequest,
-    GetTaskParams, ServerResult, TaskPayload, TaskStatus,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientConfig,
+    ClientRequest, CreateTaskResult, GetTaskParams, ServerResult, TaskPayload, TaskStatus,
 };
-use rmcp::service::{PeerRequestOptions, RoleClient, ServiceError};
+use rmcp::service::{PeerRequestOptions, RoleClient, RunningService, ServiceError};
 use rmcp::Peer;
 use serde_json::{json, Value};
 
 mod common;
 use common::*;
 
-const CONFIG: &str = r#"
-[[command]]
-name = "sleep"
-description = "Sleep for a number of seconds."
-argv = ["sleep", "{seconds}"]
-timeout_s = 600
-[command.params.seconds]
-type = "number"
-description = "Seconds"
-required = true
-
-[[command]]
-name = "steps"
-description = "Four steps, each reported on stdout."
-argv = ["sh", "-c", "for i in 1 2 3 4; do echo \"[$i/4] step $i\"; sleep 0.5; done"]
-progress = '\[(?P<done>\d+)/(?P<total>\d+)\]'
-"#;
-
 fn params(tool: &str, args: Value) -> CallToolRequestParams {
     let Value::Object(args) = args else {
         panic!("arguments must be an object")
     };
     CallToolRequestParams::new(tool.to_owned()).with_arguments(args)
+}
+
+/// A server with the test tools (and `extra` flags), and a 2026-07-28 client of it
+/// called `name`, declaring the tasks extension or not.
+async fn connect_client(
+    setup: &Setup,
+    extra: &[&str],
+    name: &str,
+    tasks: bool,
+) -> RunningService<RoleClient, ClientConfig> {
+    let config = write_config(setup.root.path(), TEST_CONFIG);
+    let mut args = vec!["--config", config.as_str()];
+    args.extend_from_slice(extra);
+    connect_as(&setup.args(&args), client_info(name, tasks)).await
+}
+
+/// Calls `tool` with `args`, expecting a task.
+async fn start_task(client: &Peer<RoleClient>, tool: &str, args: Value) -> CreateTaskResult {
+    let answer = client.call_tool_once(params(tool, args)).await.unwrap();
+    let CallToolResponse::Task(created) = answer else {
+        panic!("expected a task for {tool}, got {answer:?}")
+    };
+    created
 }
 
 /// Polls `tasks/get` until the task ends (at most `limit`), returning every status seen.
@@ -77,12 +82,7 @@ async fn poll_task(
 #[tokio::test]
 async fn a_tasks_client_gets_tasks_for_long_calls_and_inline_answers_for_short_ones() {
     let setup = Setup::new();
-    let config = write_config(setup.root.path(), CONFIG);
-    let client = connect_as(
-        &setup.args(&["--config", &config, "--deadline-s", "0.4"]),
-        client_info("tasks-client", true),
-    )
-    .await;
+    let client = connect_client(&setup, &["--deadline-s", "0.4"], "tasks-client", true).await;
 
     // A short call still answers inline.
     let short = client
@@ -92,13 +92,12 @@ async fn a_tasks_client_gets_tasks_for_long_calls_and_inline_answers_for_short_o
     assert!(matches!(short, CallToolResponse::Complete(_)), "{short:?}");
 
     // async_mode=true: a task at once.
-    let started = client
-        .call_tool_once(params("sleep", json!({"seconds": 1.0, "async_mode": true})))
-        .await
-        .unwrap();
-    let CallToolResponse::Task(created) = started else {
-        panic!("expected a task, got {started:?}")
-    };
+    let created = start_task(
+        &client,
+        "sleep",
+        json!({"seconds": 1.0, "async_mode": true}),
+    )
+    .await;
     let task = &created.task;
     assert_eq!(task.status, TaskStatus::Working);
     assert_eq!(task.ttl_ms, Some(24 * 3600 * 1000), "the retention setting");
@@ -121,13 +120,7 @@ async fn a_tasks_client_gets_tasks_for_long_calls_and_inline_answers_for_short_o
     assert_eq!(result["structuredContent"]["exit_code"], 0, "{result:?}");
 
     // Promoted at the deadline: also a task.
-    let promoted = client
-        .call_tool_once(params("sleep", json!({"seconds": 1.2})))
-        .await
-        .unwrap();
-    let CallToolResponse::Task(created) = promoted else {
-        panic!("expected a task for a promoted call, got {promoted:?}")
-    };
+    let created = start_task(&client, "sleep", json!({"seconds": 1.2})).await;
     let (_, payload) = poll_task(&client, &created.task.task_id, Duration::from_secs(20)).await;
     assert!(
         matches!(payload, TaskPayload::Completed { .. }),
@@ -147,23 +140,14 @@ async fn a_tasks_client_gets_tasks_for_long_calls_and_inline_answers_for_short_o
 #[tokio::test]
 async fn tasks_cancel_ends_in_cancelled_and_stops_the_process() {
     let setup = Setup::new();
-    let config = write_config(setup.root.path(), CONFIG);
-    let client = connect_as(
-        &setup.args(&["--config", &config]),
-        client_info("tasks-client", true),
+    let client = connect_client(&setup, &[], "tasks-client", true).await;
+    // A duration no other test uses, to find the process.
+    let created = start_task(
+        &client,
+        "sleep",
+        json!({"seconds": 291.75, "async_mode": true}),
     )
     .await;
-    // A duration no other test uses, to find the process.
-    let started = client
-        .call_tool_once(params(
-            "sleep",
-            json!({"seconds": 291.75, "async_mode": true}),
-        ))
-        .await
-        .unwrap();
-    let CallToolResponse::Task(created) = started else {
-        panic!("expected a task, got {started:?}")
-    };
     let argv = ["sleep", "291.75"];
     wait_until(|| !pids_running(&argv).is_empty(), "the command starts").await;
     client
@@ -191,33 +175,27 @@ async fn tasks_cancel_ends_in_cancelled_and_stops_the_process() {
 #[tokio::test]
 async fn a_client_without_the_extension_gets_the_tool_level_job_answer() {
     let setup = Setup::new();
-    let config = write_config(setup.root.path(), CONFIG);
-    for client in [connect_as(
-        &setup.args(&["--config", &config]),
-        client_info("plain-client", false),
+    let client = connect_client(&setup, &[], "plain-client", false).await;
+    let answer = client
+        .call_tool_once(params("sleep", json!({"seconds": 0.2, "async_mode": true})))
+        .await
+        .unwrap();
+    let CallToolResponse::Complete(result) = answer else {
+        panic!("expected a tool result, got {answer:?}")
+    };
+    let job_id = structured(&result)["job_id"].clone();
+    assert!(job_id.is_string(), "{}", text(&result));
+    assert!(text(&result).contains("job_status"), "{}", text(&result));
+    let done = call(
+        &client,
+        "job_status",
+        json!({"job_id": job_id, "wait_s": 10}),
     )
-    .await]
-    {
-        let answer = client
-            .call_tool_once(params("sleep", json!({"seconds": 0.2, "async_mode": true})))
-            .await
-            .unwrap();
-        let CallToolResponse::Complete(result) = answer else {
-            panic!("expected a tool result, got {answer:?}")
-        };
-        let job_id = structured(&result)["job_id"].clone();
-        assert!(job_id.is_string(), "{}", text(&result));
-        assert!(text(&result).contains("job_status"), "{}", text(&result));
-        let done = call(
-            &client,
-            "job_status",
-            json!({"job_id": job_id, "wait_s": 10}),
-        )
-        .await;
-        assert_eq!(structured(&done)["status"], "completed");
-        client.cancel().await.unwrap();
-    }
+    .await;
+    assert_eq!(structured(&done)["status"], "completed");
+    client.cancel().await.unwrap();
     // The legacy handshake without tasks: the same.
+    let config = write_config(setup.root.path(), TEST_CONFIG);
     let legacy = connect(&setup.args(&["--config", &config])).await;
     let result = call(
         &legacy,
@@ -253,12 +231,7 @@ async fn call_with_timeout(
 #[tokio::test]
 async fn progress_keeps_a_client_that_resets_its_timeout_waiting() {
     let setup = Setup::new();
-    let config = write_config(setup.root.path(), CONFIG);
-    let client = connect_as(
-        &setup.args(&["--config", &config]),
-        client_info("resetting-client", false),
-    )
-    .await;
+    let client = connect_client(&setup, &[], "resetting-client", false).await;
     let slow = || params("sleep", json!({"seconds": 3.0}));
     let answer = call_with_timeout(&client, slow(), Duration::from_millis(1500), true).await;
     assert!(
@@ -276,12 +249,7 @@ async fn progress_keeps_a_client_that_resets_its_timeout_waiting() {
 #[tokio::test]
 async fn a_client_that_keeps_timing_out_gets_a_budget_below_its_timeout() {
     let setup = Setup::new();
-    let config = write_config(setup.root.path(), CONFIG);
-    let client = connect_as(
-        &setup.args(&["--config", &config]),
-        client_info("impatient-rmcp", false),
-    )
-    .await;
+    let client = connect_client(&setup, &[], "impatient-rmcp", false).await;
     let argv = ["sleep", "30.5"];
     for _ in 0..3 {
         let answer = call_with_timeout(
@@ -332,19 +300,8 @@ async fn a_client_that_keeps_timing_out_gets_a_budget_below_its_timeout() {
 #[tokio::test]
 async fn a_jobs_own_progress_shows_in_job_status_and_tasks_get() {
     let setup = Setup::new();
-    let config = write_config(setup.root.path(), CONFIG);
-    let client = connect_as(
-        &setup.args(&["--config", &config]),
-        client_info("tasks-client", true),
-    )
-    .await;
-    let started = client
-        .call_tool_once(params("steps", json!({"async_mode": true})))
-        .await
-        .unwrap();
-    let CallToolResponse::Task(created) = started else {
-        panic!("expected a task, got {started:?}")
-    };
+    let client = connect_client(&setup, &[], "tasks-client", true).await;
+    let created = start_task(&client, "steps", json!({"async_mode": true})).await;
     let task_id = created.task.task_id;
     let mut seen = Value::Null;
     for _ in 0..100 {

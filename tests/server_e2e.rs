@@ -18,22 +18,19 @@ async fn tools_are_listed_and_answer_inline_or_as_jobs_over_stdio() {
     let client = connect(&setup.args(&["--config", &config])).await;
 
     let tools = client.list_all_tools().await.unwrap();
-    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    for expected in [
-        "hash_files",
-        "search_text",
-        "count_lines",
-        "sleep",
-        "job_status",
-        "list_jobs",
-        "cancel_job",
-        "predictor_stats",
-    ] {
-        assert!(
-            names.contains(&expected),
-            "{expected} missing from {names:?}"
-        );
-    }
+    assert_lists(
+        &tools,
+        &[
+            "hash_files",
+            "search_text",
+            "count_lines",
+            "sleep",
+            "job_status",
+            "list_jobs",
+            "cancel_job",
+            "predictor_stats",
+        ],
+    );
     let hash = tools.iter().find(|t| t.name == "hash_files").unwrap();
     assert_eq!(
         hash.input_schema["properties"]["async_mode"]["type"],

@@ -476,7 +476,10 @@ impl SmartServer {
             eta_s,
             next,
         };
-        text_and_structured(text, result_object(structured).into())
+        text_and_structured(
+            text,
+            serde_json::to_value(structured).unwrap_or(Value::Null),
+        )
     }
 
     /// The job behind a task id; an unknown id is invalid params, as the extension says.
@@ -735,7 +738,7 @@ fn stored_result(value: Value) -> CallToolResult {
     match value {
         Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
             let result = map.remove(UPSTREAM_RESULT).unwrap_or(Value::Null);
-            serde_json::from_value(result.clone())
+            CallToolResult::deserialize(&result)
                 .map(MarkComplete::complete)
                 .unwrap_or_else(|_| text_and_structured(result.to_string(), result))
         }

@@ -202,3 +202,31 @@ pub async fn connect_http(addr: &str) -> Client {
     }
     panic!("could not connect to {url}");
 }
+
+/// Command tools for the protocol and proxy tests: `sleep {seconds}`, and `steps`,
+/// four half-second steps that report their progress.
+pub const TEST_CONFIG: &str = r#"
+[[command]]
+name = "sleep"
+description = "Sleep for a number of seconds."
+argv = ["sleep", "{seconds}"]
+timeout_s = 600
+[command.params.seconds]
+type = "number"
+description = "Seconds"
+required = true
+
+[[command]]
+name = "steps"
+description = "Four steps, each reported on stdout."
+argv = ["sh", "-c", "for i in 1 2 3 4; do echo \"[$i/4] step $i\"; sleep 0.5; done"]
+progress = '\[(?P<done>\d+)/(?P<total>\d+)\]'
+"#;
+
+/// Asserts that `tools` lists every name in `expected`.
+pub fn assert_lists(tools: &[rmcp::model::Tool], expected: &[&str]) {
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for name in expected {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+}
