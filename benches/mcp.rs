@@ -1,15 +1,17 @@
 //! MCP overhead: a no-op tool called through the smart-async server vs through a plain
-//! rmcp server with the same tool, side by side in one run, each over an in-memory
-//! duplex pipe so only the server code differs.
+//! rmcp server with the same tool, side by side in one run.
 //!
-//! Run: `cargo bench --bench mcp`. Each iteration is 2,000 sequential calls. After
-//! criterion's two groups it prints the ratio smart_async / plain as the median of
-//! rounds that alternate the two servers (target ≤ 1.05).
+//! Run: `cargo bench --bench mcp`. Criterion's two groups call each server over an
+//! in-memory duplex pipe, so only the server code differs; each iteration is 2,000
+//! sequential calls. Then it prints the ratio smart_async / plain as the median of
+//! rounds that alternate the two servers, twice: over that pipe, and over stdio with
+//! each server in a process of its own, as `smart-async serve` is run (this binary,
+//! started again with [`SERVE_ENV`] set, serves one of the two). Target ≤ 1.05.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool as McpTool,
@@ -20,6 +22,7 @@ use serde_json::{json, Map, Value};
 use smart_async::mcp::SmartServer;
 use smart_async::tools::{Tool, ToolOutput, ToolWork};
 use smart_async::{Engine, EngineConfig, JobContext};
+use tokio::process::{Child, Command};
 
 const CALLS: usize = 2000;
 
@@ -138,11 +141,73 @@ fn overhead(c: &mut Criterion) {
         b.iter_custom(|iters| runtime.block_on(calls_n(&smart, iters)))
     });
     group.finish();
+    // `cargo test` runs this once to check it works: the side-by-side rounds are for
+    // `cargo bench`.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        runtime.block_on(engine.close()).expect("close");
+        return;
+    }
     let ratio = runtime.block_on(interleaved_ratio(&plain, &smart));
     println!(
-        "mcp overhead ratio, smart_async / plain_rmcp, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio:.3}"
+        "mcp overhead ratio, smart_async / plain_rmcp, in-memory pipe, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio:.3}"
     );
     runtime.block_on(engine.close()).expect("close");
+    let ratio = runtime.block_on(async {
+        let data = tempfile::tempdir().expect("temp dir");
+        let (plain_process, plain) = spawn_server("plain", data.path()).await;
+        let (smart_process, smart) = spawn_server("smart", data.path()).await;
+        let ratio = interleaved_ratio(&plain, &smart).await;
+        for (mut process, client) in [(plain_process, plain), (smart_process, smart)] {
+            let _ = client.cancel().await;
+            let _ = process.wait().await;
+        }
+        ratio
+    });
+    println!(
+        "mcp overhead ratio, smart_async / plain_rmcp, stdio to server processes, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio:.3}"
+    );
+}
+
+/// Set to `plain` or `smart`, this binary serves that server over stdio (with its
+/// data in [`DATA_ENV`]) instead of benchmarking.
+const SERVE_ENV: &str = "SMART_ASYNC_BENCH_SERVE";
+const DATA_ENV: &str = "SMART_ASYNC_BENCH_DATA";
+
+/// This binary started again as one of the two servers, and a client connected to it.
+async fn spawn_server(
+    which: &str,
+    data: &std::path::Path,
+) -> (Child, RunningService<RoleClient, ()>) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut process = Command::new(exe)
+        .env(SERVE_ENV, which)
+        .env(DATA_ENV, data.join(which))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the server");
+    let stdin = process.stdin.take().expect("stdin");
+    let stdout = process.stdout.take().expect("stdout");
+    let client = ().serve((stdout, stdin)).await.expect("handshake");
+    (process, client)
+}
+
+/// Serves `which` over stdio until the client goes away.
+fn serve(which: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        if which == "plain" {
+            let running = Plain.serve(rmcp::transport::stdio()).await.expect("serve");
+            let _ = running.waiting().await;
+        } else {
+            let data = std::env::var_os(DATA_ENV).expect("data dir");
+            let engine = Engine::open(EngineConfig::new(data)).await.expect("engine");
+            let server = SmartServer::new(engine.clone(), vec![Arc::new(Noop)]);
+            server.serve_stdio().await.expect("serve");
+            engine.close().await.expect("close");
+        }
+    });
 }
 
 /// Rounds of the side-by-side measurement.
@@ -174,4 +239,12 @@ async fn calls_n(client: &RunningService<RoleClient, ()>, iters: u64) -> Duratio
 }
 
 criterion_group!(benches, overhead);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(which) = std::env::var(SERVE_ENV) {
+        serve(&which);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -11,6 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -26,7 +27,7 @@ use crate::jobs::{
     Jobs, Progress, RunEnd, WorkHandle,
 };
 use crate::policy::{
-    Call, Decision, Mode, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
+    Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
 use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
 use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
@@ -257,6 +258,18 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// Inline work that did not end at its first poll, handed to [`Engine::watch_inline`].
+struct InlineRun {
+    call: ToolCall,
+    features: Features,
+    decision: Decision,
+    work: WorkFuture,
+    ctx: JobContext,
+    cancel: CancellationToken,
+    started: Instant,
+    started_ms: u64,
+}
+
 /// The smart-async engine. Cheap to clone; clones share everything.
 ///
 /// ```
@@ -382,7 +395,11 @@ impl Engine {
             .await;
         let work: BoxedWork = Box::new(move |ctx| Box::pin(work(ctx)));
         match decision.mode {
-            Mode::Background => self.start_background(call, features, decision, work).await,
+            // Boxed: a job's writes make a big future, which every inline call's future
+            // would otherwise be as big as.
+            Mode::Background => {
+                Box::pin(self.start_background(call, features, decision, work)).await
+            }
             Mode::Inline => self.run_inline(call, features, decision, work).await,
         }
     }
@@ -534,7 +551,7 @@ impl Engine {
 
     async fn run_inline(
         &self,
-        mut call: ToolCall,
+        call: ToolCall,
         features: Features,
         decision: Decision,
         work: BoxedWork,
@@ -543,15 +560,54 @@ impl Engine {
         let ctx = JobContext::new(cancel.clone());
         let started = Instant::now();
         let started_ms = now_ms();
+        // Polled right here, not spawned: an inline answer costs no task and no
+        // cross-thread wake-up. Most inline work is quick, and a first poll answers it
+        // before any timer or cancellation watch is set up.
+        let mut work = work(ctx.clone());
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(AssertUnwindSafe(&mut work).catch_unwind().poll_unpin(cx))
+        })
+        .await;
+        match first {
+            Poll::Ready(ended) => Ok(self.inline_done(&call, features, decision, started, ended)),
+            // Boxed: the watch holds timers and the promotion's writes, and every call's
+            // future (which rmcp copies as it spawns it) would otherwise be that big.
+            Poll::Pending => {
+                let run = InlineRun {
+                    call,
+                    features,
+                    decision,
+                    work,
+                    ctx,
+                    cancel,
+                    started,
+                    started_ms,
+                };
+                Box::pin(self.watch_inline(run)).await
+            }
+        }
+    }
+
+    /// Waits for inline work that did not end at its first poll: to its end, the
+    /// caller's cancel, or the deadline (then it becomes a job), with progress ticks.
+    async fn watch_inline(&self, run: InlineRun) -> Result<CallOutcome, EngineError> {
+        let InlineRun {
+            mut call,
+            features,
+            decision,
+            mut work,
+            ctx,
+            cancel,
+            started,
+            started_ms,
+        } = run;
         let deadline = started + self.deadline(&decision);
         let caller_cancel = call.cancel.take().unwrap_or_default();
         let on_progress = call.on_progress.take();
         let mut next_tick = started + PROGRESS_INTERVAL;
-        // Polled right here, not spawned: an inline answer costs no task and no
-        // cross-thread wake-up. If this call is dropped (its caller went away), the work
-        // is dropped with it and its token fires for anything it handed the token to.
+        // If this call is dropped (its caller went away), the work is dropped with it
+        // and its token fires for anything it handed the token to.
         let caller_gone = cancel.clone().drop_guard();
-        let mut work = work(ctx.clone());
         loop {
             let wake = match on_progress {
                 Some(_) => deadline.min(next_tick),
@@ -561,28 +617,14 @@ impl Engine {
                 biased;
                 ended = AssertUnwindSafe(&mut work).catch_unwind() => {
                     caller_gone.disarm();
-                    let runtime_s = started.elapsed().as_secs_f64();
-                    let (result, outcome) = match ended {
-                        Ok(Ok(value)) => (Ok(value), Outcome::Completed),
-                        Ok(Err(error)) => (Err(error), Outcome::Failed),
-                        Err(panic) => (Err(panic_error(&panic_message(&*panic))), Outcome::Failed),
-                    };
-                    self.record(&call.tool, &features, runtime_s, outcome, &decision);
-                    if let Some(client) = &call.client {
-                        self.client_waited(client, runtime_s);
-                    }
-                    return Ok(CallOutcome::Done {
-                        result,
-                        decision,
-                        runtime_s,
-                    });
+                    return Ok(self.inline_done(&call, features, decision, started, ended));
                 }
                 _ = caller_cancel.cancelled() => {
                     caller_gone.disarm();
                     let runtime_s = started.elapsed().as_secs_f64();
                     // Recorded first, so the lesson is in before anything the work does
                     // on its way out can be seen.
-                    self.record(&call.tool, &features, runtime_s, Outcome::Cancelled, &decision);
+                    self.record(&call.tool, features, runtime_s, Outcome::Cancelled, &decision);
                     if let Some(client) = &call.client {
                         self.client_gave_up(client, runtime_s);
                     }
@@ -631,12 +673,38 @@ impl Engine {
         let supervised = job.clone();
         let supervisor = tokio::spawn(async move {
             let end = run_to_end(&mut work, &cancel, grace).await;
-            engine.finish(supervised, end, started, &features).await;
+            engine.finish(supervised, end, started, features).await;
         });
         self.inner
             .jobs
             .attach(job.id, Some(supervisor.abort_handle()), Some(work_abort));
         Ok(CallOutcome::Job { job })
+    }
+
+    /// An inline run ended within its deadline: it is recorded and answered.
+    fn inline_done(
+        &self,
+        call: &ToolCall,
+        features: Features,
+        decision: Decision,
+        started: Instant,
+        ended: std::thread::Result<Result<Value, String>>,
+    ) -> CallOutcome {
+        let runtime_s = started.elapsed().as_secs_f64();
+        let (result, outcome) = match ended {
+            Ok(Ok(value)) => (Ok(value), Outcome::Completed),
+            Ok(Err(error)) => (Err(error), Outcome::Failed),
+            Err(panic) => (Err(panic_error(&panic_message(&*panic))), Outcome::Failed),
+        };
+        self.record(&call.tool, features, runtime_s, outcome, &decision);
+        if let Some(client) = &call.client {
+            self.client_waited(client, runtime_s);
+        }
+        CallOutcome::Done {
+            result,
+            decision,
+            runtime_s,
+        }
     }
 
     /// How long a call decided inline may run before it becomes a job: the configured
@@ -693,7 +761,7 @@ impl Engine {
             let jobs = &engine.inner.jobs;
             let Some(_slot) = jobs.acquire_slot(&cancel).await else {
                 engine
-                    .finish(running, RunEnd::Cancelled, Instant::now(), &features)
+                    .finish(running, RunEnd::Cancelled, Instant::now(), features)
                     .await;
                 return;
             };
@@ -706,7 +774,7 @@ impl Engine {
             let mut work: WorkHandle = tokio::spawn(work(ctx));
             jobs.attach(running.id, None, Some(work.abort_handle()));
             let end = run_to_end(&mut work, &cancel, jobs.settings().cancel_grace).await;
-            engine.finish(running, end, started, &features).await;
+            engine.finish(running, end, started, features).await;
         });
         self.inner
             .jobs
@@ -716,7 +784,7 @@ impl Engine {
 
     /// Learns from the run, then makes the job's end durable and tells waiters, so a
     /// job reported completed has both its result and its sample on record.
-    async fn finish(&self, mut job: Job, end: RunEnd, started: Instant, features: &Features) {
+    async fn finish(&self, mut job: Job, end: RunEnd, started: Instant, features: Features) {
         let runtime_s = started.elapsed().as_secs_f64();
         let (state, outcome) = match end {
             RunEnd::Returned(Ok(result)) => (JobState::Completed { result }, Outcome::Completed),
@@ -742,33 +810,41 @@ impl Engine {
     fn record(
         &self,
         tool: &str,
-        features: &Features,
+        features: Features,
         runtime_s: f64,
         outcome: Outcome,
         decision: &Decision,
     ) {
         let inner = &self.inner;
-        let sample = Sample {
-            tool: tool.to_owned(),
-            features: features.clone(),
-            runtime_s,
-            outcome,
-            finished_at_ms: now_ms(),
-        };
+        let finished_at_ms = now_ms();
         let risk = inner.policy.risk();
         let mut learned = lock(&inner.learned);
+        let record = learned.record_mut(tool);
+        record.counters.finished(decision, outcome, runtime_s);
+        if outcome == Outcome::Completed {
+            let scored = decision.predicted_s.zip(decision.upper_bound_s);
+            if let (Source::Learned, Some((median_s, bound_s))) = (decision.source, scored) {
+                record.model.score(median_s, bound_s, runtime_s);
+            }
+            record.model.observe(&features, runtime_s, risk);
+            let pooled = &mut learned.pooled.model;
+            if let (Source::Pooled, Some((median_s, bound_s))) = (decision.source, scored) {
+                pooled.score(median_s, bound_s, runtime_s);
+            }
+            pooled.observe(&features, runtime_s, risk);
+            learned.pooled_dirty = true;
+        }
         if learned.samples.len() >= MAX_PENDING_SAMPLES {
             // The store has been failing for a while: keep the newest.
             learned.samples.pop_front();
         }
-        learned.samples.push_back(sample);
-        let record = learned.record_mut(tool);
-        record.counters.finished(decision, outcome, runtime_s);
-        if outcome == Outcome::Completed {
-            record.model.observe(features, runtime_s, risk);
-            learned.pooled.model.observe(features, runtime_s, risk);
-            learned.pooled_dirty = true;
-        }
+        learned.samples.push_back(Sample {
+            tool: tool.to_owned(),
+            features,
+            runtime_s,
+            outcome,
+            finished_at_ms,
+        });
     }
 
     /// Writes the samples and the records that changed since the last write. Called
@@ -811,10 +887,11 @@ impl Engine {
     }
 }
 
+/// A call's running work.
+type WorkFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+
 /// A call's work, boxed once at the door so the paths inside are not generic.
-type BoxedWork = Box<
-    dyn FnOnce(JobContext) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send>> + Send,
->;
+type BoxedWork = Box<dyn FnOnce(JobContext) -> WorkFuture + Send>;
 
 /// A pending job for `call`, created at `created_at_ms`.
 fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {

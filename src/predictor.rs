@@ -43,6 +43,8 @@
 //! for it); a name absent from a call counts as 0 (`ln(1+0) = 0`); names past the cap
 //! are ignored.
 
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
@@ -85,7 +87,7 @@ pub const AR_MIN_ERRORS: f64 = 5.0;
 /// sub-millisecond differences never change a decision.
 pub const MIN_RUNTIME_S: f64 = 1e-3;
 
-/// A tool's runtime model: serialisable state plus a cached posterior.
+/// A tool's runtime model: serialisable state plus a posterior formed from it on demand.
 ///
 /// ```
 /// use smart_async::{Features, RuntimeModel};
@@ -100,11 +102,24 @@ pub const MIN_RUNTIME_S: f64 = 1e-3;
 /// assert!(prediction.is_some_and(|p| (p.median_s / 12.8 - 1.0).abs() < 0.25));
 /// assert!(prediction.is_some_and(|p| p.upper_bound_s > p.median_s));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "ModelState", into = "ModelState")]
 pub struct RuntimeModel {
     state: ModelState,
-    posterior: Option<Posterior>,
+    /// Formed from `state` when first asked for after an update: an update costs
+    /// `O(dim²)`, and the factorisation is paid once per prediction, not per sample
+    /// (a model pooled over every tool learns far more often than it predicts).
+    posterior: OnceLock<Option<Posterior>>,
+    /// The last bound quantile and its key, kept across updates: the inverse CDF is
+    /// costly and its key seldom changes.
+    quantile: Option<((f64, f64), f64)>,
+}
+
+/// Two models are equal when their states are: the posterior is a function of it.
+impl PartialEq for RuntimeModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+    }
 }
 
 /// How one feature moves the runtime.
@@ -237,7 +252,7 @@ impl Recency {
     }
 }
 
-/// Derived from the state after each update; never persisted.
+/// Derived from the state; never persisted.
 #[derive(Debug, Clone, PartialEq)]
 struct Posterior {
     mean: Vec<f64>,
@@ -375,8 +390,26 @@ impl RuntimeModel {
     }
 
     fn with_state(state: ModelState) -> RuntimeModel {
-        let posterior = posterior(&state, None);
-        RuntimeModel { state, posterior }
+        RuntimeModel {
+            state,
+            posterior: OnceLock::new(),
+            quantile: None,
+        }
+    }
+
+    /// The posterior of the current state, formed if an update made it stale.
+    fn posterior(&self) -> Option<&Posterior> {
+        self.posterior
+            .get_or_init(|| posterior(&self.state, self.quantile))
+            .as_ref()
+    }
+
+    /// The state changed: the posterior is formed again when next asked for, reusing
+    /// this one's quantile when its key still holds.
+    fn invalidate(&mut self) {
+        if let Some(Some(old)) = self.posterior.take() {
+            self.quantile = Some((old.quantile_key, old.quantile));
+        }
     }
 
     /// Sets the risk whose quantile [`RuntimeModel::predict`] reports as the bound.
@@ -384,7 +417,7 @@ impl RuntimeModel {
     pub fn set_risk(&mut self, risk: f64) {
         if risk > 0.0 && risk < 1.0 && risk != self.state.risk {
             self.state.risk = risk;
-            self.posterior = posterior(&self.state, self.posterior.as_ref());
+            self.invalidate();
         }
     }
 
@@ -395,7 +428,7 @@ impl RuntimeModel {
 
     /// Whether the model has enough samples for its number of coefficients.
     pub fn is_warm(&self) -> bool {
-        self.posterior.is_some() && self.state.samples >= self.dim() as u64 + WARM_EXTRA_SAMPLES
+        self.state.samples >= self.dim() as u64 + WARM_EXTRA_SAMPLES && self.posterior().is_some()
     }
 
     /// The feature names the model has slots for, in slot order.
@@ -406,12 +439,12 @@ impl RuntimeModel {
     /// The posterior mean intercept: `ln` of the runtime at the reference call (every
     /// feature at the first value the model saw for it).
     pub fn intercept_ln(&self) -> Option<f64> {
-        self.posterior.as_ref().map(|p| p.mean[0])
+        self.posterior().map(|p| p.mean[0])
     }
 
     /// What each feature does to the runtime, in slot order.
     pub fn effects(&self) -> Vec<FeatureEffect> {
-        let Some(posterior) = &self.posterior else {
+        let Some(posterior) = self.posterior() else {
             return Vec::new();
         };
         let weight = self.state.weight.max(f64::MIN_POSITIVE);
@@ -438,7 +471,7 @@ impl RuntimeModel {
 
     /// The posterior residual spread σ of `ln(runtime)`, as `sqrt(bₙ/aₙ)`.
     pub fn residual_spread_ln(&self) -> Option<f64> {
-        self.posterior.as_ref().map(|p| p.variance.sqrt())
+        self.posterior().map(|p| p.variance.sqrt())
     }
 
     /// The recency coefficient φ while the recency term is in use.
@@ -447,7 +480,8 @@ impl RuntimeModel {
         recency.adjustment().map(|_| recency.coefficient())
     }
 
-    /// How past warm predictions matched the runtimes that followed.
+    /// How the bounds this model gave for calls it decided held (see
+    /// [`RuntimeModel::score`]).
     pub fn calibration(&self) -> Calibration {
         self.state.calibration
     }
@@ -455,7 +489,7 @@ impl RuntimeModel {
     /// Predicts the runtime of a call with these features; `None` only if the
     /// posterior could not be formed (see [`RuntimeModel::observe`]).
     pub fn predict(&self, features: &Features) -> Option<Prediction> {
-        let posterior = self.posterior.as_ref()?;
+        let posterior = self.posterior()?;
         let x = self.design_row(features);
         let mut location_ln = dot(&posterior.mean, &x);
         let leverage = leverage(&posterior.cholesky, &x);
@@ -477,24 +511,30 @@ impl RuntimeModel {
         })
     }
 
-    /// Teaches one finished run. Before learning it checks the warm prediction for this
-    /// call against the runtime (calibration). A non-finite or negative runtime is
-    /// ignored. Should the posterior fail to form (a matrix that lost positive
-    /// definiteness to rounding), the model stays cold until the next update forms it.
+    /// Checks a prediction of this model (its median and bound) that decided a call
+    /// against the call's runtime: what [`RuntimeModel::calibration`] reports. Only predictions that were
+    /// acted on are scored, so the coverage says how often a bound that decided held.
+    /// A non-finite or negative runtime is ignored.
+    pub fn score(&mut self, median_s: f64, upper_bound_s: f64, runtime_s: f64) {
+        if !(runtime_s.is_finite() && runtime_s >= 0.0) {
+            return;
+        }
+        let y = runtime_s.max(MIN_RUNTIME_S).ln();
+        let calibration = &mut self.state.calibration;
+        calibration.checked += 1;
+        calibration.covered += u64::from(y <= upper_bound_s.ln());
+        calibration.abs_error_ln_sum += (y - median_s.ln()).abs();
+    }
+
+    /// Teaches one finished run. A non-finite or negative runtime is ignored. Should
+    /// the posterior fail to form (a matrix that lost positive definiteness to
+    /// rounding), the model stays cold until the next update forms it.
     pub fn observe(&mut self, features: &Features, runtime_s: f64, risk: f64) {
         if !(runtime_s.is_finite() && runtime_s >= 0.0) {
             return;
         }
         self.set_risk(risk);
         let y = runtime_s.max(MIN_RUNTIME_S).ln();
-        if self.is_warm() {
-            if let Some(prediction) = self.predict(features) {
-                let calibration = &mut self.state.calibration;
-                calibration.checked += 1;
-                calibration.covered += u64::from(y <= prediction.upper_bound_s.ln());
-                calibration.abs_error_ln_sum += (y - prediction.location_ln).abs();
-            }
-        }
         self.grow(features);
         for ((name, range), &scale) in self
             .state
@@ -507,9 +547,13 @@ impl RuntimeModel {
             *range = (range.0.min(u), range.1.max(u));
         }
         let x = self.design_row(features);
-        if let (Some(posterior), Some(recency)) = (&self.posterior, &mut self.state.recency) {
-            if self.state.samples > 0 {
-                recency.learn(y - dot(&posterior.mean, &x));
+        if self.state.recency.is_some() && self.state.samples > 0 {
+            // The one-step residual needs the posterior before this sample; a tool's
+            // model has usually formed it already, to decide this very call.
+            if let Some(fitted) = self.posterior().map(|p| dot(&p.mean, &x)) {
+                if let Some(recency) = &mut self.state.recency {
+                    recency.learn(y - fitted);
+                }
             }
         }
         let state = &mut self.state;
@@ -524,7 +568,7 @@ impl RuntimeModel {
         state.yty = FORGETTING_FACTOR * state.yty + y * y;
         state.weight = FORGETTING_FACTOR * state.weight + 1.0;
         state.samples += 1;
-        self.posterior = posterior(&self.state, self.posterior.as_ref());
+        self.invalidate();
     }
 
     /// Serialises the state compactly (postcard).
@@ -645,12 +689,12 @@ fn quantile_dof(dof: f64) -> f64 {
     }
 }
 
-/// The Student-t quantile at `1 - risk`, reusing `previous` when it is for the same
-/// grid point.
-fn bound_quantile(dof: f64, risk: f64, previous: Option<&Posterior>) -> Option<f64> {
+/// The Student-t quantile at `1 - risk`, reusing `previous` (a key and its quantile)
+/// when it is for the same grid point.
+fn bound_quantile(dof: f64, risk: f64, previous: Option<((f64, f64), f64)>) -> Option<f64> {
     let key = (quantile_dof(dof), risk);
-    if let Some(previous) = previous.filter(|p| p.quantile_key == key) {
-        return Some(previous.quantile);
+    if let Some((_, quantile)) = previous.filter(|(previous_key, _)| *previous_key == key) {
+        return Some(quantile);
     }
     let quantile = StudentsT::new(0.0, 1.0, key.0)
         .ok()?
@@ -678,13 +722,16 @@ fn dim_for(slots: usize) -> usize {
     1 + 2 * slots
 }
 
-fn posterior(state: &ModelState, previous: Option<&Posterior>) -> Option<Posterior> {
+fn posterior(state: &ModelState, previous: Option<((f64, f64), f64)>) -> Option<Posterior> {
     let dim = dim_for(state.feature_names.len());
-    let mut precision = state.xtx.clone();
-    for i in 0..dim {
-        precision[i * dim + i] += ridge(i, state.xtx[i * dim + i], state.weight);
-    }
-    let cholesky = cholesky(&precision, dim)?;
+    let cholesky = cholesky(dim, |i, j| {
+        let cell = state.xtx[i * dim + j];
+        if i == j {
+            cell + ridge(i, cell, state.weight)
+        } else {
+            cell
+        }
+    })?;
     let mean = cholesky_solve(&cholesky, dim, &state.xty);
     let shape = PRIOR_SHAPE + state.weight / 2.0;
     // yᵀy − mₙᵀXᵀy is a sum of squares; rounding can push it a hair below zero.
@@ -701,16 +748,16 @@ fn posterior(state: &ModelState, previous: Option<&Posterior>) -> Option<Posteri
     })
 }
 
-/// Lower Cholesky factor of a symmetric positive definite `dim × dim` matrix; `None`
-/// when a pivot is not positive.
-fn cholesky(matrix: &[f64], dim: usize) -> Option<Vec<f64>> {
+/// Lower Cholesky factor of the symmetric positive definite `dim × dim` matrix whose
+/// cell `(i, j)` is `matrix(i, j)`; `None` when a pivot is not positive.
+fn cholesky(dim: usize, matrix: impl Fn(usize, usize) -> f64) -> Option<Vec<f64>> {
     let mut lower = vec![0.0; dim * dim];
     for i in 0..dim {
         for j in 0..=i {
             let partial: f64 = (0..j)
                 .map(|k| lower[i * dim + k] * lower[j * dim + k])
                 .sum();
-            let value = matrix[i * dim + j] - partial;
+            let value = matrix(i, j) - partial;
             if i == j {
                 if value.is_nan() || value <= 0.0 || !value.is_finite() {
                     return None;
@@ -861,9 +908,10 @@ mod tests {
             let features = call(json!({"items": items, "depth": depth}));
             let y = 0.5 + 0.8 * items.ln_1p() - 0.3 * depth.ln_1p() + 0.3 * rng.normal();
             if i >= 50 {
-                let bound = model.predict(&features).unwrap().upper_bound_s;
+                let prediction = model.predict(&features).unwrap();
                 checked += 1;
-                covered += usize::from(y.exp() <= bound);
+                covered += usize::from(y.exp() <= prediction.upper_bound_s);
+                model.score(prediction.median_s, prediction.upper_bound_s, y.exp());
             }
             model.observe(&features, y.exp(), 0.05);
         }
@@ -873,11 +921,9 @@ mod tests {
             coverage <= 0.99,
             "a bound this loose is useless: {coverage}"
         );
-        let tracked = model.calibration().coverage().unwrap();
-        assert!(
-            (tracked - coverage).abs() < 0.02,
-            "tracked {tracked} vs {coverage}"
-        );
+        let tracked = model.calibration();
+        assert_eq!(tracked.checked, checked as u64);
+        assert_eq!(tracked.covered, covered as u64, "scored as counted here");
     }
 
     #[test]
@@ -1001,10 +1047,14 @@ mod tests {
     #[test]
     fn cholesky_solves_a_known_system() {
         // [[4, 2], [2, 3]] x = [2, 1] → x = [0.5, 0]
-        let lower = cholesky(&[4.0, 2.0, 2.0, 3.0], 2).unwrap();
+        let matrix = |cells: [f64; 4]| move |i: usize, j: usize| cells[i * 2 + j];
+        let lower = cholesky(2, matrix([4.0, 2.0, 2.0, 3.0])).unwrap();
         let x = cholesky_solve(&lower, 2, &[2.0, 1.0]);
         assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12);
-        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none(), "indefinite");
+        assert!(
+            cholesky(2, matrix([1.0, 2.0, 2.0, 1.0])).is_none(),
+            "indefinite"
+        );
     }
 
     proptest! {

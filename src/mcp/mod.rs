@@ -257,10 +257,16 @@ impl SmartServer {
         Fut: Future<Output = Result<T, ServiceError>>,
     {
         let upstream = self.upstream().ok_or(missing)?;
-        request(upstream.peer().await?)
-            .await
-            .map(MarkComplete::complete)
-            .map_err(upstream_error)
+        // Boxed, as every rarely used handler that awaits something big: rmcp's request
+        // future (moved and copied for every request, tool calls included) is as big as
+        // the biggest handler's.
+        Box::pin(async move {
+            request(upstream.peer().await?)
+                .await
+                .map(MarkComplete::complete)
+                .map_err(upstream_error)
+        })
+        .await
     }
 
     fn upstream(&self) -> Option<&Upstream> {
@@ -337,17 +343,22 @@ impl SmartServer {
             call.on_progress = Some(Arc::new(move |progress| posted.post(progress)));
             (token, mailbox)
         });
+        // Pinned once, so the call's state is held once in this future, whichever
+        // way it is awaited.
         let outcome = self.engine.call(call, work);
+        tokio::pin!(outcome);
         let outcome = match progress {
-            None => outcome.await,
+            None => (&mut outcome).await,
             Some((token, mailbox)) => {
-                tokio::pin!(outcome);
                 loop {
                     tokio::select! {
                         outcome = &mut outcome => break outcome,
                         progress = mailbox.take() => {
                             let note = progress_notification(token.clone(), &progress);
-                            if let Err(e) = ctx.peer.notify_progress(note).await {
+                            // Boxed: rmcp's send future is kilobytes, and inline it would
+                            // make every call's future (which rmcp moves as it spawns it)
+                            // that big.
+                            if let Err(e) = Box::pin(ctx.peer.notify_progress(note)).await {
                                 tracing::debug!(error = %e, "could not send a progress notification");
                             }
                         }
@@ -947,9 +958,9 @@ impl ServerHandler for SmartServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = Value::Object(request.arguments.unwrap_or_default());
         let answer = match request.name.as_ref() {
-            JOB_STATUS => self.job_status(&args, &ctx).await,
+            JOB_STATUS => Box::pin(self.job_status(&args, &ctx)).await,
             LIST_JOBS => self.list_jobs(&args),
-            CANCEL_JOB => self.cancel_job(&args).await,
+            CANCEL_JOB => Box::pin(self.cancel_job(&args)).await,
             PREDICTOR_STATS => self.predictor_stats(&args),
             name => match self.start(name, &args) {
                 Some(Ok(work)) => return self.call_configured(name, args, work, &ctx).await,
@@ -983,7 +994,7 @@ impl ServerHandler for SmartServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let job = self.job_of_task(&request.task_id)?;
-        match self.engine.cancel_job(job.id).await {
+        match Box::pin(self.engine.cancel_job(job.id)).await {
             Ok(_) | Err(EngineError::Job(JobError::Finished { .. })) => Ok(()),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
         }
