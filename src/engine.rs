@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::hash::RandomState;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -222,10 +223,11 @@ pub enum EngineError {
 }
 
 struct Learned {
-    tools: HashMap<String, ToolRecord>,
+    /// hashbrown's map for `entry_ref` (see [`Learned::record_mut`]).
+    tools: hashbrown::HashMap<String, ToolRecord, RandomState>,
     pooled: ToolRecord,
     /// Tools whose record changed since it was last written (the pooled one too).
-    dirty: HashSet<String>,
+    dirty: hashbrown::HashSet<String, RandomState>,
     pooled_dirty: bool,
     /// Samples not yet written.
     samples: VecDeque<Sample>,
@@ -236,12 +238,12 @@ struct Learned {
 }
 
 impl Learned {
+    /// The tool's record, marked for the next write. The name is copied only the
+    /// first time a tool is seen: this runs twice per call.
     fn record_mut(&mut self, tool: &str) -> &mut ToolRecord {
-        if !self.dirty.contains(tool) {
-            self.dirty.insert(tool.to_owned());
-        }
+        self.dirty.get_or_insert_with(tool, str::to_owned);
         self.tools
-            .entry(tool.to_owned())
+            .entry_ref(tool)
             .or_insert_with(|| ToolRecord::new(true))
     }
 }
@@ -342,7 +344,7 @@ impl Engine {
         let mut learned = Learned {
             tools: tools.into_iter().collect(),
             pooled: pooled.unwrap_or_else(|| ToolRecord::new(false)),
-            dirty: HashSet::new(),
+            dirty: hashbrown::HashSet::default(),
             pooled_dirty: false,
             samples: VecDeque::new(),
             clients,

@@ -156,10 +156,10 @@ pub struct Prediction {
     pub uses_recency: bool,
 }
 
-/// How well a model's past predictions matched, over its warm predictions.
+/// How well the bounds a model gave for the calls they decided held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
-    /// Warm predictions checked against the runtime that followed.
+    /// Deciding predictions checked against the runtime that followed.
     pub checked: u64,
     /// Of those, how many runtimes were at or under the upper bound.
     pub covered: u64,

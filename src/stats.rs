@@ -150,11 +150,11 @@ pub struct ToolStats {
     pub residual_spread_ln: Option<f64>,
     /// φ of the recency term, while it is in use.
     pub recency_coefficient: Option<f64>,
-    /// Share of warm predictions whose runtime was within the bound.
+    /// Share of the model's deciding bounds that the runtime stayed within.
     pub coverage: Option<f64>,
     /// The share the bound aims for, `1 - risk`.
     pub coverage_target: f64,
-    /// How many warm predictions the coverage is over.
+    /// How many of the model's bounds that decided a call the coverage is over.
     pub checked_predictions: u64,
     /// Mean absolute error of `ln(runtime)` over those predictions.
     pub mean_abs_error_ln: Option<f64>,

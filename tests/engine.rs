@@ -212,6 +212,16 @@ async fn learns_runtime_from_arguments_and_sends_a_predicted_long_call_to_the_ba
     let stats = &engine.stats(Some("scan"))[0];
     assert_eq!(stats.samples, 31);
     assert_eq!(stats.needless_backgrounds, 0);
+    // Calibration scores exactly the bounds that decided calls: every run the tool's
+    // own model decided, the job among them, and none of the cold ones before.
+    let learned = stats
+        .decisions
+        .iter()
+        .find(|(source, _)| source == "learned")
+        .map_or(0, |(_, n)| *n);
+    assert!(learned > 10, "{:?}", stats.decisions);
+    assert_eq!(stats.checked_predictions, learned);
+    assert_eq!(stats.coverage, Some(1.0), "the runtimes are exact");
 }
 
 #[tokio::test(start_paused = true)]
