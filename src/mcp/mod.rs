@@ -217,16 +217,20 @@ impl SmartServer {
 
     /// Every tool a client sees: the backend's, then smart-async's own.
     fn listed(&self) -> Vec<McpTool> {
-        let backend = match &self.backend {
-            Backend::Local { listed, .. } => listed.clone(),
-            Backend::Upstream(upstream) => upstream.tools(),
-        };
-        backend
+        self.backend_tools()
             .iter()
             .filter(|tool| !OWN_TOOLS.contains(&tool.name.as_ref()))
             .chain(self.own_tools.iter())
             .cloned()
             .collect()
+    }
+
+    /// The backend's tools as it lists them (ours shadow any of the same name).
+    fn backend_tools(&self) -> Arc<Vec<McpTool>> {
+        match &self.backend {
+            Backend::Local { listed, .. } => listed.clone(),
+            Backend::Upstream(upstream) => upstream.tools(),
+        }
     }
 
     /// The work of a call of the backend's tool `name`: `None` if there is no such
@@ -947,8 +951,16 @@ impl ServerHandler for SmartServer {
         Ok(ListToolsResult::with_all_items(self.listed()))
     }
 
+    /// rmcp asks for one tool on every `tools/call` over HTTP (to check `Mcp-Param-*`
+    /// headers): found, not listed.
     fn get_tool(&self, name: &str) -> Option<McpTool> {
-        self.listed().into_iter().find(|t| t.name == name)
+        if OWN_TOOLS.contains(&name) {
+            return self.own_tools.iter().find(|t| t.name == name).cloned();
+        }
+        self.backend_tools()
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
     }
 
     async fn call_tool(
@@ -998,5 +1010,28 @@ impl ServerHandler for SmartServer {
             Ok(_) | Err(EngineError::Job(JobError::Finished { .. })) => Ok(()),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::files::HashFiles;
+    use crate::tools::roots::Roots;
+    use crate::EngineConfig;
+
+    #[tokio::test]
+    async fn get_tool_finds_every_listed_tool_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
+        let roots = Arc::new(Roots::new(&[dir.path().to_path_buf()]).unwrap());
+        let server = SmartServer::new(engine.clone(), vec![Arc::new(HashFiles::new(roots))]);
+        let listed = server.listed();
+        assert_eq!(listed.len(), 1 + OWN_TOOLS.len());
+        for tool in listed {
+            assert_eq!(server.get_tool(&tool.name).as_ref(), Some(&tool));
+        }
+        assert_eq!(server.get_tool("no_such_tool"), None);
+        engine.close().await.unwrap();
     }
 }
