@@ -7,6 +7,12 @@
 //! rounds that alternate the two servers, twice: over that pipe, and over stdio with
 //! each server in a process of its own, as `smart-async serve` is run (this binary,
 //! started again with [`SERVE_ENV`] set, serves one of the two). Target ≤ 1.05.
+//!
+//! Time on a shared machine is noisy; instructions are not. With [`COUNT_ENV`] set to
+//! `plain:N` or `smart:N` this binary only makes N calls through that server on a
+//! current-thread runtime, so that under
+//! `valgrind --tool=callgrind --separate-threads=yes` the runtime thread's totals at two
+//! N, differenced and divided by the difference in N, are what a call costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,6 +178,33 @@ fn overhead(c: &mut Criterion) {
 /// data in [`DATA_ENV`]) instead of benchmarking.
 const SERVE_ENV: &str = "SMART_ASYNC_BENCH_SERVE";
 const DATA_ENV: &str = "SMART_ASYNC_BENCH_DATA";
+/// Set to `plain:N` or `smart:N`, this binary makes N calls through that server in
+/// this process and exits (see the module's doc).
+const COUNT_ENV: &str = "SMART_ASYNC_BENCH_COUNT";
+
+/// Makes the calls [`COUNT_ENV`] asks for, on one thread.
+fn count(spec: &str) {
+    let (which, n) = spec.split_once(':').expect("plain:N or smart:N");
+    let n: usize = n.parse().expect("a number of calls");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    runtime.block_on(async {
+        // Opened for both, so that the start-up work is the same and cancels out.
+        let engine = Engine::open(EngineConfig::new(dir.path()))
+            .await
+            .expect("engine");
+        let client = if which == "smart" {
+            connect(SmartServer::new(engine.clone(), vec![Arc::new(Noop)])).await
+        } else {
+            connect(Plain).await
+        };
+        calls(&client, n).await;
+        engine.close().await.expect("close");
+    });
+}
 
 /// This binary started again as one of the two servers, and a client connected to it.
 async fn spawn_server(
@@ -243,6 +276,10 @@ criterion_group!(benches, overhead);
 fn main() {
     if let Ok(which) = std::env::var(SERVE_ENV) {
         serve(&which);
+        return;
+    }
+    if let Ok(spec) = std::env::var(COUNT_ENV) {
+        count(&spec);
         return;
     }
     benches();

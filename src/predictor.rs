@@ -110,9 +110,9 @@ pub struct RuntimeModel {
     /// `O(dim²)`, and the factorisation is paid once per prediction, not per sample
     /// (a model pooled over every tool learns far more often than it predicts).
     posterior: OnceLock<Option<Posterior>>,
-    /// The last bound quantile and its key, kept across updates: the inverse CDF is
-    /// costly and its key seldom changes.
-    quantile: Option<((f64, f64), f64)>,
+    /// The last posterior's bound quantile, kept across updates: the inverse CDF is
+    /// costly and its grid point seldom changes.
+    quantile: Option<BoundQuantile>,
 }
 
 /// Two models are equal when their states are: the posterior is a function of it.
@@ -261,10 +261,15 @@ struct Posterior {
     /// `bₙ / aₙ`
     variance: f64,
     dof: f64,
-    /// Student-t quantile at `1 - risk` for `dof` on the grid ([`quantile_dof`]).
-    quantile: f64,
-    /// The grid point and risk `quantile` is for.
-    quantile_key: (f64, f64),
+    quantile: BoundQuantile,
+}
+
+/// The Student-t quantile at `1 - risk` for `dof` on the grid ([`quantile_dof`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BoundQuantile {
+    /// The grid point and risk it is for.
+    key: (f64, f64),
+    value: f64,
 }
 
 impl TryFrom<ModelState> for RuntimeModel {
@@ -408,7 +413,7 @@ impl RuntimeModel {
     /// this one's quantile when its key still holds.
     fn invalidate(&mut self) {
         if let Some(Some(old)) = self.posterior.take() {
-            self.quantile = Some((old.quantile_key, old.quantile));
+            self.quantile = Some(old.quantile);
         }
     }
 
@@ -500,7 +505,7 @@ impl RuntimeModel {
             scale_ln *= factor;
             uses_recency = true;
         }
-        let upper_ln = location_ln + posterior.quantile * scale_ln;
+        let upper_ln = location_ln + posterior.quantile.value * scale_ln;
         Some(Prediction {
             median_s: location_ln.exp(),
             upper_bound_s: upper_ln.exp(),
@@ -512,9 +517,9 @@ impl RuntimeModel {
     }
 
     /// Checks a prediction of this model (its median and bound) that decided a call
-    /// against the call's runtime: what [`RuntimeModel::calibration`] reports. Only predictions that were
-    /// acted on are scored, so the coverage says how often a bound that decided held.
-    /// A non-finite or negative runtime is ignored.
+    /// against the call's runtime: what [`RuntimeModel::calibration`] reports. Only
+    /// predictions that were acted on are scored, so the coverage says how often a
+    /// bound that decided held. A non-finite or negative runtime is ignored.
     pub fn score(&mut self, median_s: f64, upper_bound_s: f64, runtime_s: f64) {
         if !(runtime_s.is_finite() && runtime_s >= 0.0) {
             return;
@@ -550,10 +555,9 @@ impl RuntimeModel {
         if self.state.recency.is_some() && self.state.samples > 0 {
             // The one-step residual needs the posterior before this sample; a tool's
             // model has usually formed it already, to decide this very call.
-            if let Some(fitted) = self.posterior().map(|p| dot(&p.mean, &x)) {
-                if let Some(recency) = &mut self.state.recency {
-                    recency.learn(y - fitted);
-                }
+            let fitted = self.posterior().map(|p| dot(&p.mean, &x));
+            if let (Some(fitted), Some(recency)) = (fitted, &mut self.state.recency) {
+                recency.learn(y - fitted);
             }
         }
         let state = &mut self.state;
@@ -689,17 +693,17 @@ fn quantile_dof(dof: f64) -> f64 {
     }
 }
 
-/// The Student-t quantile at `1 - risk`, reusing `previous` (a key and its quantile)
-/// when it is for the same grid point.
-fn bound_quantile(dof: f64, risk: f64, previous: Option<((f64, f64), f64)>) -> Option<f64> {
+/// The bound quantile for `dof` and `risk`, reusing `previous` when it is for the same
+/// grid point.
+fn bound_quantile(dof: f64, risk: f64, previous: Option<BoundQuantile>) -> Option<BoundQuantile> {
     let key = (quantile_dof(dof), risk);
-    if let Some((_, quantile)) = previous.filter(|(previous_key, _)| *previous_key == key) {
-        return Some(quantile);
+    if let Some(previous) = previous.filter(|previous| previous.key == key) {
+        return Some(previous);
     }
-    let quantile = StudentsT::new(0.0, 1.0, key.0)
+    let value = StudentsT::new(0.0, 1.0, key.0)
         .ok()?
         .inverse_cdf(1.0 - risk);
-    quantile.is_finite().then_some(quantile)
+    value.is_finite().then_some(BoundQuantile { key, value })
 }
 
 /// The prior precision `Λ₀ᵢᵢ` of coefficient `index`, given `Σx²` of its regressor.
@@ -722,7 +726,7 @@ fn dim_for(slots: usize) -> usize {
     1 + 2 * slots
 }
 
-fn posterior(state: &ModelState, previous: Option<((f64, f64), f64)>) -> Option<Posterior> {
+fn posterior(state: &ModelState, previous: Option<BoundQuantile>) -> Option<Posterior> {
     let dim = dim_for(state.feature_names.len());
     let cholesky = cholesky(dim, |i, j| {
         let cell = state.xtx[i * dim + j];
@@ -744,7 +748,6 @@ fn posterior(state: &ModelState, previous: Option<((f64, f64), f64)>) -> Option<
         variance: scale / shape,
         dof,
         quantile,
-        quantile_key: (quantile_dof(dof), state.risk),
     })
 }
 
