@@ -5,16 +5,16 @@
 //! [`Policy`], spawns the work exactly once, persists jobs, samples and models through
 //! the [`Store`], and keeps the models in memory for the next decision.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
-use std::hash::RandomState;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -117,8 +117,21 @@ pub struct InlineProgress {
     pub tool: Option<Progress>,
 }
 
-/// Hears an inline call's progress (see [`ToolCall::on_progress`]).
-pub type ProgressSink = Arc<dyn Fn(InlineProgress) + Send + Sync>;
+/// Hears an inline call's progress (see [`ToolCall::on_progress`]); any
+/// `Fn(InlineProgress)` closure is one.
+pub trait HearProgress: Send + Sync {
+    /// The call's progress, every [`PROGRESS_INTERVAL`] while it runs.
+    fn hear(&self, progress: InlineProgress);
+}
+
+impl<F: Fn(InlineProgress) + Send + Sync> HearProgress for F {
+    fn hear(&self, progress: InlineProgress) {
+        self(progress)
+    }
+}
+
+/// Where an inline call's progress goes (see [`ToolCall::on_progress`]).
+pub type ProgressSink = Arc<dyn HearProgress>;
 
 /// One call to run.
 #[derive(Clone)]
@@ -166,13 +179,26 @@ impl std::fmt::Debug for ToolCall {
     }
 }
 
-/// What a call came to.
+/// What a call's work returns. An inline answer hands it back as it is; a job keeps it
+/// as JSON in the store, where it outlives the process.
+pub trait WorkOutput: Send + 'static {
+    /// The JSON a job stores.
+    fn into_json(self) -> Value;
+}
+
+impl WorkOutput for Value {
+    fn into_json(self) -> Value {
+        self
+    }
+}
+
+/// What a call came to; `T` is what its work returns.
 #[derive(Debug, Clone)]
-pub enum CallOutcome {
+pub enum CallOutcome<T = Value> {
     /// It ran inline and finished within the deadline.
     Done {
         /// The work's result or its error message.
-        result: Result<Value, String>,
+        result: Result<T, String>,
         /// Why it ran inline.
         decision: Decision,
         /// How long it took.
@@ -181,8 +207,9 @@ pub enum CallOutcome {
     /// It runs in the background: decided so, or promoted at the deadline
     /// (`job.promoted`). Poll, wait for or cancel it by `job.id`.
     Job {
-        /// The job as it was when the handle was made (already durable).
-        job: Job,
+        /// The job as it was when the handle was made (already durable). Boxed: the
+        /// outcome of a call answered inline is moved about and should stay small.
+        job: Box<Job>,
     },
     /// The caller cancelled it while it ran inline ([`ToolCall::cancel`]); the work
     /// was stopped.
@@ -223,11 +250,11 @@ pub enum EngineError {
 }
 
 struct Learned {
-    /// hashbrown's map for `entry_ref` (see [`Learned::record_mut`]).
-    tools: hashbrown::HashMap<String, ToolRecord, RandomState>,
+    /// hashbrown's map for `entry_ref`, which copies a tool's name only the first time
+    /// it is seen (see [`Learned::entry_mut`]).
+    tools: hashbrown::HashMap<String, Learning>,
     pooled: ToolRecord,
-    /// Tools whose record changed since it was last written (the pooled one too).
-    dirty: hashbrown::HashSet<String, RandomState>,
+    /// Whether the pooled record changed since it was last written.
     pooled_dirty: bool,
     /// Samples not yet written.
     samples: VecDeque<Sample>,
@@ -237,14 +264,30 @@ struct Learned {
     dirty_clients: HashSet<String>,
 }
 
+/// What was learned of one tool.
+struct Learning {
+    record: ToolRecord,
+    /// Whether the record changed since it was last written.
+    dirty: bool,
+}
+
+/// A tool's record, marked for the next write (made for a tool seen the first time).
+fn record_mut<'a>(
+    tools: &'a mut hashbrown::HashMap<String, Learning>,
+    tool: &str,
+) -> &'a mut ToolRecord {
+    let learning = tools.entry_ref(tool).or_insert_with(|| Learning {
+        record: ToolRecord::new(true),
+        dirty: false,
+    });
+    learning.dirty = true;
+    &mut learning.record
+}
+
 impl Learned {
-    /// The tool's record, marked for the next write. The name is copied only the
-    /// first time a tool is seen: this runs twice per call.
+    /// The tool's record, marked for the next write.
     fn record_mut(&mut self, tool: &str) -> &mut ToolRecord {
-        self.dirty.get_or_insert_with(tool, str::to_owned);
-        self.tools
-            .entry_ref(tool)
-            .or_insert_with(|| ToolRecord::new(true))
+        record_mut(&mut self.tools, tool)
     }
 }
 
@@ -256,20 +299,19 @@ struct Inner {
     store: Store,
     jobs: Jobs,
     learned: Mutex<Learned>,
-    tools: Mutex<HashMap<String, ToolOptions>>,
+    tools: Mutex<hashbrown::HashMap<String, ToolOptions>>,
     shutdown: CancellationToken,
 }
 
 /// Inline work that did not end at its first poll, handed to [`Engine::watch_inline`].
-struct InlineRun {
+struct InlineRun<T> {
     call: ToolCall,
     features: Features,
     decision: Decision,
-    work: WorkFuture,
+    work: WorkFuture<T>,
     ctx: JobContext,
     cancel: CancellationToken,
     started: Instant,
-    started_ms: u64,
 }
 
 /// The smart-async engine. Cheap to clone; clones share everything.
@@ -342,15 +384,27 @@ impl Engine {
         let jobs = Jobs::open(store.clone(), config.jobs).await?;
         jobs.prune(now_ms())?;
         let mut learned = Learned {
-            tools: tools.into_iter().collect(),
+            tools: tools
+                .into_iter()
+                .map(|(tool, record)| {
+                    let learning = Learning {
+                        record,
+                        dirty: false,
+                    };
+                    (tool, learning)
+                })
+                .collect(),
             pooled: pooled.unwrap_or_else(|| ToolRecord::new(false)),
-            dirty: hashbrown::HashSet::default(),
             pooled_dirty: false,
             samples: VecDeque::new(),
             clients,
             dirty_clients: HashSet::new(),
         };
-        for record in learned.tools.values_mut().chain([&mut learned.pooled]) {
+        let records = learned
+            .tools
+            .values_mut()
+            .map(|learning| &mut learning.record);
+        for record in records.chain([&mut learned.pooled]) {
             record.model.set_risk(config.risk);
         }
         let inner = Arc::new(Inner {
@@ -360,7 +414,7 @@ impl Engine {
             store,
             jobs,
             learned: Mutex::new(learned),
-            tools: Mutex::new(HashMap::new()),
+            tools: Mutex::new(hashbrown::HashMap::new()),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(sweep(Arc::downgrade(&inner), inner.shutdown.clone()));
@@ -387,28 +441,37 @@ impl Engine {
     /// whose cancellation it should honour. If this future is dropped while the call
     /// is still inline, the work is dropped with it and its token fires (for anything
     /// the work handed the token to, such as a blocking thread).
-    pub async fn call<F, Fut>(&self, call: ToolCall, work: F) -> Result<CallOutcome, EngineError>
+    pub fn call<F, Fut, T>(
+        &self,
+        call: ToolCall,
+        work: F,
+    ) -> impl Future<Output = Result<CallOutcome<T>, EngineError>> + Send + '_
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+        Fut: Future<Output = Result<T, String>> + Send + 'static,
+        T: WorkOutput,
     {
-        let (features, decision) = self
-            .decide(&call.tool, &call.args, call.client.as_deref(), true)
-            .await;
-        let work: BoxedWork = Box::new(move |ctx| Box::pin(work(ctx)));
-        match decision.mode {
-            // Boxed: a job's writes make a big future, which every inline call's future
-            // would otherwise be as big as.
-            Mode::Background => {
-                Box::pin(self.start_background(call, features, decision, work)).await
-            }
-            Mode::Inline => self.run_inline(call, features, decision, work).await,
+        let work: BoxedWork<T> = Box::new(move |ctx| Box::pin(work(ctx)));
+        self.call_boxed(call, work)
+    }
+
+    /// [`Engine::call`] for work that is boxed already (a [`crate::tools::ToolWork`]).
+    pub(crate) fn call_boxed<T: WorkOutput>(
+        &self,
+        call: ToolCall,
+        work: BoxedWork<T>,
+    ) -> CallFuture<'_, T> {
+        CallFuture {
+            engine: self,
+            state: CallState::Start { call, work },
         }
     }
 
     /// What the engine would decide for this call, without running or counting it.
     pub async fn predict(&self, tool: &str, args: &Value) -> Decision {
-        self.decide(tool, args, None, false).await.1
+        let options = self.options(tool);
+        let features = Engine::features(tool, args, options.extractor).await;
+        self.decide(tool, args, &features, options.expensive, None, false)
     }
 
     /// The budget `client`'s calls are decided against (`None`: an unnamed client).
@@ -439,7 +502,7 @@ impl Engine {
             Some(tool) => learned
                 .tools
                 .get(tool)
-                .map(|record| record.stats(tool, risk))
+                .map(|learning| learning.record.stats(tool, risk))
                 .into_iter()
                 .collect(),
             None => {
@@ -447,7 +510,7 @@ impl Engine {
                 names.sort();
                 names
                     .into_iter()
-                    .map(|name| learned.tools[name].stats(name, risk))
+                    .map(|name| learned.tools[name].record.stats(name, risk))
                     .chain([learned.pooled.stats(POOLED_TOOL, risk)])
                     .collect()
             }
@@ -485,47 +548,51 @@ impl Engine {
         Ok(())
     }
 
-    /// The call's features and the decision on them, against the client's budget;
-    /// `count` records the decision in the tool's counters (a real call) or not (a
-    /// prediction).
-    async fn decide(
+    /// How the engine treats `tool` (the defaults for one never registered).
+    fn options(&self, tool: &str) -> ToolOptions {
+        lock(&self.inner.tools)
+            .get(tool)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The decision on a call with these features, against the client's budget;
+    /// `count` records it in the tool's counters (a real call) or not (a prediction).
+    fn decide(
         &self,
         tool: &str,
         args: &Value,
+        features: &Features,
+        expensive: bool,
         client: Option<&str>,
         count: bool,
-    ) -> (Features, Decision) {
-        let options = lock(&self.inner.tools)
-            .get(tool)
-            .cloned()
-            .unwrap_or_default();
-        let features = self.features(tool, args, options.extractor).await;
+    ) -> Decision {
         let mut learned = lock(&self.inner.learned);
         let budget = learned.clients.budget(client);
         let call = Call {
             tool,
-            features: &features,
+            features,
             async_mode: args
                 .get(ASYNC_MODE_ARG)
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            expensive: options.expensive,
+            expensive,
             budget_s: Some(budget.budget_s),
         };
-        let decision = self.inner.policy.decide(
-            call,
-            learned.tools.get(tool).map(|r| &r.model),
-            Some(&learned.pooled.model),
-        );
-        if count {
-            learned.record_mut(tool).counters.decided(&decision);
+        let learned = &mut *learned;
+        let pooled = Some(&learned.pooled.model);
+        if !count {
+            let model = learned.tools.get(tool).map(|l| &l.record.model);
+            return self.inner.policy.decide(call, model, pooled);
         }
-        drop(learned);
-        (features, decision)
+        let record = record_mut(&mut learned.tools, tool);
+        let decision = self.inner.policy.decide(call, Some(&record.model), pooled);
+        record.counters.decided(&decision);
+        decision
     }
 
+    /// The arguments' features, with those of the tool's own extractor.
     async fn features(
-        &self,
         tool: &str,
         args: &Value,
         extractor: Option<Arc<dyn FeatureExtractor>>,
@@ -551,29 +618,40 @@ impl Engine {
         features
     }
 
-    async fn run_inline(
-        &self,
+    /// Decides a call and starts it: a job is started in the background (boxed, as
+    /// its writes make a big future), inline work is polled right here, not spawned,
+    /// so an inline answer costs no task and no cross-thread wake-up. Most inline work
+    /// is quick, and this first poll answers it before any timer or cancellation
+    /// watch is set up; the rest is left to [`Engine::watch_inline`].
+    fn begin<'a, T: WorkOutput>(
+        &'a self,
+        cx: &mut Context<'_>,
         call: ToolCall,
+        work: BoxedWork<T>,
         features: Features,
-        decision: Decision,
-        work: BoxedWork,
-    ) -> Result<CallOutcome, EngineError> {
+        expensive: bool,
+    ) -> Begun<'a, T> {
+        let decision = self.decide(
+            &call.tool,
+            &call.args,
+            &features,
+            expensive,
+            call.client.as_deref(),
+            true,
+        );
+        if decision.mode == Mode::Background {
+            return Begun::Waiting(Box::pin(
+                self.start_background(call, features, decision, work),
+            ));
+        }
         let cancel = CancellationToken::new();
         let ctx = JobContext::new(cancel.clone());
         let started = Instant::now();
-        let started_ms = now_ms();
-        // Polled right here, not spawned: an inline answer costs no task and no
-        // cross-thread wake-up. Most inline work is quick, and a first poll answers it
-        // before any timer or cancellation watch is set up.
         let mut work = work(ctx.clone());
-        let first = std::future::poll_fn(|cx| {
-            Poll::Ready(AssertUnwindSafe(&mut work).catch_unwind().poll_unpin(cx))
-        })
-        .await;
-        match first {
-            Poll::Ready(ended) => Ok(self.inline_done(&call, features, decision, started, ended)),
-            // Boxed: the watch holds timers and the promotion's writes, and every call's
-            // future (which rmcp copies as it spawns it) would otherwise be that big.
+        match AssertUnwindSafe(&mut work).catch_unwind().poll_unpin(cx) {
+            Poll::Ready(ended) => {
+                Begun::Answered(self.inline_done(&call, features, decision, started, ended))
+            }
             Poll::Pending => {
                 let run = InlineRun {
                     call,
@@ -583,16 +661,18 @@ impl Engine {
                     ctx,
                     cancel,
                     started,
-                    started_ms,
                 };
-                Box::pin(self.watch_inline(run)).await
+                Begun::Waiting(Box::pin(self.watch_inline(run)))
             }
         }
     }
 
     /// Waits for inline work that did not end at its first poll: to its end, the
     /// caller's cancel, or the deadline (then it becomes a job), with progress ticks.
-    async fn watch_inline(&self, run: InlineRun) -> Result<CallOutcome, EngineError> {
+    async fn watch_inline<T: WorkOutput>(
+        &self,
+        run: InlineRun<T>,
+    ) -> Result<CallOutcome<T>, EngineError> {
         let InlineRun {
             mut call,
             features,
@@ -601,7 +681,6 @@ impl Engine {
             ctx,
             cancel,
             started,
-            started_ms,
         } = run;
         let deadline = started + self.deadline(&decision);
         let caller_cancel = call.cancel.take().unwrap_or_default();
@@ -643,7 +722,7 @@ impl Engine {
                         break;
                     }
                     if let Some(on_progress) = &on_progress {
-                        on_progress(InlineProgress {
+                        on_progress.hear(InlineProgress {
                             elapsed_s: started.elapsed().as_secs_f64(),
                             predicted_s: decision.predicted_s,
                             tool: ctx.progress().get(),
@@ -655,6 +734,7 @@ impl Engine {
         }
         caller_gone.disarm();
         // Overran the deadline: the same work goes on as a job.
+        let started_ms = now_ms().saturating_sub(started.elapsed().as_millis() as u64);
         let mut job = new_job(call, decision, started_ms);
         job.state = JobState::Running;
         job.started_at_ms = Some(started_ms);
@@ -665,7 +745,7 @@ impl Engine {
         }
         // The same future, moved to a task of its own: it goes on where it was.
         let grace = self.inner.jobs.settings().cancel_grace;
-        let mut work: WorkHandle = tokio::spawn(work);
+        let mut work: WorkHandle = tokio::spawn(job_work(work));
         lock(&self.inner.learned)
             .record_mut(&job.tool)
             .counters
@@ -680,18 +760,18 @@ impl Engine {
         self.inner
             .jobs
             .attach(job.id, Some(supervisor.abort_handle()), Some(work_abort));
-        Ok(CallOutcome::Job { job })
+        Ok(CallOutcome::Job { job: Box::new(job) })
     }
 
     /// An inline run ended within its deadline: it is recorded and answered.
-    fn inline_done(
+    fn inline_done<T>(
         &self,
         call: &ToolCall,
         features: Features,
         decision: Decision,
         started: Instant,
-        ended: std::thread::Result<Result<Value, String>>,
-    ) -> CallOutcome {
+        ended: std::thread::Result<Result<T, String>>,
+    ) -> CallOutcome<T> {
         let runtime_s = started.elapsed().as_secs_f64();
         let (result, outcome) = match ended {
             Ok(Ok(value)) => (Ok(value), Outcome::Completed),
@@ -746,13 +826,13 @@ impl Engine {
         }
     }
 
-    async fn start_background(
+    async fn start_background<T: WorkOutput>(
         &self,
         call: ToolCall,
         features: Features,
         decision: Decision,
-        work: BoxedWork,
-    ) -> Result<CallOutcome, EngineError> {
+        work: BoxedWork<T>,
+    ) -> Result<CallOutcome<T>, EngineError> {
         let job = new_job(call, decision, now_ms());
         let cancel = CancellationToken::new();
         let ctx = JobContext::new(cancel.clone());
@@ -773,7 +853,7 @@ impl Engine {
                 tracing::warn!(job = %running.id, error = %e, "could not record that the job started");
             }
             let started = Instant::now();
-            let mut work: WorkHandle = tokio::spawn(work(ctx));
+            let mut work: WorkHandle = tokio::spawn(job_work(work(ctx)));
             jobs.attach(running.id, None, Some(work.abort_handle()));
             let end = run_to_end(&mut work, &cancel, jobs.settings().cancel_grace).await;
             engine.finish(running, end, started, features).await;
@@ -781,7 +861,7 @@ impl Engine {
         self.inner
             .jobs
             .attach(job.id, Some(supervisor.abort_handle()), None);
-        Ok(CallOutcome::Job { job })
+        Ok(CallOutcome::Job { job: Box::new(job) })
     }
 
     /// Learns from the run, then makes the job's end durable and tells waiters, so a
@@ -857,10 +937,14 @@ impl Engine {
         let (samples, tools, pooled, clients) = {
             let mut learned = lock(&self.inner.learned);
             let samples: Vec<Sample> = learned.samples.drain(..).collect();
-            let dirty: Vec<String> = learned.dirty.drain().collect();
-            let tools: Vec<(String, ToolRecord)> = dirty
-                .into_iter()
-                .filter_map(|tool| learned.tools.get(&tool).map(|r| (tool, r.clone())))
+            let tools: Vec<(String, ToolRecord)> = learned
+                .tools
+                .iter_mut()
+                .filter(|(_, learning)| learning.dirty)
+                .map(|(tool, learning)| {
+                    learning.dirty = false;
+                    (tool.clone(), learning.record.clone())
+                })
                 .collect();
             let pooled = std::mem::take(&mut learned.pooled_dirty).then(|| learned.pooled.clone());
             let dirty: Vec<String> = learned.dirty_clients.drain().collect();
@@ -890,10 +974,95 @@ impl Engine {
 }
 
 /// A call's running work.
-type WorkFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+type WorkFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send>>;
 
-/// A call's work, boxed once at the door so the paths inside are not generic.
-type BoxedWork = Box<dyn FnOnce(JobContext) -> WorkFuture + Send>;
+/// A call's work, boxed once at the door so the paths inside are not generic in it.
+pub(crate) type BoxedWork<T> = Box<dyn FnOnce(JobContext) -> WorkFuture<T> + Send>;
+
+/// Work run as a job: its output is kept as JSON.
+async fn job_work<T: WorkOutput>(work: WorkFuture<T>) -> Result<Value, String> {
+    work.await.map(WorkOutput::into_json)
+}
+
+/// The future of [`Engine::call`]. It decides and polls inline work within its own
+/// first poll, and boxes only what has to wait (a tool's extractor, a background
+/// start, inline work past its first poll): rmcp moves every request's future as it
+/// spawns it, and a call answered at once then carries little more than its
+/// arguments.
+pub(crate) struct CallFuture<'a, T> {
+    engine: &'a Engine,
+    state: CallState<'a, T>,
+}
+
+enum CallState<'a, T> {
+    /// Not polled yet.
+    Start { call: ToolCall, work: BoxedWork<T> },
+    /// The tool's own extractor is reading the call's features.
+    Extracting(BoxFuture<'a, (ToolCall, BoxedWork<T>, Features, bool)>),
+    /// Started in the background, or inline work still running.
+    Waiting(BoxFuture<'a, Result<CallOutcome<T>, EngineError>>),
+    /// Answered.
+    Finished,
+}
+
+/// What a call came to at its first poll.
+enum Begun<'a, T> {
+    Answered(CallOutcome<T>),
+    Waiting(BoxFuture<'a, Result<CallOutcome<T>, EngineError>>),
+}
+
+impl<'a, T: WorkOutput> Future for CallFuture<'a, T> {
+    type Output = Result<CallOutcome<T>, EngineError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let engine = this.engine;
+        loop {
+            let begun = match std::mem::replace(&mut this.state, CallState::Finished) {
+                CallState::Start { call, work } => {
+                    let options = engine.options(&call.tool);
+                    match options.extractor {
+                        None => {
+                            let features = Features::from_args(&call.args);
+                            engine.begin(cx, call, work, features, options.expensive)
+                        }
+                        Some(extractor) => {
+                            let expensive = options.expensive;
+                            this.state = CallState::Extracting(Box::pin(async move {
+                                let features =
+                                    Engine::features(&call.tool, &call.args, Some(extractor)).await;
+                                (call, work, features, expensive)
+                            }));
+                            continue;
+                        }
+                    }
+                }
+                CallState::Extracting(mut extracting) => match extracting.as_mut().poll(cx) {
+                    Poll::Ready((call, work, features, expensive)) => {
+                        engine.begin(cx, call, work, features, expensive)
+                    }
+                    Poll::Pending => {
+                        this.state = CallState::Extracting(extracting);
+                        return Poll::Pending;
+                    }
+                },
+                CallState::Waiting(mut waiting) => match waiting.as_mut().poll(cx) {
+                    Poll::Ready(outcome) => return Poll::Ready(outcome),
+                    Poll::Pending => {
+                        this.state = CallState::Waiting(waiting);
+                        return Poll::Pending;
+                    }
+                },
+                // Polled again after it answered: there is nothing more to give.
+                CallState::Finished => return Poll::Pending,
+            };
+            match begun {
+                Begun::Answered(outcome) => return Poll::Ready(Ok(outcome)),
+                Begun::Waiting(waiting) => this.state = CallState::Waiting(waiting),
+            }
+        }
+    }
+}
 
 /// A pending job for `call`, created at `created_at_ms`.
 fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {

@@ -38,8 +38,8 @@ pub mod tools;
 
 pub use clients::{BudgetSource, ClientBudget, ClientStats};
 pub use engine::{
-    CallOutcome, Engine, EngineConfig, EngineError, InlineProgress, ProgressSink, ToolCall,
-    ToolOptions, POOLED_TOOL,
+    CallOutcome, Engine, EngineConfig, EngineError, HearProgress, InlineProgress, ProgressSink,
+    ToolCall, ToolOptions, WorkOutput, POOLED_TOOL,
 };
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
 pub use jobs::{

@@ -43,7 +43,7 @@
 //! for it); a name absent from a call counts as 0 (`ln(1+0) = 0`); names past the cap
 //! are ignored.
 
-use std::sync::OnceLock;
+use std::cell::{Cell, OnceCell};
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
@@ -102,17 +102,34 @@ pub const MIN_RUNTIME_S: f64 = 1e-3;
 /// assert!(prediction.is_some_and(|p| (p.median_s / 12.8 - 1.0).abs() < 0.25));
 /// assert!(prediction.is_some_and(|p| p.upper_bound_s > p.median_s));
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(try_from = "ModelState", into = "ModelState")]
 pub struct RuntimeModel {
     state: ModelState,
     /// Formed from `state` when first asked for after an update: an update costs
     /// `O(dim²)`, and the factorisation is paid once per prediction, not per sample
     /// (a model pooled over every tool learns far more often than it predicts).
-    posterior: OnceLock<Option<Posterior>>,
-    /// The last posterior's bound quantile, kept across updates: the inverse CDF is
-    /// costly and its grid point seldom changes.
-    quantile: Option<BoundQuantile>,
+    posterior: OnceCell<Option<Posterior>>,
+    /// The last posterior, kept across an update to form the next one in its place:
+    /// its buffers, and its bound quantile (the inverse CDF is costly and its grid
+    /// point seldom changes).
+    spare: Cell<Option<Posterior>>,
+}
+
+/// A copy of the state; the copy forms its own posterior when asked.
+impl Clone for RuntimeModel {
+    fn clone(&self) -> Self {
+        RuntimeModel::with_state(self.state.clone())
+    }
+}
+
+impl std::fmt::Debug for RuntimeModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeModel")
+            .field("state", &self.state)
+            .field("posterior", &self.posterior.get())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Two models are equal when their states are: the posterior is a function of it.
@@ -397,23 +414,23 @@ impl RuntimeModel {
     fn with_state(state: ModelState) -> RuntimeModel {
         RuntimeModel {
             state,
-            posterior: OnceLock::new(),
-            quantile: None,
+            posterior: OnceCell::new(),
+            spare: Cell::new(None),
         }
     }
 
     /// The posterior of the current state, formed if an update made it stale.
     fn posterior(&self) -> Option<&Posterior> {
         self.posterior
-            .get_or_init(|| posterior(&self.state, self.quantile))
+            .get_or_init(|| posterior(&self.state, self.spare.take()))
             .as_ref()
     }
 
-    /// The state changed: the posterior is formed again when next asked for, reusing
-    /// this one's quantile when its key still holds.
+    /// The state changed: the posterior is formed again when next asked for, in this
+    /// one's buffers and with its quantile when its key still holds.
     fn invalidate(&mut self) {
         if let Some(Some(old)) = self.posterior.take() {
-            self.quantile = Some(old.quantile);
+            *self.spare.get_mut() = Some(old);
         }
     }
 
@@ -495,7 +512,7 @@ impl RuntimeModel {
     /// posterior could not be formed (see [`RuntimeModel::observe`]).
     pub fn predict(&self, features: &Features) -> Option<Prediction> {
         let posterior = self.posterior()?;
-        let x = self.design_row(features);
+        let x = self.design_row(&self.inputs(features));
         let mut location_ln = dot(&posterior.mean, &x);
         let leverage = leverage(&posterior.cholesky, &x);
         let mut scale_ln = (posterior.variance * (1.0 + leverage)).sqrt();
@@ -541,17 +558,11 @@ impl RuntimeModel {
         self.set_risk(risk);
         let y = runtime_s.max(MIN_RUNTIME_S).ln();
         self.grow(features);
-        for ((name, range), &scale) in self
-            .state
-            .feature_names
-            .iter()
-            .zip(&mut self.state.ranges_ln)
-            .zip(&self.state.scales)
-        {
-            let u = transform(features.get(name).unwrap_or(0.0), scale);
+        let inputs = self.inputs(features);
+        for (range, &u) in self.state.ranges_ln.iter_mut().zip(&inputs) {
             *range = (range.0.min(u), range.1.max(u));
         }
-        let x = self.design_row(features);
+        let x = self.design_row(&inputs);
         if self.state.recency.is_some() && self.state.samples > 0 {
             // The one-step residual needs the posterior before this sample; a tool's
             // model has usually formed it already, to decide this very call.
@@ -590,8 +601,19 @@ impl RuntimeModel {
         dim_for(self.state.feature_names.len())
     }
 
+    /// Whether the call's features are exactly the model's slots, in slot order: the
+    /// usual case, as both are sorted by name when a tool's calls carry the same
+    /// arguments, and then each feature's slot is its position.
+    fn in_slot_order(&self, features: &Features) -> bool {
+        let names = &self.state.feature_names;
+        features.len() == names.len() && features.iter().zip(names).all(|(f, n)| f.name == *n)
+    }
+
     /// Adds slots for names this model has not seen, up to the cap.
     fn grow(&mut self, features: &Features) {
+        if self.in_slot_order(features) {
+            return;
+        }
         let state = &mut self.state;
         let old_dim = dim_for(state.feature_names.len());
         for feature in features.iter() {
@@ -619,22 +641,38 @@ impl RuntimeModel {
         state.xty.resize(dim, 0.0);
     }
 
-    /// The regressors of a call, on the stack: deciding allocates nothing.
-    fn design_row(&self, features: &Features) -> Row {
+    /// Each slot's `u` for a call's features (`ln(1+0) = 0` for a feature it lacks).
+    fn inputs(&self, features: &Features) -> [f64; MAX_SLOTS] {
+        let state = &self.state;
+        let mut inputs = [0.0; MAX_SLOTS];
+        if self.in_slot_order(features) {
+            for ((u, feature), &scale) in inputs.iter_mut().zip(features.iter()).zip(&state.scales)
+            {
+                *u = transform(feature.value, scale);
+            }
+        } else {
+            for ((u, name), &scale) in inputs
+                .iter_mut()
+                .zip(&state.feature_names)
+                .zip(&state.scales)
+            {
+                *u = transform(features.get(name).unwrap_or(0.0), scale);
+            }
+        }
+        inputs
+    }
+
+    /// The regressors of a call with these [`RuntimeModel::inputs`], on the stack:
+    /// deciding allocates nothing.
+    fn design_row(&self, inputs: &[f64; MAX_SLOTS]) -> Row {
         let mut row = Row {
             values: [0.0; MAX_DIM],
             len: self.dim(),
         };
         row.values[0] = 1.0;
         let state = &self.state;
-        let slots = state
-            .feature_names
-            .iter()
-            .zip(&state.ranges_ln)
-            .zip(&state.centers_ln)
-            .zip(&state.scales);
-        for (slot, (((name, &(lo, hi)), &center), &scale)) in slots.enumerate() {
-            let u = transform(features.get(name).unwrap_or(0.0), scale);
+        let slots = inputs.iter().zip(&state.ranges_ln).zip(&state.centers_ln);
+        for (slot, ((&u, &(lo, hi)), &center)) in slots.enumerate() {
             // Past the taught range a parabola turns back on itself; its tangent at the
             // edge does not, so extrapolation keeps the slope seen at the edge.
             let edge = if lo <= hi { u.clamp(lo, hi) } else { u } - center;
@@ -726,17 +764,26 @@ fn dim_for(slots: usize) -> usize {
     1 + 2 * slots
 }
 
-fn posterior(state: &ModelState, previous: Option<BoundQuantile>) -> Option<Posterior> {
+/// The posterior of `state`, formed in the buffers of `previous` (and with its
+/// quantile, where that still holds).
+fn posterior(state: &ModelState, previous: Option<Posterior>) -> Option<Posterior> {
     let dim = dim_for(state.feature_names.len());
-    let cholesky = cholesky(dim, |i, j| {
+    let (mut cholesky, mut mean, previous) = match previous {
+        Some(p) => (p.cholesky, p.mean, Some(p.quantile)),
+        None => (Vec::new(), Vec::new(), None),
+    };
+    let matrix = |i: usize, j: usize| {
         let cell = state.xtx[i * dim + j];
         if i == j {
             cell + ridge(i, cell, state.weight)
         } else {
             cell
         }
-    })?;
-    let mean = cholesky_solve(&cholesky, dim, &state.xty);
+    };
+    if !cholesky_into(&mut cholesky, dim, matrix) {
+        return None;
+    }
+    cholesky_solve_into(&mut mean, &cholesky, dim, &state.xty);
     let shape = PRIOR_SHAPE + state.weight / 2.0;
     // yᵀy − mₙᵀXᵀy is a sum of squares; rounding can push it a hair below zero.
     let scale = PRIOR_SCALE + 0.5 * (state.yty - dot(&mean, &state.xty)).max(0.0);
@@ -751,10 +798,12 @@ fn posterior(state: &ModelState, previous: Option<BoundQuantile>) -> Option<Post
     })
 }
 
-/// Lower Cholesky factor of the symmetric positive definite `dim × dim` matrix whose
-/// cell `(i, j)` is `matrix(i, j)`; `None` when a pivot is not positive.
-fn cholesky(dim: usize, matrix: impl Fn(usize, usize) -> f64) -> Option<Vec<f64>> {
-    let mut lower = vec![0.0; dim * dim];
+/// Writes to `lower` the lower Cholesky factor of the symmetric positive definite
+/// `dim × dim` matrix whose cell `(i, j)` is `matrix(i, j)`; false when a pivot is not
+/// positive.
+fn cholesky_into(lower: &mut Vec<f64>, dim: usize, matrix: impl Fn(usize, usize) -> f64) -> bool {
+    lower.clear();
+    lower.resize(dim * dim, 0.0);
     for i in 0..dim {
         for j in 0..=i {
             let partial: f64 = (0..j)
@@ -763,7 +812,7 @@ fn cholesky(dim: usize, matrix: impl Fn(usize, usize) -> f64) -> Option<Vec<f64>
             let value = matrix(i, j) - partial;
             if i == j {
                 if value.is_nan() || value <= 0.0 || !value.is_finite() {
-                    return None;
+                    return false;
                 }
                 lower[i * dim + i] = value.sqrt();
             } else {
@@ -771,7 +820,7 @@ fn cholesky(dim: usize, matrix: impl Fn(usize, usize) -> f64) -> Option<Vec<f64>
             }
         }
     }
-    Some(lower)
+    true
 }
 
 /// Solves `L z = b` by forward substitution (`dim ≤ MAX_DIM`).
@@ -784,15 +833,15 @@ fn forward(lower: &[f64], dim: usize, b: &[f64]) -> [f64; MAX_DIM] {
     z
 }
 
-/// Solves `L Lᵀ x = b`.
-fn cholesky_solve(lower: &[f64], dim: usize, b: &[f64]) -> Vec<f64> {
+/// Solves `L Lᵀ x = b` into `x`.
+fn cholesky_solve_into(x: &mut Vec<f64>, lower: &[f64], dim: usize, b: &[f64]) {
     let z = forward(lower, dim, b);
-    let mut x = vec![0.0; dim];
+    x.clear();
+    x.resize(dim, 0.0);
     for i in (0..dim).rev() {
         let partial: f64 = (i + 1..dim).map(|k| lower[k * dim + i] * x[k]).sum();
         x[i] = (z[i] - partial) / lower[i * dim + i];
     }
-    x
 }
 
 /// `xᵀ Λ⁻¹ x = ‖L⁻¹x‖²`.
@@ -1051,11 +1100,12 @@ mod tests {
     fn cholesky_solves_a_known_system() {
         // [[4, 2], [2, 3]] x = [2, 1] → x = [0.5, 0]
         let matrix = |cells: [f64; 4]| move |i: usize, j: usize| cells[i * 2 + j];
-        let lower = cholesky(2, matrix([4.0, 2.0, 2.0, 3.0])).unwrap();
-        let x = cholesky_solve(&lower, 2, &[2.0, 1.0]);
+        let (mut lower, mut x) = (Vec::new(), Vec::new());
+        assert!(cholesky_into(&mut lower, 2, matrix([4.0, 2.0, 2.0, 3.0])));
+        cholesky_solve_into(&mut x, &lower, 2, &[2.0, 1.0]);
         assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12);
         assert!(
-            cholesky(2, matrix([1.0, 2.0, 2.0, 1.0])).is_none(),
+            !cholesky_into(&mut lower, 2, matrix([1.0, 2.0, 2.0, 1.0])),
             "indefinite"
         );
     }

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, ToolOptions};
+use crate::engine::{BoxedWork, Engine, ToolOptions, WorkOutput};
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
 use crate::mcp::or_job_answer;
@@ -263,12 +263,7 @@ impl Upstream {
     }
 
     /// The work of one call of the upstream tool `tool`, for the engine to run.
-    pub fn call(
-        &self,
-        tool: &str,
-        args: &Value,
-    ) -> impl FnOnce(JobContext) -> futures_util::future::BoxFuture<'static, Result<Value, String>>
-    {
+    pub(crate) fn call(&self, tool: &str, args: &Value) -> BoxedWork<Proxied> {
         let upstream = self.clone();
         let mut arguments = match args {
             Value::Object(map) => map.clone(),
@@ -276,14 +271,14 @@ impl Upstream {
         };
         arguments.remove(ASYNC_MODE_ARG);
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
-        move |ctx| Box::pin(async move { upstream.run_call(params, ctx).await })
+        Box::new(move |ctx| Box::pin(async move { upstream.run_call(params, ctx).await }))
     }
 
     async fn run_call(
         &self,
         params: CallToolRequestParams,
         ctx: JobContext,
-    ) -> Result<Value, String> {
+    ) -> Result<Proxied, String> {
         let peer = self.peer().await.map_err(|e| e.message.into_owned())?;
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = peer
@@ -363,9 +358,24 @@ impl Upstream {
     }
 }
 
+/// An upstream's result as the engine carries it: as it came for an inline answer, and
+/// as `{UPSTREAM_RESULT: result}` in the job store.
+#[derive(Debug)]
+pub struct Proxied(pub CallToolResult);
+
+impl WorkOutput for Proxied {
+    fn into_json(self) -> Value {
+        serde_json::to_value(&self.0)
+            .map(|result| serde_json::json!({ UPSTREAM_RESULT: result }))
+            .unwrap_or_else(|e| {
+                serde_json::json!({ "error": format!("the upstream's result cannot be stored: {e}") })
+            })
+    }
+}
+
 /// The upstream's answer as the engine carries it; an `isError` result is the call's
 /// error (counted as failed, not taught), with the result's text.
-fn carried(result: CallToolResult) -> Result<Value, String> {
+fn carried(result: CallToolResult) -> Result<Proxied, String> {
     if result.is_error == Some(true) {
         let text: Vec<String> = result
             .content
@@ -374,9 +384,7 @@ fn carried(result: CallToolResult) -> Result<Value, String> {
             .collect();
         return Err(text.join("\n"));
     }
-    serde_json::to_value(&result)
-        .map(|result| serde_json::json!({ UPSTREAM_RESULT: result }))
-        .map_err(|e| format!("the upstream's result cannot be carried: {e}"))
+    Ok(Proxied(result))
 }
 
 /// A result passed on from the upstream, marked `resultType: complete`: an upstream
@@ -785,9 +793,12 @@ mod tests {
     #[test]
     fn an_is_error_result_is_the_call_error_with_its_text() {
         let failed = CallToolResult::error(vec![rmcp::model::ContentBlock::text("no such file")]);
-        assert_eq!(carried(failed), Err("no such file".to_owned()));
+        assert_eq!(carried(failed).err(), Some("no such file".to_owned()));
         let ok = CallToolResult::success(vec![rmcp::model::ContentBlock::text("fine")]);
-        let value = carried(ok).unwrap();
+        let carried = carried(ok).unwrap();
+        assert_eq!(carried.0.content[0].as_text().unwrap().text, "fine");
+        // A job keeps it as JSON, under the key the MCP face reads it back from.
+        let value = carried.into_json();
         assert_eq!(value[UPSTREAM_RESULT]["content"][0]["text"], "fine");
     }
 

@@ -125,18 +125,31 @@ impl Store {
         let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
         // sled can panic on some damaged files instead of returning an error.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
-            .map_err(|panic| {
-                let detail = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "sled panicked while reading it".to_owned());
-                StoreError::Corrupt {
-                    path: path.clone(),
-                    detail,
+        let open = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let mut opened = open();
+        // sled lets go of its file lock from a background thread after the last handle
+        // is dropped: a database this process has just closed can look in use for a
+        // moment.
+        for _ in 0..LOCK_RETRIES {
+            match &opened {
+                Ok(Err(e)) if matches!(open_error(&path, e.clone()), StoreError::InUse { .. }) => {
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                    opened = open();
                 }
-            })?;
+                _ => break,
+            }
+        }
+        let opened = opened.map_err(|panic| {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "sled panicked while reading it".to_owned());
+            StoreError::Corrupt {
+                path: path.clone(),
+                detail,
+            }
+        })?;
         let db = opened.map_err(|e| open_error(&path, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&path, e));
         let store = Store {
@@ -426,6 +439,11 @@ impl Store {
         }
     }
 }
+
+/// How often, and how far apart, opening a database that is in use is tried again
+/// before it is reported (see [`Store::open`]).
+const LOCK_RETRIES: usize = 20;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
     let path = path.to_path_buf();

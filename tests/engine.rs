@@ -36,7 +36,7 @@ fn sleeper(
 
 fn expect_job(outcome: CallOutcome) -> Job {
     match outcome {
-        CallOutcome::Job { job } => job,
+        CallOutcome::Job { job } => *job,
         CallOutcome::Done { decision, .. } => {
             panic!("expected a job, ran inline: {}", decision.reason())
         }

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
     CreateTaskResult, DetailedTask, GetPromptRequestMethod, GetPromptRequestParams,
@@ -34,11 +35,13 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::{CallOutcome, Engine, EngineError, InlineProgress, ToolCall};
-use crate::jobs::JobContext;
+use crate::engine::{
+    BoxedWork, CallFuture, CallOutcome, Engine, EngineError, HearProgress, InlineProgress,
+    ToolCall, WorkOutput,
+};
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
 use crate::policy::{Seconds, Source};
-use crate::proxy::{upstream_rpc_error, MarkComplete, Upstream, UPSTREAM_RESULT};
+use crate::proxy::{upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 /// The share of the budget `job_status` may wait, so its own answer stays in time.
@@ -67,8 +70,34 @@ enum Backend {
     Upstream(Upstream),
 }
 
-/// A call's work as the engine runs it.
-type CallWork = Box<dyn FnOnce(JobContext) -> BoxFuture<'static, Result<Value, String>> + Send>;
+/// What a backend's work returns, as the engine carries it: turned into the call's
+/// result when it answers inline, kept as JSON (read back by [`stored_result`]) when
+/// it runs as a job.
+trait Answer: WorkOutput {
+    fn into_result(self) -> CallToolResult;
+}
+
+impl WorkOutput for ToolOutput {
+    /// `{"text", "structured"}`, built by moving the parts.
+    fn into_json(self) -> Value {
+        let mut map = serde_json::Map::with_capacity(2);
+        map.insert("text".to_owned(), Value::String(self.text));
+        map.insert("structured".to_owned(), self.structured);
+        Value::Object(map)
+    }
+}
+
+impl Answer for ToolOutput {
+    fn into_result(self) -> CallToolResult {
+        text_and_structured(self.text, self.structured)
+    }
+}
+
+impl Answer for Proxied {
+    fn into_result(self) -> CallToolResult {
+        self.0.complete()
+    }
+}
 
 /// The structured content of a call answered with a job handle.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -233,22 +262,6 @@ impl SmartServer {
         }
     }
 
-    /// The work of a call of the backend's tool `name`: `None` if there is no such
-    /// tool, an error if the arguments are wrong.
-    fn start(&self, name: &str, args: &Value) -> Option<Result<CallWork, String>> {
-        match &self.backend {
-            Backend::Local { tools, .. } => {
-                let work = tools.get(name)?.start(args);
-                Some(work.map(|work| -> CallWork {
-                    Box::new(move |ctx| Box::pin(async move { Ok(output_value(work(ctx).await?)) }))
-                }))
-            }
-            Backend::Upstream(upstream) => upstream
-                .has_tool(name)
-                .then(|| Ok(Box::new(upstream.call(name, args)) as CallWork)),
-        }
-    }
-
     /// Passes a request on to the upstream (the proxy), its answer marked complete for
     /// 2026-07-28 clients; a server of its own tools answers `missing`.
     async fn forward<T, Fut>(
@@ -328,13 +341,17 @@ impl SmartServer {
     /// budget, its cancellation, and progress notifications when it sent a token. A job
     /// is answered as a task to clients that declared the tasks extension, and with
     /// the tool-level job answer to all others.
-    async fn call_configured(
-        &self,
+    ///
+    /// Not an `async fn`, nor is [`SmartServer::call_tool`]: an `async fn` holds its
+    /// arguments twice, and rmcp moves every request's future (as big as its biggest
+    /// handler's) as it spawns it, so what a call holds costs every request.
+    fn call_configured<'a, T: Answer>(
+        &'a self,
         tool: &str,
         args: Value,
-        work: CallWork,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
+        work: BoxedWork<T>,
+        ctx: &'a RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + Send + 'a {
         let mut call = ToolCall::new(tool, args);
         call.client = client_name(ctx);
         call.cancel = Some(ctx.ct.clone());
@@ -343,37 +360,34 @@ impl SmartServer {
             // which request (and, over HTTP, which response stream) they belong to:
             // the engine leaves the latest report here and rings.
             let mailbox = Arc::new(ProgressMailbox::default());
-            let posted = mailbox.clone();
-            call.on_progress = Some(Arc::new(move |progress| posted.post(progress)));
+            call.on_progress = Some(mailbox.clone());
             (token, mailbox)
         });
-        // Pinned once, so the call's state is held once in this future, whichever
-        // way it is awaited.
-        let outcome = self.engine.call(call, work);
-        tokio::pin!(outcome);
-        let outcome = match progress {
-            None => (&mut outcome).await,
-            Some((token, mailbox)) => {
-                loop {
-                    tokio::select! {
-                        outcome = &mut outcome => break outcome,
-                        progress = mailbox.take() => {
-                            let note = progress_notification(token.clone(), &progress);
-                            // Boxed: rmcp's send future is kilobytes, and inline it would
-                            // make every call's future (which rmcp moves as it spawns it)
-                            // that big.
-                            if let Err(e) = Box::pin(ctx.peer.notify_progress(note)).await {
-                                tracing::debug!(error = %e, "could not send a progress notification");
-                            }
-                        }
-                    }
+        let mut outcome = self.engine.call_boxed(call, work);
+        async move {
+            // Most calls are answered at the first poll, before any progress is due.
+            let first = std::future::poll_fn(|cx| Poll::Ready(outcome.poll_unpin(cx))).await;
+            let outcome = match (first, progress) {
+                (Poll::Ready(outcome), _) => outcome,
+                (Poll::Pending, None) => (&mut outcome).await,
+                (Poll::Pending, Some((token, mailbox))) => {
+                    with_progress(&mut outcome, token, &mailbox, &ctx.peer).await
                 }
-            }
-        };
+            };
+            self.respond(outcome, ctx)
+        }
+    }
+
+    /// The answer to a call the engine ran.
+    fn respond<T: Answer>(
+        &self,
+        outcome: Result<CallOutcome<T>, EngineError>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
         Ok(match outcome {
             Ok(CallOutcome::Done {
-                result: Ok(value), ..
-            }) => stored_result(value).into(),
+                result: Ok(answer), ..
+            }) => answer.into_result().into(),
             Ok(CallOutcome::Done {
                 result: Err(message),
                 ..
@@ -610,15 +624,17 @@ struct ProgressMailbox {
     ring: tokio::sync::Notify,
 }
 
-impl ProgressMailbox {
-    fn post(&self, progress: InlineProgress) {
+impl HearProgress for ProgressMailbox {
+    fn hear(&self, progress: InlineProgress) {
         *self
             .latest
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
         self.ring.notify_one();
     }
+}
 
+impl ProgressMailbox {
     async fn take(&self) -> InlineProgress {
         loop {
             let taken = self
@@ -630,6 +646,30 @@ impl ProgressMailbox {
                 return progress;
             }
             self.ring.notified().await;
+        }
+    }
+}
+
+/// Waits for a call that did not end at its first poll, sending its progress as it
+/// comes.
+async fn with_progress<T: WorkOutput>(
+    outcome: &mut CallFuture<'_, T>,
+    token: ProgressToken,
+    mailbox: &ProgressMailbox,
+    peer: &Peer<RoleServer>,
+) -> Result<CallOutcome<T>, EngineError> {
+    loop {
+        // The notification is sent outside the select, which would otherwise hold its
+        // output (an outcome's worth of bytes) across the send.
+        let progress = tokio::select! {
+            biased;
+            outcome = &mut *outcome => return outcome,
+            progress = mailbox.take() => progress,
+        };
+        let note = progress_notification(token.clone(), &progress);
+        // Boxed: rmcp's send future is kilobytes.
+        if let Err(e) = Box::pin(peer.notify_progress(note)).await {
+            tracing::debug!(error = %e, "could not send a progress notification");
         }
     }
 }
@@ -727,28 +767,25 @@ fn progress_notification(
     note.with_message(message)
 }
 
+fn unknown_tool(name: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("unknown tool '{name}': tools/list shows the available ones"),
+        None,
+    )
+}
+
 fn text_and_structured(text: String, structured: Value) -> CallToolResult {
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(structured);
     result
 }
 
-/// A tool's output as the engine carries and stores it: `{"text", "structured"}`,
-/// built by moving the parts (a serde round trip of a `CallToolResult` per call cost
-/// more than the decision).
-fn output_value(output: ToolOutput) -> Value {
-    let mut map = serde_json::Map::with_capacity(2);
-    map.insert("text".to_owned(), Value::String(output.text));
-    map.insert("structured".to_owned(), output.structured);
-    Value::Object(map)
-}
-
 fn error_result(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-/// The result for an output the engine carried ([`output_value`], or an upstream's
-/// result under [`UPSTREAM_RESULT`]); any other value is shown as it is.
+/// The result for a job's stored output (a tool's `{"text", "structured"}`, or an
+/// upstream's result under [`UPSTREAM_RESULT`]); any other value is shown as it is.
 fn stored_result(value: Value) -> CallToolResult {
     match value {
         Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
@@ -963,29 +1000,39 @@ impl ServerHandler for SmartServer {
             .cloned()
     }
 
-    async fn call_tool(
+    /// Not an `async fn`: see [`SmartServer::call_configured`].
+    fn call_tool(
         &self,
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
+    ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + Send + '_ {
+        let name = request.name;
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let answer = match request.name.as_ref() {
-            JOB_STATUS => Box::pin(self.job_status(&args, &ctx)).await,
-            LIST_JOBS => self.list_jobs(&args),
-            CANCEL_JOB => Box::pin(self.cancel_job(&args)).await,
-            PREDICTOR_STATS => self.predictor_stats(&args),
-            name => match self.start(name, &args) {
-                Some(Ok(work)) => return self.call_configured(name, args, work, &ctx).await,
-                Some(Err(message)) => Err(message),
-                None => {
-                    return Err(ErrorData::invalid_params(
-                        format!("unknown tool '{name}': tools/list shows the available ones"),
-                        None,
-                    ))
-                }
-            },
-        };
-        Ok(answer.unwrap_or_else(error_result).into())
+        async move {
+            let answer = match name.as_ref() {
+                JOB_STATUS => Box::pin(self.job_status(&args, &ctx)).await,
+                LIST_JOBS => self.list_jobs(&args),
+                CANCEL_JOB => Box::pin(self.cancel_job(&args)).await,
+                PREDICTOR_STATS => self.predictor_stats(&args),
+                name => match &self.backend {
+                    Backend::Local { tools, .. } => {
+                        match tools.get(name).map(|tool| tool.start(&args)) {
+                            Some(Ok(work)) => {
+                                return self.call_configured(name, args, work, &ctx).await
+                            }
+                            Some(Err(message)) => Err(message),
+                            None => return Err(unknown_tool(name)),
+                        }
+                    }
+                    Backend::Upstream(upstream) if upstream.has_tool(name) => {
+                        let work = upstream.call(name, &args);
+                        return self.call_configured(name, args, work, &ctx).await;
+                    }
+                    Backend::Upstream(_) => return Err(unknown_tool(name)),
+                },
+            };
+            Ok(answer.unwrap_or_else(error_result).into())
+        }
     }
 
     async fn get_task(
