@@ -136,15 +136,15 @@ pub type ProgressSink = Arc<dyn HearProgress>;
 /// One call to run.
 #[derive(Clone)]
 pub struct ToolCall {
-    /// The tool's name.
-    pub tool: String,
+    /// The tool's name (shared, so that a server's calls of its tools need not copy it).
+    pub tool: Arc<str>,
     /// Its JSON arguments (`async_mode` among them, if the caller set it).
     pub args: Value,
     /// A label for job lists; the tool's name if unset.
     pub label: Option<String>,
     /// Who is calling (`clientInfo.name`): chooses the budget, and learns from where
     /// the client gives up.
-    pub client: Option<String>,
+    pub client: Option<Arc<str>>,
     /// Fires when the caller gives up on an inline call (`notifications/cancelled`):
     /// the work stops and the call answers [`CallOutcome::Cancelled`].
     pub cancel: Option<CancellationToken>,
@@ -154,7 +154,7 @@ pub struct ToolCall {
 
 impl ToolCall {
     /// A call of `tool` with `args`.
-    pub fn new(tool: impl Into<String>, args: Value) -> ToolCall {
+    pub fn new(tool: impl Into<Arc<str>>, args: Value) -> ToolCall {
         ToolCall {
             tool: tool.into(),
             args,
@@ -881,7 +881,13 @@ impl Engine {
         };
         job.state = state;
         job.finished_at_ms = Some(now_ms());
-        self.record(&job.tool, features, runtime_s, outcome, &job.decision);
+        self.record(
+            &job.tool.as_str().into(),
+            features,
+            runtime_s,
+            outcome,
+            &job.decision,
+        );
         if let Err(e) = self.inner.jobs.update(&job).await {
             tracing::error!(job = %job.id, error = %e, "could not store the job's end");
         }
@@ -891,7 +897,7 @@ impl Engine {
     /// model. Storage failures are logged: they must not cost the caller its result.
     fn record(
         &self,
-        tool: &str,
+        tool: &Arc<str>,
         features: Features,
         runtime_s: f64,
         outcome: Outcome,
@@ -921,7 +927,7 @@ impl Engine {
             learned.samples.pop_front();
         }
         learned.samples.push_back(Sample {
-            tool: tool.to_owned(),
+            tool: tool.clone(),
             features,
             runtime_s,
             outcome,
@@ -1068,8 +1074,8 @@ impl<'a, T: WorkOutput> Future for CallFuture<'a, T> {
 fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {
     Job {
         id: Uuid::new_v4(),
-        label: call.label.unwrap_or_else(|| call.tool.clone()),
-        tool: call.tool,
+        label: call.label.unwrap_or_else(|| call.tool.to_string()),
+        tool: call.tool.to_string(),
         state: JobState::Pending,
         created_at_ms,
         started_at_ms: None,

@@ -89,7 +89,9 @@ pub trait FeatureExtractor: Send + Sync {
 impl Features {
     /// Extracts features from a call's arguments by the rule in the module docs.
     pub fn from_args(args: &Value) -> Features {
-        let mut items = Vec::new();
+        // One feature per member is usual (nested objects give more, and grow it).
+        let members = args.as_object().map_or(1, serde_json::Map::len);
+        let mut items = Vec::with_capacity(members.min(MAX_FEATURES_PER_CALL));
         match args {
             Value::Object(map) => {
                 for (key, value) in map {
@@ -157,6 +159,9 @@ impl Features {
 }
 
 fn cut_name(name: &str) -> String {
+    if name.len() <= MAX_NAME_CHARS {
+        return name.to_owned();
+    }
     match name.char_indices().nth(MAX_NAME_CHARS) {
         Some((at, _)) => name[..at].to_owned(),
         None => name.to_owned(),

@@ -506,7 +506,7 @@ fn export(tool: Option<String>, data: DataDirArg) -> anyhow::Result<()> {
             .map(|f| (f.name.clone(), serde_json::json!(f.value)))
             .collect();
         let record = TraceRecord {
-            tool: sample.tool,
+            tool: sample.tool.to_string(),
             args: serde_json::Value::Object(args),
             runtime_s: sample.runtime_s,
             ok: sample.outcome == smart_async::Outcome::Completed,

@@ -642,6 +642,7 @@ impl RuntimeModel {
     }
 
     /// Each slot's `u` for a call's features (`ln(1+0) = 0` for a feature it lacks).
+    #[inline]
     fn inputs(&self, features: &Features) -> [f64; MAX_SLOTS] {
         let state = &self.state;
         let mut inputs = [0.0; MAX_SLOTS];
@@ -664,6 +665,7 @@ impl RuntimeModel {
 
     /// The regressors of a call with these [`RuntimeModel::inputs`], on the stack:
     /// deciding allocates nothing.
+    #[inline]
     fn design_row(&self, inputs: &[f64; MAX_SLOTS]) -> Row {
         let mut row = Row {
             values: [0.0; MAX_DIM],
@@ -823,33 +825,32 @@ fn cholesky_into(lower: &mut Vec<f64>, dim: usize, matrix: impl Fn(usize, usize)
     true
 }
 
-/// Solves `L z = b` by forward substitution (`dim ≤ MAX_DIM`).
-fn forward(lower: &[f64], dim: usize, b: &[f64]) -> [f64; MAX_DIM] {
-    let mut z = [0.0; MAX_DIM];
+/// Solves `L z = b` by forward substitution into `z` (of `b`'s length).
+fn forward_into(z: &mut [f64], lower: &[f64], b: &[f64]) {
+    let dim = b.len();
     for i in 0..dim {
         let partial: f64 = (0..i).map(|k| lower[i * dim + k] * z[k]).sum();
         z[i] = (b[i] - partial) / lower[i * dim + i];
     }
-    z
 }
 
-/// Solves `L Lᵀ x = b` into `x`.
+/// Solves `L Lᵀ x = b` into `x`: forward, then back substitution in place.
 fn cholesky_solve_into(x: &mut Vec<f64>, lower: &[f64], dim: usize, b: &[f64]) {
-    let z = forward(lower, dim, b);
     x.clear();
     x.resize(dim, 0.0);
+    forward_into(x, lower, &b[..dim]);
     for i in (0..dim).rev() {
         let partial: f64 = (i + 1..dim).map(|k| lower[k * dim + i] * x[k]).sum();
-        x[i] = (z[i] - partial) / lower[i * dim + i];
+        x[i] = (x[i] - partial) / lower[i * dim + i];
     }
 }
 
 /// `xᵀ Λ⁻¹ x = ‖L⁻¹x‖²`.
 fn leverage(lower: &[f64], x: &[f64]) -> f64 {
-    forward(lower, x.len(), x)[..x.len()]
-        .iter()
-        .map(|z| z * z)
-        .sum()
+    let mut z = [0.0; MAX_DIM];
+    let z = &mut z[..x.len()];
+    forward_into(z, lower, x);
+    z.iter().map(|z| z * z).sum()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {

@@ -11,6 +11,7 @@
 //! an incompatible version.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -40,7 +41,7 @@ const KEY_POOLED_MODEL: &[u8] = b"pooled_model";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// The tool.
-    pub tool: String,
+    pub tool: Arc<str>,
     /// The call's features (arguments are not kept: they may be large or private).
     pub features: Features,
     /// How long the run took.
@@ -250,7 +251,7 @@ impl Store {
     pub fn append_samples(&self, samples: &[Sample]) -> Result<()> {
         let mut by_tool: Vec<(&str, Vec<&Sample>)> = Vec::new();
         for sample in samples {
-            match by_tool.iter_mut().find(|(tool, _)| *tool == sample.tool) {
+            match by_tool.iter_mut().find(|(tool, _)| **tool == *sample.tool) {
                 Some((_, group)) => group.push(sample),
                 None => by_tool.push((&sample.tool, vec![sample])),
             }

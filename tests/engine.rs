@@ -507,7 +507,7 @@ async fn bad_settings_are_refused_with_the_fix() {
 async fn cancelled_inline_call(engine: &Engine, client: &str, after_s: f64) -> CallOutcome {
     let cancel = CancellationToken::new();
     let mut call = ToolCall::new("slow", json!({"n": 10}));
-    call.client = Some(client.to_owned());
+    call.client = Some(client.into());
     call.cancel = Some(cancel.clone());
     let timer = cancel.clone();
     tokio::spawn(async move {
@@ -567,7 +567,7 @@ async fn a_client_that_keeps_cancelling_at_the_same_time_gets_a_budget_below_it(
 
     // Its next long call is promoted at its own budget, not the server's 50 s.
     let mut call = ToolCall::new("slow", json!({"n": 10}));
-    call.client = Some("impatient".to_owned());
+    call.client = Some("impatient".into());
     let job = expect_job(engine.call(call, sleeper(2.0)).await.unwrap());
     assert!(job.promoted);
     assert!((job.decision.budget_s - budget.budget_s).abs() < 1e-9);
@@ -590,7 +590,7 @@ async fn a_configured_client_budget_decides_its_calls() {
     })
     .await;
     let mut call = ToolCall::new("slow", json!({}));
-    call.client = Some("quick-client".to_owned());
+    call.client = Some("quick-client".into());
     let job = expect_job(engine.call(call, sleeper(1.0)).await.unwrap());
     assert!(job.promoted && job.decision.budget_s == 0.3);
     let (result, _) = expect_done(

@@ -219,7 +219,7 @@ fn samples_keep_their_order_and_pruning_drops_whole_old_writes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1 << 20).unwrap();
     let sample = |tool: &str, n: u32| Sample {
-        tool: tool.to_owned(),
+        tool: tool.into(),
         features: Features::from_args(&json!({ "n": n })),
         runtime_s: f64::from(n),
         outcome: Outcome::Completed,

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub struct SmartServer {
     backend: Backend,
     /// The job tools and `predictor_stats`, listed after the backend's tools.
     own_tools: Arc<Vec<McpTool>>,
+    /// The last caller's name, kept so that a session's calls share one copy.
+    last_client: Arc<Mutex<Option<Arc<str>>>>,
 }
 
 /// Where the tools come from.
@@ -63,7 +65,7 @@ pub struct SmartServer {
 enum Backend {
     /// Tools of this process (built-in and configured), listed with `async_mode`.
     Local {
-        tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
+        tools: Arc<BTreeMap<Arc<str>, Arc<dyn Tool>>>,
         listed: Arc<Vec<McpTool>>,
     },
     /// An upstream MCP server's tools, through the proxy.
@@ -187,7 +189,7 @@ impl SmartServer {
                 tool.description().to_owned(),
                 Arc::new(with_async_mode(tool.input_schema())),
             ));
-            by_name.insert(tool.name().to_owned(), tool);
+            by_name.insert(Arc::from(tool.name()), tool);
         }
         let backend = Backend::Local {
             tools: Arc::new(by_name),
@@ -241,6 +243,7 @@ impl SmartServer {
             engine,
             backend,
             own_tools: Arc::new(own_tools),
+            last_client: Arc::default(),
         }
     }
 
@@ -290,6 +293,30 @@ impl SmartServer {
         match &self.backend {
             Backend::Upstream(upstream) => Some(upstream),
             Backend::Local { .. } => None,
+        }
+    }
+
+    /// The caller's name, from the request's `_meta` (2026-07-28) or the session's
+    /// `initialize`; the same name as the last call's is not copied again.
+    fn client_name(&self, ctx: &RequestContext<RoleServer>) -> Option<Arc<str>> {
+        let from_meta = ctx.meta.client_info().map(|info| info.name);
+        let peer_info = ctx.peer.peer_info();
+        let name = from_meta.as_deref().or_else(|| {
+            peer_info
+                .as_deref()
+                .map(|info| info.client_info.name.as_str())
+        })?;
+        let mut last = self
+            .last_client
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*last {
+            Some(last) if **last == *name => Some(last.clone()),
+            _ => {
+                let name: Arc<str> = Arc::from(name);
+                *last = Some(name.clone());
+                Some(name)
+            }
         }
     }
 
@@ -347,13 +374,13 @@ impl SmartServer {
     /// handler's) as it spawns it, so what a call holds costs every request.
     fn call_configured<'a, T: Answer>(
         &'a self,
-        tool: &str,
+        tool: Arc<str>,
         args: Value,
         work: BoxedWork<T>,
         ctx: &'a RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + Send + 'a {
         let mut call = ToolCall::new(tool, args);
-        call.client = client_name(ctx);
+        call.client = self.client_name(ctx);
         call.cancel = Some(ctx.ct.clone());
         let progress = ctx.meta.get_progress_token().map(|token| {
             // Notifications are sent from this request's own task, where rmcp knows
@@ -370,8 +397,9 @@ impl SmartServer {
             let outcome = match (first, progress) {
                 (Poll::Ready(outcome), _) => outcome,
                 (Poll::Pending, None) => (&mut outcome).await,
+                // Boxed: the select is big, and only calls still running need it.
                 (Poll::Pending, Some((token, mailbox))) => {
-                    with_progress(&mut outcome, token, &mailbox, &ctx.peer).await
+                    Box::pin(with_progress(&mut outcome, token, &mailbox, &ctx.peer)).await
                 }
             };
             self.respond(outcome, ctx)
@@ -541,7 +569,7 @@ impl SmartServer {
             ));
         }
         // The wait must end inside this client's own budget, or the answer comes late.
-        let client = client_name(ctx);
+        let client = self.client_name(ctx);
         let budget_s = self.engine.client_budget(client.as_deref()).budget_s;
         let wait = Duration::from_secs_f64(wait_s.min(max_wait_s(budget_s)));
         let job = self
@@ -672,16 +700,6 @@ async fn with_progress<T: WorkOutput>(
             tracing::debug!(error = %e, "could not send a progress notification");
         }
     }
-}
-
-/// The caller's name, from the request's `_meta` (2026-07-28) or the session's
-/// `initialize`, without copying the rest of its description.
-fn client_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
-    ctx.meta.client_info().map(|info| info.name).or_else(|| {
-        ctx.peer
-            .peer_info()
-            .map(|info| info.client_info.name.clone())
-    })
 }
 
 /// Whether this request's client declared the tasks extension (in the request's
@@ -1015,18 +1033,19 @@ impl ServerHandler for SmartServer {
                 CANCEL_JOB => Box::pin(self.cancel_job(&args)).await,
                 PREDICTOR_STATS => self.predictor_stats(&args),
                 name => match &self.backend {
-                    Backend::Local { tools, .. } => {
-                        match tools.get(name).map(|tool| tool.start(&args)) {
-                            Some(Ok(work)) => {
-                                return self.call_configured(name, args, work, &ctx).await
+                    Backend::Local { tools, .. } => match tools.get_key_value(name) {
+                        Some((name, tool)) => match tool.start(&args) {
+                            Ok(work) => {
+                                let name = name.clone();
+                                return self.call_configured(name, args, work, &ctx).await;
                             }
-                            Some(Err(message)) => Err(message),
-                            None => return Err(unknown_tool(name)),
-                        }
-                    }
+                            Err(message) => Err(message),
+                        },
+                        None => return Err(unknown_tool(name)),
+                    },
                     Backend::Upstream(upstream) if upstream.has_tool(name) => {
                         let work = upstream.call(name, &args);
-                        return self.call_configured(name, args, work, &ctx).await;
+                        return self.call_configured(name.into(), args, work, &ctx).await;
                     }
                     Backend::Upstream(_) => return Err(unknown_tool(name)),
                 },
