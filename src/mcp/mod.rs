@@ -1018,7 +1018,7 @@ impl ServerHandler for SmartServer {
             .cloned()
     }
 
-    /// Not an `async fn`: see [`SmartServer::call_configured`].
+    /// Not an `async fn`, for the reason `call_configured` gives.
     fn call_tool(
         &self,
         request: CallToolRequestParams,
