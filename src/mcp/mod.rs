@@ -2,8 +2,9 @@
 //! engine, the job tools (`job_status`, `list_jobs`, `cancel_job`) and
 //! `predictor_stats`, over stdio or Streamable HTTP.
 //!
-//! A tool's output travels through the engine as the JSON of its `CallToolResult`, so
-//! a job's result is returned exactly as an inline answer would have been. Bad
+//! A tool's output travels through the engine as it is and becomes the call's result
+//! when it answers inline; a job keeps it as JSON that reads back into the same
+//! result, so a job's result is exactly what an inline answer would have been. Bad
 //! arguments and tool failures are `isError` results the model can read; only an
 //! unknown tool is a protocol error.
 
