@@ -251,7 +251,7 @@ pub enum EngineError {
 
 struct Learned {
     /// hashbrown's map for `entry_ref`, which copies a tool's name only the first time
-    /// it is seen (see [`Learned::entry_mut`]).
+    /// it is seen (see [`record_mut`]).
     tools: hashbrown::HashMap<String, Learning>,
     pooled: ToolRecord,
     /// Whether the pooled record changed since it was last written.
@@ -272,6 +272,8 @@ struct Learning {
 }
 
 /// A tool's record, marked for the next write (made for a tool seen the first time).
+/// A function of the map, not of [`Learned`], so that the pooled record can be
+/// borrowed beside it.
 fn record_mut<'a>(
     tools: &'a mut hashbrown::HashMap<String, Learning>,
     tool: &str,
@@ -282,13 +284,6 @@ fn record_mut<'a>(
     });
     learning.dirty = true;
     &mut learning.record
-}
-
-impl Learned {
-    /// The tool's record, marked for the next write.
-    fn record_mut(&mut self, tool: &str) -> &mut ToolRecord {
-        record_mut(&mut self.tools, tool)
-    }
 }
 
 struct Inner {
@@ -746,8 +741,7 @@ impl Engine {
         // The same future, moved to a task of its own: it goes on where it was.
         let grace = self.inner.jobs.settings().cancel_grace;
         let mut work: WorkHandle = tokio::spawn(job_work(work));
-        lock(&self.inner.learned)
-            .record_mut(&job.tool)
+        record_mut(&mut lock(&self.inner.learned).tools, &job.tool)
             .counters
             .promotions += 1;
         let work_abort = work.abort_handle();
@@ -881,13 +875,9 @@ impl Engine {
         };
         job.state = state;
         job.finished_at_ms = Some(now_ms());
-        self.record(
-            &job.tool.as_str().into(),
-            features,
-            runtime_s,
-            outcome,
-            &job.decision,
-        );
+        // A job's sample needs the name shared, as an inline call's has it.
+        let tool: Arc<str> = job.tool.as_str().into();
+        self.record(&tool, features, runtime_s, outcome, &job.decision);
         if let Err(e) = self.inner.jobs.update(&job).await {
             tracing::error!(job = %job.id, error = %e, "could not store the job's end");
         }
@@ -907,7 +897,8 @@ impl Engine {
         let finished_at_ms = now_ms();
         let risk = inner.policy.risk();
         let mut learned = lock(&inner.learned);
-        let record = learned.record_mut(tool);
+        let learned = &mut *learned;
+        let record = record_mut(&mut learned.tools, tool);
         record.counters.finished(decision, outcome, runtime_s);
         if outcome == Outcome::Completed {
             let scored = decision.predicted_s.zip(decision.upper_bound_s);

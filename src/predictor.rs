@@ -512,7 +512,7 @@ impl RuntimeModel {
     /// posterior could not be formed (see [`RuntimeModel::observe`]).
     pub fn predict(&self, features: &Features) -> Option<Prediction> {
         let posterior = self.posterior()?;
-        let x = self.design_row(&self.inputs(features));
+        let x = self.design_row(&self.inputs(features, self.in_slot_order(features)));
         let mut location_ln = dot(&posterior.mean, &x);
         let leverage = leverage(&posterior.cholesky, &x);
         let mut scale_ln = (posterior.variance * (1.0 + leverage)).sqrt();
@@ -557,8 +557,11 @@ impl RuntimeModel {
         }
         self.set_risk(risk);
         let y = runtime_s.max(MIN_RUNTIME_S).ln();
-        self.grow(features);
-        let inputs = self.inputs(features);
+        let in_order = self.in_slot_order(features);
+        if !in_order {
+            self.grow(features);
+        }
+        let inputs = self.inputs(features, in_order);
         for (range, &u) in self.state.ranges_ln.iter_mut().zip(&inputs) {
             *range = (range.0.min(u), range.1.max(u));
         }
@@ -611,9 +614,6 @@ impl RuntimeModel {
 
     /// Adds slots for names this model has not seen, up to the cap.
     fn grow(&mut self, features: &Features) {
-        if self.in_slot_order(features) {
-            return;
-        }
         let state = &mut self.state;
         let old_dim = dim_for(state.feature_names.len());
         for feature in features.iter() {
@@ -641,12 +641,14 @@ impl RuntimeModel {
         state.xty.resize(dim, 0.0);
     }
 
-    /// Each slot's `u` for a call's features (`ln(1+0) = 0` for a feature it lacks).
+    /// Each slot's `u` for a call's features (`ln(1+0) = 0` for a feature it lacks);
+    /// `in_order` is [`RuntimeModel::in_slot_order`] (false is always correct, only
+    /// slower).
     #[inline]
-    fn inputs(&self, features: &Features) -> [f64; MAX_SLOTS] {
+    fn inputs(&self, features: &Features, in_order: bool) -> [f64; MAX_SLOTS] {
         let state = &self.state;
         let mut inputs = [0.0; MAX_SLOTS];
-        if self.in_slot_order(features) {
+        if in_order {
             for ((u, feature), &scale) in inputs.iter_mut().zip(features.iter()).zip(&state.scales)
             {
                 *u = transform(feature.value, scale);

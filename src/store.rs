@@ -133,7 +133,7 @@ impl Store {
         // moment.
         for _ in 0..LOCK_RETRIES {
             match &opened {
-                Ok(Err(e)) if matches!(open_error(&path, e.clone()), StoreError::InUse { .. }) => {
+                Ok(Err(e)) if is_lock_error(e) => {
                     std::thread::sleep(LOCK_RETRY_PAUSE);
                     opened = open();
                 }
@@ -446,12 +446,15 @@ impl Store {
 const LOCK_RETRIES: usize = 20;
 const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Whether sled could not open the database because another handle holds it.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
     let path = path.to_path_buf();
     match error {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            StoreError::InUse { path }
-        }
+        error if is_lock_error(&error) => StoreError::InUse { path },
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
             StoreError::Unwritable { path, source: io }
         }
