@@ -4,9 +4,11 @@
 //! Run: `cargo bench --bench mcp`. Criterion's two groups call each server over an
 //! in-memory duplex pipe, so only the server code differs; each iteration is 2,000
 //! sequential calls. Then it prints the ratio smart_async / plain as the median of
-//! rounds that alternate the two servers, twice: over that pipe, and over stdio with
-//! each server in a process of its own, as `smart-async serve` is run (this binary,
-//! started again with [`SERVE_ENV`] set, serves one of the two). Target ≤ 1.05.
+//! rounds that alternate the two servers, with a 95% interval for that median, twice:
+//! over that pipe, and over stdio with each server in a process of its own, as
+//! `smart-async serve` is run (this binary, started again with [`SERVE_ENV`] set,
+//! serves one of the two). Target ≤ 1.05. `cargo bench --bench mcp -- none` skips
+//! criterion's groups (no benchmark is named so) and measures only the ratios.
 //!
 //! Time on a shared machine is noisy; instructions are not. With [`COUNT_ENV`] set to
 //! `plain:N` or `smart:N` this binary only makes N calls through that server on a
@@ -155,7 +157,7 @@ fn overhead(c: &mut Criterion) {
     }
     let ratio = runtime.block_on(interleaved_ratio(&plain, &smart));
     println!(
-        "mcp overhead ratio, smart_async / plain_rmcp, in-memory pipe, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio:.3}"
+        "mcp overhead ratio, smart_async / plain_rmcp, in-memory pipe, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio}"
     );
     runtime.block_on(engine.close()).expect("close");
     let ratio = runtime.block_on(async {
@@ -170,7 +172,7 @@ fn overhead(c: &mut Criterion) {
         ratio
     });
     println!(
-        "mcp overhead ratio, smart_async / plain_rmcp, stdio to server processes, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio:.3}"
+        "mcp overhead ratio, smart_async / plain_rmcp, stdio to server processes, median of {ROUNDS} interleaved rounds of {CALLS} calls: {ratio}"
     );
 }
 
@@ -243,16 +245,34 @@ fn serve(which: &str) {
     });
 }
 
-/// Rounds of the side-by-side measurement.
-const ROUNDS: usize = 15;
+/// Rounds of the side-by-side measurement: enough that the interval around the
+/// median is a few percent wide on this kind of machine.
+const ROUNDS: usize = 41;
 
-/// The ratio measured in alternating rounds, so that both servers see the same
+/// The ratios of rounds that alternate the two servers, so that both see the same
 /// machine: on a shared 2-core machine the medians of two runs a minute apart differ
 /// by more than the overhead.
+struct Ratio {
+    median: f64,
+    /// A distribution-free 95% interval for the median (see [`median_interval`]).
+    low: f64,
+    high: f64,
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} (95% interval of the median {:.3} to {:.3})",
+            self.median, self.low, self.high
+        )
+    }
+}
+
 async fn interleaved_ratio(
     plain: &RunningService<RoleClient, ()>,
     smart: &RunningService<RoleClient, ()>,
-) -> f64 {
+) -> Ratio {
     let mut ratios = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let plain_s = calls(plain, CALLS).await.as_secs_f64();
@@ -260,7 +280,29 @@ async fn interleaved_ratio(
         ratios.push(smart_s / plain_s);
     }
     ratios.sort_by(f64::total_cmp);
-    ratios[ROUNDS / 2]
+    let (low, high) = median_interval(ROUNDS);
+    Ratio {
+        median: ratios[ROUNDS / 2],
+        low: ratios[low],
+        high: ratios[high],
+    }
+}
+
+/// The ranks (from 0) of the sorted values that hold the median of `n` between them
+/// with at least 95% confidence, whatever the noise's distribution: the count of
+/// values below the median is Binomial(n, ½), and the outer ranks whose tails hold at
+/// most 2.5% each are taken.
+fn median_interval(n: usize) -> (usize, usize) {
+    let mut below = 0.0;
+    let mut rank = 0;
+    // P(count = rank), starting at 2⁻ⁿ.
+    let mut chance = 0.5f64.powi(n as i32);
+    while below + chance <= 0.025 {
+        below += chance;
+        rank += 1;
+        chance *= (n - rank + 1) as f64 / rank as f64;
+    }
+    (rank.saturating_sub(1), n - rank.max(1))
 }
 
 async fn calls_n(client: &RunningService<RoleClient, ()>, iters: u64) -> Duration {

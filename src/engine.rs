@@ -305,7 +305,6 @@ struct InlineRun<T> {
     decision: Decision,
     work: WorkFuture<T>,
     ctx: JobContext,
-    cancel: CancellationToken,
     started: Instant,
 }
 
@@ -639,8 +638,7 @@ impl Engine {
                 self.start_background(call, features, decision, work),
             ));
         }
-        let cancel = CancellationToken::new();
-        let ctx = JobContext::new(cancel.clone());
+        let ctx = JobContext::new(CancellationToken::new());
         let started = Instant::now();
         let mut work = work(ctx.clone());
         match AssertUnwindSafe(&mut work).catch_unwind().poll_unpin(cx) {
@@ -654,7 +652,6 @@ impl Engine {
                     decision,
                     work,
                     ctx,
-                    cancel,
                     started,
                 };
                 Begun::Waiting(Box::pin(self.watch_inline(run)))
@@ -674,9 +671,9 @@ impl Engine {
             decision,
             mut work,
             ctx,
-            cancel,
             started,
         } = run;
+        let cancel = ctx.token().clone();
         let deadline = started + self.deadline(&decision);
         let caller_cancel = call.cancel.take().unwrap_or_default();
         let on_progress = call.on_progress.take();
@@ -828,8 +825,8 @@ impl Engine {
         work: BoxedWork<T>,
     ) -> Result<CallOutcome<T>, EngineError> {
         let job = new_job(call, decision, now_ms());
-        let cancel = CancellationToken::new();
-        let ctx = JobContext::new(cancel.clone());
+        let ctx = JobContext::new(CancellationToken::new());
+        let cancel = ctx.token().clone();
         self.inner.jobs.create(&job, &ctx).await?;
         let engine = self.clone();
         let mut running = job.clone();

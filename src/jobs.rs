@@ -221,14 +221,23 @@ impl std::fmt::Display for Progress {
     }
 }
 
+/// What a run's work and its watchers share: the signal to stop and the latest
+/// progress, in one allocation.
+#[derive(Debug, Default)]
+struct RunShared {
+    cancel: CancellationToken,
+    progress: Mutex<Option<Progress>>,
+}
+
 /// Where a run's work reports its progress; shared by the work and whoever watches.
 #[derive(Debug, Clone, Default)]
-pub struct ProgressCell(Arc<Mutex<Option<Progress>>>);
+pub struct ProgressCell(Arc<RunShared>);
 
 impl ProgressCell {
     /// The latest report.
     pub fn get(&self) -> Option<Progress> {
         self.0
+            .progress
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
@@ -237,6 +246,7 @@ impl ProgressCell {
     fn set(&self, progress: Progress) {
         *self
             .0
+            .progress
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
     }
@@ -254,10 +264,12 @@ pub struct JobFilter {
 }
 
 /// What the caller's work gets: the signal to stop, and where to report progress.
+///
+/// Cloning one is an atomic increment: the token and the progress sit behind one
+/// `Arc`, where cloning the token itself would lock its tree.
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    cancel: CancellationToken,
-    progress: ProgressCell,
+    run: ProgressCell,
 }
 
 impl JobContext {
@@ -265,36 +277,38 @@ impl JobContext {
     /// run; make your own to run a tool's work outside the engine (tests, a plain server).
     pub fn new(cancel: CancellationToken) -> JobContext {
         JobContext {
-            cancel,
-            progress: ProgressCell::default(),
+            run: ProgressCell(Arc::new(RunShared {
+                cancel,
+                progress: Mutex::new(None),
+            })),
         }
     }
 
     /// Reports how far the work has come: shown to inline callers in progress
     /// notifications, and in `job_status` and `tasks/get` for a job.
     pub fn report_progress(&self, progress: Progress) {
-        self.progress.set(progress);
+        self.run.set(progress);
     }
 
     /// Where this run's progress is reported.
     pub fn progress(&self) -> &ProgressCell {
-        &self.progress
+        &self.run
     }
 
     /// Resolves when the run is cancelled. Work that selects on it stops cleanly;
     /// work that ignores it is aborted after the grace period.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        self.token().cancelled().await;
     }
 
     /// Whether cancellation was asked for.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.token().is_cancelled()
     }
 
     /// The token itself, to hand to other tasks.
     pub fn token(&self) -> &CancellationToken {
-        &self.cancel
+        &self.run.0.cancel
     }
 }
 
@@ -417,8 +431,8 @@ impl Jobs {
         self.live().insert(
             job.id,
             Live {
-                cancel: ctx.cancel.clone(),
-                progress: ctx.progress.clone(),
+                cancel: ctx.token().clone(),
+                progress: ctx.progress().clone(),
                 status,
                 supervisor: None,
                 work: None,
