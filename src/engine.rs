@@ -30,6 +30,7 @@ use crate::jobs::{
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
+use crate::predictor::RuntimeModel;
 use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
 use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
@@ -253,15 +254,42 @@ struct Learned {
     /// hashbrown's map for `entry_ref`, which copies a tool's name only the first time
     /// it is seen (see [`record_mut`]).
     tools: hashbrown::HashMap<String, Learning>,
-    pooled: ToolRecord,
-    /// Whether the pooled record changed since it was last written.
-    pooled_dirty: bool,
+    pooled: Pooled,
     /// Samples not yet written.
     samples: VecDeque<Sample>,
     /// Budgets per client, with what each showed.
     clients: ClientBudgets,
     /// Clients whose record changed since it was last written.
     dirty_clients: HashSet<String>,
+}
+
+/// The model pooled over all tools, and how far it has caught up with the samples.
+///
+/// It is read only to decide for a tool that is still cold, so it is taught in a batch
+/// when such a decision (or a report, or a write) needs it, not on every call: the same
+/// runs in the same order make the same model, and a warm tool's call leaves the pooled
+/// model's memory alone.
+struct Pooled {
+    record: ToolRecord,
+    /// Whether the record changed since it was last written.
+    dirty: bool,
+    /// How many of the pending samples, from the front, it has been taught.
+    taught: usize,
+}
+
+impl Pooled {
+    /// Teaches the completed runs among `samples` it has not seen yet.
+    fn catch_up(&mut self, samples: &VecDeque<Sample>, risk: f64) {
+        for sample in samples.iter().skip(self.taught) {
+            if sample.outcome == Outcome::Completed {
+                self.record
+                    .model
+                    .observe(&sample.features, sample.runtime_s, risk);
+                self.dirty = true;
+            }
+        }
+        self.taught = samples.len();
+    }
 }
 
 /// What was learned of one tool.
@@ -388,8 +416,11 @@ impl Engine {
                     (tool, learning)
                 })
                 .collect(),
-            pooled: pooled.unwrap_or_else(|| ToolRecord::new(false)),
-            pooled_dirty: false,
+            pooled: Pooled {
+                record: pooled.unwrap_or_else(|| ToolRecord::new(false)),
+                dirty: false,
+                taught: 0,
+            },
             samples: VecDeque::new(),
             clients,
             dirty_clients: HashSet::new(),
@@ -398,7 +429,7 @@ impl Engine {
             .tools
             .values_mut()
             .map(|learning| &mut learning.record);
-        for record in records.chain([&mut learned.pooled]) {
+        for record in records.chain([&mut learned.pooled.record]) {
             record.model.set_risk(config.risk);
         }
         let inner = Arc::new(Inner {
@@ -491,7 +522,9 @@ impl Engine {
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).
     pub fn stats(&self, tool: Option<&str>) -> Vec<ToolStats> {
         let risk = self.inner.policy.risk();
-        let learned = lock(&self.inner.learned);
+        let mut learned = lock(&self.inner.learned);
+        let learned = &mut *learned;
+        learned.pooled.catch_up(&learned.samples, risk);
         match tool {
             Some(tool) => learned
                 .tools
@@ -505,7 +538,7 @@ impl Engine {
                 names
                     .into_iter()
                     .map(|name| learned.tools[name].record.stats(name, risk))
-                    .chain([learned.pooled.stats(POOLED_TOOL, risk)])
+                    .chain([learned.pooled.record.stats(POOLED_TOOL, risk)])
                     .collect()
             }
         }
@@ -574,12 +607,21 @@ impl Engine {
             budget_s: Some(budget.budget_s),
         };
         let learned = &mut *learned;
-        let pooled = Some(&learned.pooled.model);
+        let risk = self.inner.policy.risk();
         if !count {
             let model = learned.tools.get(tool).map(|l| &l.record.model);
+            if !model.is_some_and(RuntimeModel::is_warm) {
+                learned.pooled.catch_up(&learned.samples, risk);
+            }
+            let pooled = Some(&learned.pooled.record.model);
             return self.inner.policy.decide(call, model, pooled);
         }
         let record = record_mut(&mut learned.tools, tool);
+        // Only a cold tool's decision reads the pooled model.
+        if !record.model.is_warm() {
+            learned.pooled.catch_up(&learned.samples, risk);
+        }
+        let pooled = Some(&learned.pooled.record.model);
         let decision = self.inner.policy.decide(call, Some(&record.model), pooled);
         record.counters.decided(&decision);
         decision
@@ -903,16 +945,24 @@ impl Engine {
                 record.model.score(median_s, bound_s, runtime_s);
             }
             record.model.observe(&features, runtime_s, risk);
-            let pooled = &mut learned.pooled.model;
+            // The pooled model learns the run from its sample (see [`Pooled`]).
             if let (Source::Pooled, Some((median_s, bound_s))) = (decision.source, scored) {
-                pooled.score(median_s, bound_s, runtime_s);
+                learned
+                    .pooled
+                    .record
+                    .model
+                    .score(median_s, bound_s, runtime_s);
+                learned.pooled.dirty = true;
             }
-            pooled.observe(&features, runtime_s, risk);
-            learned.pooled_dirty = true;
         }
         if learned.samples.len() >= MAX_PENDING_SAMPLES {
-            // The store has been failing for a while: keep the newest.
+            // The store has been failing for a while: keep the newest, once the pooled
+            // model has learned the oldest.
+            if learned.pooled.taught == 0 {
+                learned.pooled.catch_up(&learned.samples, risk);
+            }
             learned.samples.pop_front();
+            learned.pooled.taught -= 1;
         }
         learned.samples.push_back(Sample {
             tool: tool.clone(),
@@ -930,6 +980,11 @@ impl Engine {
     fn persist(&self) -> Result<(), StoreError> {
         let (samples, tools, pooled, clients) = {
             let mut learned = lock(&self.inner.learned);
+            let learned = &mut *learned;
+            learned
+                .pooled
+                .catch_up(&learned.samples, self.inner.policy.risk());
+            learned.pooled.taught = 0;
             let samples: Vec<Sample> = learned.samples.drain(..).collect();
             let tools: Vec<(String, ToolRecord)> = learned
                 .tools
@@ -940,7 +995,8 @@ impl Engine {
                     (tool.clone(), learning.record.clone())
                 })
                 .collect();
-            let pooled = std::mem::take(&mut learned.pooled_dirty).then(|| learned.pooled.clone());
+            let pooled =
+                std::mem::take(&mut learned.pooled.dirty).then(|| learned.pooled.record.clone());
             let dirty: Vec<String> = learned.dirty_clients.drain().collect();
             let clients: Vec<(String, ClientRecord)> = dirty
                 .into_iter()

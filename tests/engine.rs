@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use smart_async::{
-    BudgetSource, CallOutcome, Engine, EngineConfig, EngineError, InlineProgress, Job, JobError,
-    JobFilter, JobSettings, JobState, JobStatus, Mode, Progress, Source, ToolCall, ToolOptions,
+    BudgetSource, CallOutcome, Engine, EngineConfig, EngineError, Features, InlineProgress, Job,
+    JobError, JobFilter, JobSettings, JobState, JobStatus, Mode, Progress, RuntimeModel, Source,
+    ToolCall, ToolOptions, DEFAULT_RISK,
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -240,6 +241,33 @@ async fn a_cold_tool_borrows_the_pooled_model() {
         .stats(None)
         .iter()
         .any(|s| s.tool == "*" && s.state == "warm"));
+}
+
+/// The pooled model is taught in a batch when a cold tool's decision, a report or a
+/// write needs it: it must still be exactly the model taught every completed run in
+/// order, warm tools' runs too, across the once-a-second writes in between.
+#[tokio::test(start_paused = true)]
+async fn the_pooled_model_is_taught_every_completed_run_in_order() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let mut reference = RuntimeModel::new(false);
+    for i in 0..40 {
+        let args = json!({ "n": i % 5 });
+        let seconds = 1.0 + f64::from(i % 5);
+        engine
+            .call(ToolCall::new("warm_tool", args.clone()), sleeper(seconds))
+            .await
+            .unwrap();
+        reference.observe(&Features::from_args(&args), seconds, DEFAULT_RISK);
+    }
+    let args = json!({ "n": 3 });
+    let decision = engine.predict("cold_tool", &args).await;
+    assert_eq!(decision.source, Source::Pooled, "{}", decision.reason());
+    let expected = reference.predict(&Features::from_args(&args)).unwrap();
+    assert_eq!(decision.predicted_s, Some(expected.median_s));
+    assert_eq!(decision.upper_bound_s, Some(expected.upper_bound_s));
+    let stats = engine.stats(None);
+    let pooled = stats.iter().find(|s| s.tool == "*").unwrap();
+    assert_eq!(pooled.samples, 40);
 }
 
 #[tokio::test]
