@@ -290,6 +290,20 @@ impl Pooled {
         }
         self.taught = samples.len();
     }
+
+    /// The pooled model to decide beside `tool_model`, caught up first when the tool is
+    /// cold: only then does a decision read it.
+    fn beside(
+        &mut self,
+        tool_model: Option<&RuntimeModel>,
+        samples: &VecDeque<Sample>,
+        risk: f64,
+    ) -> &RuntimeModel {
+        if !tool_model.is_some_and(RuntimeModel::is_warm) {
+            self.catch_up(samples, risk);
+        }
+        &self.record.model
+    }
 }
 
 /// What was learned of one tool.
@@ -524,7 +538,6 @@ impl Engine {
         let risk = self.inner.policy.risk();
         let mut learned = lock(&self.inner.learned);
         let learned = &mut *learned;
-        learned.pooled.catch_up(&learned.samples, risk);
         match tool {
             Some(tool) => learned
                 .tools
@@ -533,6 +546,7 @@ impl Engine {
                 .into_iter()
                 .collect(),
             None => {
+                learned.pooled.catch_up(&learned.samples, risk);
                 let mut names: Vec<&String> = learned.tools.keys().collect();
                 names.sort();
                 names
@@ -610,19 +624,17 @@ impl Engine {
         let risk = self.inner.policy.risk();
         if !count {
             let model = learned.tools.get(tool).map(|l| &l.record.model);
-            if !model.is_some_and(RuntimeModel::is_warm) {
-                learned.pooled.catch_up(&learned.samples, risk);
-            }
-            let pooled = Some(&learned.pooled.record.model);
-            return self.inner.policy.decide(call, model, pooled);
+            let pooled = learned.pooled.beside(model, &learned.samples, risk);
+            return self.inner.policy.decide(call, model, Some(pooled));
         }
         let record = record_mut(&mut learned.tools, tool);
-        // Only a cold tool's decision reads the pooled model.
-        if !record.model.is_warm() {
-            learned.pooled.catch_up(&learned.samples, risk);
-        }
-        let pooled = Some(&learned.pooled.record.model);
-        let decision = self.inner.policy.decide(call, Some(&record.model), pooled);
+        let pooled = learned
+            .pooled
+            .beside(Some(&record.model), &learned.samples, risk);
+        let decision = self
+            .inner
+            .policy
+            .decide(call, Some(&record.model), Some(pooled));
         record.counters.decided(&decision);
         decision
     }
