@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
-cargo test --locked --doc
+# `failpoints` compiles in the store's fault injection, for tests/store_faults.rs.
+cargo clippy --locked --all-targets --features failpoints -- -D warnings
+cargo test --locked --all-targets --features failpoints
+cargo test --locked --doc --features failpoints
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 
 # Real clients against the binary the tests above just built.

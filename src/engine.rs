@@ -580,7 +580,8 @@ impl Engine {
 
     /// Stops the sweeper and every running job's tasks (they will read as
     /// "interrupted by restart" on the next open) and flushes the database. The
-    /// database closes when the last clone of the engine is dropped.
+    /// database closes when the last clone of the engine is dropped. If the write
+    /// fails, what it did not store is kept: call `close` again once the disk is back.
     pub async fn close(&self) -> Result<(), EngineError> {
         self.inner.shutdown.cancel();
         self.inner.jobs.abandon_all().await;
@@ -988,50 +989,100 @@ impl Engine {
     /// Writes the samples and the records that changed since the last write. Called
     /// every [`PERSIST_INTERVAL`] and on close, so a call pays for no write (a sled
     /// insert per call cost more than everything else the engine does for it) and a
-    /// crash loses at most that long of learning.
+    /// crash loses at most that long of learning. What a failed write did not store
+    /// goes back for the next one.
     fn persist(&self) -> Result<(), StoreError> {
-        let (samples, tools, pooled, clients) = {
-            let mut learned = lock(&self.inner.learned);
-            let learned = &mut *learned;
-            learned
-                .pooled
-                .catch_up(&learned.samples, self.inner.policy.risk());
-            learned.pooled.taught = 0;
-            let samples: Vec<Sample> = learned.samples.drain(..).collect();
-            let tools: Vec<(String, ToolRecord)> = learned
-                .tools
-                .iter_mut()
-                .filter(|(_, learning)| learning.dirty)
-                .map(|(tool, learning)| {
-                    learning.dirty = false;
-                    (tool.clone(), learning.record.clone())
-                })
-                .collect();
-            let pooled =
-                std::mem::take(&mut learned.pooled.dirty).then(|| learned.pooled.record.clone());
-            let dirty: Vec<String> = learned.dirty_clients.drain().collect();
-            let clients: Vec<(String, ClientRecord)> = dirty
-                .into_iter()
-                .map(|name| {
-                    let record = learned.clients.record_mut(&name).clone();
-                    (name, record)
-                })
-                .collect();
-            (samples, tools, pooled, clients)
-        };
-        if !samples.is_empty() {
-            self.inner.store.append_samples(&samples)?;
+        let mut unwritten = lock(&self.inner.learned).take_unwritten(self.inner.policy.risk());
+        let written = self.write(&mut unwritten);
+        if written.is_err() {
+            lock(&self.inner.learned).put_back(unwritten);
         }
-        for (tool, record) in &tools {
-            self.inner.store.save_record(Some(tool), record)?;
+        written
+    }
+
+    /// Writes `unwritten`, samples first. Once they are in, they leave `unwritten`,
+    /// so that a failure after them puts back only the records.
+    fn write(&self, unwritten: &mut Unwritten) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        if !unwritten.samples.is_empty() {
+            store.append_samples(&unwritten.samples)?;
+            unwritten.samples.clear();
         }
-        if let Some(pooled) = &pooled {
-            self.inner.store.save_record(None, pooled)?;
+        for (tool, record) in &unwritten.tools {
+            store.save_record(Some(tool), record)?;
         }
-        for (name, record) in &clients {
-            self.inner.store.save_client(name, record)?;
+        if let Some(pooled) = &unwritten.pooled {
+            store.save_record(None, pooled)?;
+        }
+        for (name, record) in &unwritten.clients {
+            store.save_client(name, record)?;
         }
         Ok(())
+    }
+}
+
+/// What one write takes out of memory: the pending samples and the records that
+/// changed since the last write.
+struct Unwritten {
+    samples: Vec<Sample>,
+    tools: Vec<(String, ToolRecord)>,
+    pooled: Option<ToolRecord>,
+    clients: Vec<(String, ClientRecord)>,
+}
+
+impl Learned {
+    /// Takes what the next write needs, the pooled model caught up first so that the
+    /// samples it goes with leave together.
+    fn take_unwritten(&mut self, risk: f64) -> Unwritten {
+        self.pooled.catch_up(&self.samples, risk);
+        self.pooled.taught = 0;
+        let samples = Vec::from(std::mem::take(&mut self.samples));
+        let tools = self
+            .tools
+            .iter_mut()
+            .filter(|(_, learning)| learning.dirty)
+            .map(|(tool, learning)| {
+                learning.dirty = false;
+                (tool.clone(), learning.record.clone())
+            })
+            .collect();
+        let pooled = std::mem::take(&mut self.pooled.dirty).then(|| self.pooled.record.clone());
+        let dirty: Vec<String> = self.dirty_clients.drain().collect();
+        let clients = dirty
+            .into_iter()
+            .map(|name| {
+                let record = self.clients.record_mut(&name).clone();
+                (name, record)
+            })
+            .collect();
+        Unwritten {
+            samples,
+            tools,
+            pooled,
+            clients,
+        }
+    }
+
+    /// Puts back what a failed write did not store: its samples ahead of the ones
+    /// recorded since (the pooled model has learned them), and its records marked for
+    /// the next write, which stores their state by then.
+    fn put_back(&mut self, unwritten: Unwritten) {
+        let newer = std::mem::replace(&mut self.samples, VecDeque::from(unwritten.samples));
+        self.pooled.taught += self.samples.len();
+        self.samples.extend(newer);
+        // The store has been failing for a while: keep the newest (as `record` does).
+        while self.samples.len() > MAX_PENDING_SAMPLES {
+            self.samples.pop_front();
+            self.pooled.taught -= 1;
+        }
+        for (tool, _) in unwritten.tools {
+            if let Some(learning) = self.tools.get_mut(&tool) {
+                learning.dirty = true;
+            }
+        }
+        self.pooled.dirty |= unwritten.pooled.is_some();
+        self.dirty_clients
+            .extend(unwritten.clients.into_iter().map(|(name, _)| name));
     }
 }
 

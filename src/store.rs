@@ -249,6 +249,7 @@ impl Store {
     /// Appends samples: one value per tool holding that tool's samples in order, so a
     /// second of calls costs a few inserts, not one per call.
     pub fn append_samples(&self, samples: &[Sample]) -> Result<()> {
+        fail::fail_point!("store::append_samples", |_| Err(self.injected()));
         let mut by_tool: Vec<(&str, Vec<&Sample>)> = Vec::new();
         for sample in samples {
             match by_tool.iter_mut().find(|(tool, _)| **tool == *sample.tool) {
@@ -327,6 +328,7 @@ impl Store {
 
     /// Saves a tool's record, or the pooled one when `tool` is `None`.
     pub fn save_record(&self, tool: Option<&str>, record: &ToolRecord) -> Result<()> {
+        fail::fail_point!("store::save_record", |_| Err(self.injected()));
         let bytes = record.to_bytes();
         match tool {
             Some(tool) => self.models.insert(tool.as_bytes(), bytes),
@@ -359,6 +361,7 @@ impl Store {
 
     /// Saves what was learned about a client.
     pub fn save_client(&self, name: &str, record: &ClientRecord) -> Result<()> {
+        fail::fail_point!("store::save_client", |_| Err(self.injected()));
         let bytes = postcard::to_allocvec(record).map_err(|e| self.corrupt(&e.to_string()))?;
         self.clients
             .insert(name.as_bytes(), bytes)
@@ -431,6 +434,14 @@ impl Store {
 
     fn io(&self, source: sled::Error) -> StoreError {
         open_error(&self.path, source)
+    }
+
+    /// The failure a test injects where the disk would fail (the `failpoints` feature).
+    #[cfg(feature = "failpoints")]
+    fn injected(&self) -> StoreError {
+        self.io(sled::Error::Io(std::io::Error::other(
+            "injected by a failpoint",
+        )))
     }
 
     fn corrupt(&self, detail: &str) -> StoreError {
