@@ -10,7 +10,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::jobs::{
     now_ms, panic_message, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState,
     Jobs, Progress, RunEnd, WorkHandle,
 };
+use crate::lock;
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
@@ -384,13 +385,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Learning must go on after a panic elsewhere: every update leaves the maps whole.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Engine {
     /// Opens the database, loads what was learned, fails jobs a previous process left
     /// unfinished ("interrupted by restart") and starts the retention sweeper.
@@ -586,6 +580,7 @@ impl Engine {
         self.inner.shutdown.cancel();
         self.inner.jobs.abandon_all().await;
         self.persist()?;
+        self.inner.jobs.write_unwritten().await?;
         self.inner.store.flush().await?;
         Ok(())
     }
@@ -931,7 +926,7 @@ impl Engine {
         let tool: Arc<str> = job.tool.as_str().into();
         self.record(&tool, features, runtime_s, outcome, &job.decision);
         if let Err(e) = self.inner.jobs.update(&job).await {
-            tracing::error!(job = %job.id, error = %e, "could not store the job's end");
+            tracing::error!(job = %job.id, error = %e, "could not store the job's end: it is read from memory and written again every second");
         }
     }
 
@@ -1215,6 +1210,9 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         .persist()
         {
             tracing::warn!(error = %e, "could not store the models");
+        }
+        if let Err(e) = inner.jobs.write_unwritten().await {
+            tracing::warn!(error = %e, "could not store the end of a job");
         }
         since_sweep += PERSIST_INTERVAL;
         if since_sweep < SWEEP_INTERVAL {

@@ -2,7 +2,8 @@
 //! be waited on and cancelled.
 //!
 //! A [`Job`] is durable in the store before its handle is handed out, and its result
-//! is durable before anyone is told it completed. The live part (cancellation token,
+//! is durable before anyone is told it completed (if the store refuses it, the end is
+//! read from memory and written again until it is stored). The live part (cancellation token,
 //! status channel, abort handles) exists only while the job runs in this process; jobs
 //! found pending or running when the store is opened were cut off by a restart and are
 //! marked failed. Finished jobs are kept for a retention age and up to a count.
@@ -18,6 +19,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::lock;
 use crate::policy::Decision;
 use crate::store::{Store, StoreError};
 
@@ -236,19 +238,11 @@ pub struct ProgressCell(Arc<RunShared>);
 impl ProgressCell {
     /// The latest report.
     pub fn get(&self) -> Option<Progress> {
-        self.0
-            .progress
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.0.progress).clone()
     }
 
     fn set(&self, progress: Progress) {
-        *self
-            .0
-            .progress
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
+        *lock(&self.0.progress) = Some(progress);
     }
 }
 
@@ -379,6 +373,10 @@ struct Live {
 pub(crate) struct Jobs {
     store: Store,
     live: Mutex<HashMap<Uuid, Live>>,
+    /// Ends the store refused to take: the job reads from here until
+    /// [`Jobs::write_unwritten`] stores them, so a failing disk never costs a result the
+    /// work already gave. An end is a job's last state, so nothing writes it meanwhile.
+    unwritten: Mutex<HashMap<Uuid, Job>>,
     permits: Arc<Semaphore>,
     settings: JobSettings,
 }
@@ -407,6 +405,7 @@ impl Jobs {
         Ok(Jobs {
             store,
             live: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
             settings,
         })
@@ -417,11 +416,11 @@ impl Jobs {
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<Uuid, Live>> {
-        // A panic while holding this lock leaves the map consistent (single inserts and
-        // removes), so a poisoned lock is still safe to use.
-        self.live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.live)
+    }
+
+    fn unwritten(&self) -> MutexGuard<'_, HashMap<Uuid, Job>> {
+        lock(&self.unwritten)
     }
 
     /// Makes the job durable, then live under the run's context.
@@ -469,10 +468,14 @@ impl Jobs {
         }
     }
 
-    /// Writes a new state (durably when terminal) and tells waiters.
+    /// Writes a new state (durably when terminal) and tells waiters. An end the store
+    /// refuses is kept for [`Jobs::write_unwritten`], and read from memory until then.
     pub(crate) async fn update(&self, job: &Job) -> Result<(), StoreError> {
         let terminal = job.status().is_terminal();
         let written = self.store.put_job(job, terminal).await;
+        if terminal && written.is_err() {
+            self.unwritten().insert(job.id, job.clone());
+        }
         let mut live = self.live();
         if let Some(entry) = live.get(&job.id) {
             entry.status.send_replace(job.status());
@@ -483,8 +486,22 @@ impl Jobs {
         written
     }
 
+    /// Stores the ends the store refused before; the first that fails again stops the
+    /// round (they all wait for the same disk).
+    pub(crate) async fn write_unwritten(&self) -> Result<(), StoreError> {
+        let jobs: Vec<Job> = self.unwritten().values().cloned().collect();
+        for job in jobs {
+            self.store.put_job(&job, true).await?;
+            self.unwritten().remove(&job.id);
+        }
+        Ok(())
+    }
+
     /// Reads a job, with its progress while it runs.
     pub(crate) fn get(&self, id: Uuid) -> Result<Job, JobError> {
+        if let Some(job) = self.unwritten().get(&id) {
+            return Ok(job.clone());
+        }
         let mut job = self.store.job(id)?.ok_or(JobError::NotFound(id))?;
         self.add_progress(&mut job);
         Ok(job)
@@ -530,9 +547,16 @@ impl Jobs {
 
     /// Jobs matching the filter, newest first.
     pub(crate) fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        let mut jobs: Vec<Job> = self
-            .store
-            .jobs()?
+        let mut jobs = self.store.jobs()?;
+        {
+            let unwritten = self.unwritten();
+            for job in &mut jobs {
+                if let Some(end) = unwritten.get(&job.id) {
+                    job.clone_from(end);
+                }
+            }
+        }
+        let mut jobs: Vec<Job> = jobs
             .into_iter()
             .filter(|job| filter.status.is_none_or(|s| job.status() == s))
             .filter(|job| filter.tool.as_deref().is_none_or(|t| job.tool == t))

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{BoxedWork, Engine, ToolOptions, WorkOutput};
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
+use crate::lock;
 use crate::mcp::or_job_answer;
 use crate::tools::with_async_mode;
 
@@ -153,12 +154,6 @@ struct Inner {
 pub struct Upstream {
     inner: Arc<Inner>,
     supervisor: Arc<Mutex<Option<JoinHandle<()>>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Upstream {

@@ -388,6 +388,7 @@ impl Store {
 
     /// Writes a job; with `durable`, returns only once it is on disk.
     pub async fn put_job(&self, job: &Job, durable: bool) -> Result<()> {
+        fail::fail_point!("store::put_job", |_| Err(self.injected()));
         let value = serde_json::to_vec(job).map_err(|e| self.corrupt(&e.to_string()))?;
         self.jobs
             .insert(job.id.as_bytes(), value)

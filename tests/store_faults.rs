@@ -1,11 +1,14 @@
-//! A write that fails loses nothing: what it did not store is kept for the next one.
+//! A write that fails loses nothing: what it did not store is kept for the next one,
+//! and a job's end the store refused is answered from memory until it is stored.
 //! The disk's failure is injected at the store's `fail_point!`s, so this suite needs
 //! `--features failpoints` (`scripts/test.sh` passes it).
 
 use std::time::Duration;
 
 use serde_json::json;
-use smart_async::{Engine, EngineConfig, Store, ToolCall};
+use smart_async::{
+    CallOutcome, Engine, EngineConfig, JobFilter, JobState, JobStatus, Store, ToolCall,
+};
 use tempfile::TempDir;
 
 async fn open(dir: &TempDir) -> Engine {
@@ -101,4 +104,51 @@ async fn a_write_that_keeps_failing_is_reported_and_loses_nothing_once_the_disk_
 
     let expected: Vec<f64> = (1..=5).map(f64::from).collect();
     assert_eq!(stored_numbers(&dir), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_end_the_store_refused_is_answered_from_memory_and_stored_once_the_disk_is_back() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir).await;
+    let outcome = engine
+        .call(
+            ToolCall::new("build", json!({ "async_mode": true })),
+            |_| async { Ok(json!({ "built": true })) },
+        )
+        .await
+        .unwrap();
+    let CallOutcome::Job { job } = outcome else {
+        panic!("async_mode runs in the background: {outcome:?}");
+    };
+    // Before the job's task first runs: its start and its end are refused.
+    fail::cfg("store::put_job", "return").unwrap();
+    let completed = JobState::Completed {
+        result: json!({ "built": true }),
+    };
+    let ended = engine
+        .wait_job(job.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ended.state, completed, "the result, from memory");
+    one_write_later().await;
+    let listed = engine
+        .list_jobs(&JobFilter {
+            status: Some(JobStatus::Completed),
+            ..JobFilter::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1, "listed as completed after a failed retry");
+    assert!(
+        engine.close().await.is_err(),
+        "close says it could not store it"
+    );
+    fail::remove("store::put_job");
+    engine.close().await.unwrap();
+    drop(engine);
+    scenario.teardown();
+
+    let engine = open(&dir).await;
+    assert_eq!(engine.job(job.id).unwrap().state, completed, "stored");
+    engine.close().await.unwrap();
 }

@@ -41,6 +41,7 @@ use crate::engine::{
     ToolCall, WorkOutput,
 };
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
+use crate::lock;
 use crate::policy::{Seconds, Source};
 use crate::proxy::{upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
@@ -307,10 +308,7 @@ impl SmartServer {
                 .as_deref()
                 .map(|info| info.client_info.name.as_str())
         })?;
-        let mut last = self
-            .last_client
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = lock(&self.last_client);
         match &*last {
             Some(last) if **last == *name => Some(last.clone()),
             _ => {
@@ -655,10 +653,7 @@ struct ProgressMailbox {
 
 impl HearProgress for ProgressMailbox {
     fn hear(&self, progress: InlineProgress) {
-        *self
-            .latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
+        *lock(&self.latest) = Some(progress);
         self.ring.notify_one();
     }
 }
@@ -666,11 +661,7 @@ impl HearProgress for ProgressMailbox {
 impl ProgressMailbox {
     async fn take(&self) -> InlineProgress {
         loop {
-            let taken = self
-                .latest
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take();
+            let taken = lock(&self.latest).take();
             if let Some(progress) = taken {
                 return progress;
             }
