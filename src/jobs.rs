@@ -3,10 +3,11 @@
 //!
 //! A [`Job`] is durable in the store before its handle is handed out, and its result
 //! is durable before anyone is told it completed (if the store refuses it, the end is
-//! read from memory and written again until it is stored). The live part (cancellation token,
-//! status channel, abort handles) exists only while the job runs in this process; jobs
-//! found pending or running when the store is opened were cut off by a restart and are
-//! marked failed. Finished jobs are kept for a retention age and up to a count.
+//! read from memory and written again until it is stored). The live part
+//! (cancellation token, status channel, abort handles) exists only while the job runs
+//! in this process; jobs found pending or running when the store is opened were cut
+//! off by a restart and are marked failed. Finished jobs are kept for a retention age
+//! and up to a count.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
