@@ -891,7 +891,7 @@ impl Engine {
             running.state = JobState::Running;
             running.started_at_ms = Some(now_ms());
             if let Err(e) = jobs.update(&running).await {
-                tracing::warn!(job = %running.id, error = %e, "could not record that the job started");
+                tracing::warn!(job = %running.id, error = %e, "could not record that the job started: it is read from memory and written again every second");
             }
             let started = Instant::now();
             let mut work: WorkHandle = tokio::spawn(job_work(work(ctx)));
@@ -1212,7 +1212,7 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
             tracing::warn!(error = %e, "could not store the models");
         }
         if let Err(e) = inner.jobs.write_unwritten().await {
-            tracing::warn!(error = %e, "could not store the end of a job");
+            tracing::warn!(error = %e, "could not store a job's state");
         }
         since_sweep += PERSIST_INTERVAL;
         if since_sweep < SWEEP_INTERVAL {

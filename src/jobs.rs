@@ -2,8 +2,8 @@
 //! be waited on and cancelled.
 //!
 //! A [`Job`] is durable in the store before its handle is handed out, and its result
-//! is durable before anyone is told it completed (if the store refuses it, the end is
-//! read from memory and written again until it is stored). The live part
+//! is durable before anyone is told it completed (a state the store refuses is read
+//! from memory and written again until it is stored). The live part
 //! (cancellation token, status channel, abort handles) exists only while the job runs
 //! in this process; jobs found pending or running when the store is opened were cut
 //! off by a restart and are marked failed. Finished jobs are kept for a retention age
@@ -374,10 +374,13 @@ struct Live {
 pub(crate) struct Jobs {
     store: Store,
     live: Mutex<HashMap<Uuid, Live>>,
-    /// Ends the store refused to take: the job reads from here until
-    /// [`Jobs::write_unwritten`] stores them, so a failing disk never costs a result the
-    /// work already gave. An end is a job's last state, so nothing writes it meanwhile.
+    /// States the store refused: a job reads from here until [`Jobs::write_unwritten`]
+    /// or its next state is stored, so a failing disk never costs a result the work
+    /// already gave.
     unwritten: Mutex<HashMap<Uuid, Job>>,
+    /// Held while a state is written, so that a retry of an older state never lands
+    /// after a newer one.
+    writing: tokio::sync::Mutex<()>,
     permits: Arc<Semaphore>,
     settings: JobSettings,
 }
@@ -407,6 +410,7 @@ impl Jobs {
             store,
             live: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(HashMap::new()),
+            writing: tokio::sync::Mutex::new(()),
             permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
             settings,
         })
@@ -469,14 +473,20 @@ impl Jobs {
         }
     }
 
-    /// Writes a new state (durably when terminal) and tells waiters. An end the store
+    /// Writes a new state (durably when terminal) and tells waiters. A state the store
     /// refuses is kept for [`Jobs::write_unwritten`], and read from memory until then.
     pub(crate) async fn update(&self, job: &Job) -> Result<(), StoreError> {
         let terminal = job.status().is_terminal();
-        let written = self.store.put_job(job, terminal).await;
-        if terminal && written.is_err() {
-            self.unwritten().insert(job.id, job.clone());
-        }
+        let written = {
+            let _writing = self.writing.lock().await;
+            let written = self.store.put_job(job, terminal).await;
+            let mut unwritten = self.unwritten();
+            match written {
+                Ok(()) => unwritten.remove(&job.id),
+                Err(_) => unwritten.insert(job.id, job.clone()),
+            };
+            written
+        };
         let mut live = self.live();
         if let Some(entry) = live.get(&job.id) {
             entry.status.send_replace(job.status());
@@ -487,9 +497,10 @@ impl Jobs {
         written
     }
 
-    /// Stores the ends the store refused before; the first that fails again stops the
+    /// Stores the states the store refused before; the first that fails again stops the
     /// round (they all wait for the same disk).
     pub(crate) async fn write_unwritten(&self) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
         let jobs: Vec<Job> = self.unwritten().values().cloned().collect();
         for job in jobs {
             self.store.put_job(&job, true).await?;
@@ -500,10 +511,11 @@ impl Jobs {
 
     /// Reads a job, with its progress while it runs.
     pub(crate) fn get(&self, id: Uuid) -> Result<Job, JobError> {
-        if let Some(job) = self.unwritten().get(&id) {
-            return Ok(job.clone());
-        }
-        let mut job = self.store.job(id)?.ok_or(JobError::NotFound(id))?;
+        let unwritten = self.unwritten().get(&id).cloned();
+        let mut job = match unwritten {
+            Some(job) => job,
+            None => self.store.job(id)?.ok_or(JobError::NotFound(id))?,
+        };
         self.add_progress(&mut job);
         Ok(job)
     }
@@ -552,8 +564,8 @@ impl Jobs {
         {
             let unwritten = self.unwritten();
             for job in &mut jobs {
-                if let Some(end) = unwritten.get(&job.id) {
-                    job.clone_from(end);
+                if let Some(latest) = unwritten.get(&job.id) {
+                    job.clone_from(latest);
                 }
             }
         }

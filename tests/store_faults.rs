@@ -1,5 +1,5 @@
 //! A write that fails loses nothing: what it did not store is kept for the next one,
-//! and a job's end the store refused is answered from memory until it is stored.
+//! and a job's state the store refused is answered from memory until it is stored.
 //! The disk's failure is injected at the store's `fail_point!`s, so this suite needs
 //! `--features failpoints` (`scripts/test.sh` passes it).
 
@@ -150,5 +150,45 @@ async fn a_job_end_the_store_refused_is_answered_from_memory_and_stored_once_the
 
     let engine = open(&dir).await;
     assert_eq!(engine.job(job.id).unwrap().state, completed, "stored");
+    engine.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_start_the_store_refused_reads_running_and_its_end_supersedes_it() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir).await;
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let outcome = engine
+        .call(
+            ToolCall::new("build", json!({ "async_mode": true })),
+            move |_| async move {
+                let _ = finished.await;
+                Ok(json!({ "built": true }))
+            },
+        )
+        .await
+        .unwrap();
+    let CallOutcome::Job { job } = outcome else {
+        panic!("async_mode runs in the background: {outcome:?}");
+    };
+    // Only the start is refused: the first write after the job's creation.
+    fail::cfg("store::put_job", "1*return").unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(engine.job(job.id).unwrap().status(), JobStatus::Running);
+    finish.send(()).unwrap();
+    let ended = engine
+        .wait_job(job.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), JobStatus::Completed);
+    // The stored end is not overwritten by a retry of the start.
+    one_write_later().await;
+    engine.close().await.unwrap();
+    drop(engine);
+    scenario.teardown();
+
+    let engine = open(&dir).await;
+    assert_eq!(engine.job(job.id).unwrap().status(), JobStatus::Completed);
     engine.close().await.unwrap();
 }
