@@ -1196,6 +1196,8 @@ fn panic_error(message: &str) -> String {
 /// every [`SWEEP_INTERVAL`].
 async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
     let mut since_sweep = Duration::ZERO;
+    let mut since_start = Duration::ZERO;
+    let mut outage = Outage::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -1204,15 +1206,28 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         let Some(inner) = engine.upgrade() else {
             return;
         };
-        if let Err(e) = (Engine {
+        since_start += PERSIST_INTERVAL;
+        let models = Engine {
             inner: inner.clone(),
-        })
-        .persist()
-        {
-            tracing::warn!(error = %e, "could not store the models");
         }
-        if let Err(e) = inner.jobs.write_unwritten().await {
-            tracing::warn!(error = %e, "could not store a job's state");
+        .persist();
+        let jobs = inner.jobs.write_unwritten().await;
+        match models.and(jobs) {
+            Err(e) => {
+                if let Some(down) = outage.failed(since_start) {
+                    let pending_samples = lock(&inner.learned).samples.len();
+                    if down.is_zero() {
+                        tracing::warn!(error = %e, pending_samples, "could not store the models and job states: they are kept in memory and tried again every second (this is said again once a minute while it lasts)");
+                    } else {
+                        tracing::warn!(error = %e, pending_samples, "still cannot store the models and job states, for {} s now: they are kept in memory", down.as_secs());
+                    }
+                }
+            }
+            Ok(()) => {
+                if let Some(down) = outage.recovered(since_start) {
+                    tracing::info!("the database takes writes again after {} s: what was kept in memory is stored", down.as_secs());
+                }
+            }
         }
         since_sweep += PERSIST_INTERVAL;
         if since_sweep < SWEEP_INTERVAL {
@@ -1228,5 +1243,60 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
                 tracing::warn!(tool, error = %e, "could not prune samples");
             }
         }
+    }
+}
+
+/// The store refusing the periodic writes, as the sweeper reports it: at the first
+/// failure, then once a minute, and when it takes writes again. A full disk should not
+/// also fill with the same warning every second.
+#[derive(Debug, Default)]
+struct Outage {
+    /// When the first write of this outage failed, and when it was last reported.
+    failing: Option<(Duration, Duration)>,
+}
+
+/// How often an outage is reported while it lasts.
+const OUTAGE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Outage {
+    /// A write failed at `now`: how long the store has refused writes (zero at the
+    /// first failure), when this failure is one to report.
+    fn failed(&mut self, now: Duration) -> Option<Duration> {
+        match &mut self.failing {
+            None => {
+                self.failing = Some((now, now));
+                Some(Duration::ZERO)
+            }
+            Some((since, reported)) if now.saturating_sub(*reported) >= OUTAGE_REPORT_INTERVAL => {
+                *reported = now;
+                Some(now.saturating_sub(*since))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// A write succeeded at `now`: how long the store had refused writes, if it had.
+    fn recovered(&mut self, now: Duration) -> Option<Duration> {
+        self.failing
+            .take()
+            .map(|(since, _)| now.saturating_sub(since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_at_once_then_once_a_minute_and_at_its_end() {
+        let mut outage = Outage::default();
+        let at = Duration::from_secs;
+        assert_eq!(outage.recovered(at(1)), None, "no outage, nothing to say");
+        assert_eq!(outage.failed(at(10)), Some(at(0)));
+        let reported: Vec<Duration> = (11..=130).filter_map(|s| outage.failed(at(s))).collect();
+        assert_eq!(reported, [at(60), at(120)], "minutes into the outage");
+        assert_eq!(outage.recovered(at(131)), Some(at(121)));
+        assert_eq!(outage.recovered(at(132)), None);
+        assert_eq!(outage.failed(at(200)), Some(at(0)), "a new outage");
     }
 }
