@@ -1195,7 +1195,6 @@ fn panic_error(message: &str) -> String {
 /// Writes changed models every [`PERSIST_INTERVAL`], and prunes jobs and samples
 /// every [`SWEEP_INTERVAL`].
 async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
-    let mut since_sweep = Duration::ZERO;
     let mut since_start = Duration::ZERO;
     let mut outage = Outage::default();
     loop {
@@ -1229,11 +1228,9 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
                 }
             }
         }
-        since_sweep += PERSIST_INTERVAL;
-        if since_sweep < SWEEP_INTERVAL {
+        if since_start.as_millis() % SWEEP_INTERVAL.as_millis() != 0 {
             continue;
         }
-        since_sweep = Duration::ZERO;
         if let Err(e) = inner.jobs.prune(now_ms()) {
             tracing::warn!(error = %e, "could not prune finished jobs");
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use smart_async::{
-    CallOutcome, Engine, EngineConfig, JobFilter, JobState, JobStatus, Store, ToolCall,
+    CallOutcome, Engine, EngineConfig, Job, JobFilter, JobState, JobStatus, Store, ToolCall,
 };
 use tempfile::TempDir;
 
@@ -35,14 +35,38 @@ fn stored_numbers(dir: &TempDir) -> Vec<f64> {
         .collect()
 }
 
-/// An engine on a fresh database that has counted 1 to `last`, and the fail points
-/// to set, which no other test sets meanwhile.
-async fn counted_to(last: u32) -> (fail::FailScenario<'static>, TempDir, Engine) {
+/// An engine on a fresh database, and the fail points to set, which no other test
+/// sets meanwhile.
+async fn fresh() -> (fail::FailScenario<'static>, TempDir, Engine) {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir).await;
+    (scenario, dir, engine)
+}
+
+/// A fresh engine that has counted 1 to `last`.
+async fn counted_to(last: u32) -> (fail::FailScenario<'static>, TempDir, Engine) {
+    let (scenario, dir, engine) = fresh().await;
     count(&engine, 1..=last).await;
     (scenario, dir, engine)
+}
+
+/// A `build` call sent to the background, its work `until` resolved, then done.
+async fn build_job(engine: &Engine, until: impl std::future::Future + Send + 'static) -> Job {
+    let outcome = engine
+        .call(
+            ToolCall::new("build", json!({ "async_mode": true })),
+            move |_| async move {
+                until.await;
+                Ok(json!({ "built": true }))
+            },
+        )
+        .await
+        .unwrap();
+    let CallOutcome::Job { job } = outcome else {
+        panic!("async_mode runs in the background: {outcome:?}");
+    };
+    *job
 }
 
 /// Lets the engine's once-a-second write run.
@@ -108,19 +132,8 @@ async fn a_write_that_keeps_failing_is_reported_and_loses_nothing_once_the_disk_
 
 #[tokio::test(start_paused = true)]
 async fn a_job_end_the_store_refused_is_answered_from_memory_and_stored_once_the_disk_is_back() {
-    let scenario = fail::FailScenario::setup();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(&dir).await;
-    let outcome = engine
-        .call(
-            ToolCall::new("build", json!({ "async_mode": true })),
-            |_| async { Ok(json!({ "built": true })) },
-        )
-        .await
-        .unwrap();
-    let CallOutcome::Job { job } = outcome else {
-        panic!("async_mode runs in the background: {outcome:?}");
-    };
+    let (scenario, dir, engine) = fresh().await;
+    let job = build_job(&engine, async {}).await;
     // Before the job's task first runs: its start and its end are refused.
     fail::cfg("store::put_job", "return").unwrap();
     let completed = JobState::Completed {
@@ -157,23 +170,9 @@ async fn a_job_end_the_store_refused_is_answered_from_memory_and_stored_once_the
 // paused clock would run the wait for it out meanwhile.
 #[tokio::test]
 async fn a_job_start_the_store_refused_reads_running_and_its_end_supersedes_it() {
-    let scenario = fail::FailScenario::setup();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(&dir).await;
+    let (scenario, dir, engine) = fresh().await;
     let (finish, finished) = tokio::sync::oneshot::channel::<()>();
-    let outcome = engine
-        .call(
-            ToolCall::new("build", json!({ "async_mode": true })),
-            move |_| async move {
-                let _ = finished.await;
-                Ok(json!({ "built": true }))
-            },
-        )
-        .await
-        .unwrap();
-    let CallOutcome::Job { job } = outcome else {
-        panic!("async_mode runs in the background: {outcome:?}");
-    };
+    let job = build_job(&engine, finished).await;
     // Only the start is refused: the first write after the job's creation.
     fail::cfg("store::put_job", "1*return").unwrap();
     let mut status = JobStatus::Pending;
