@@ -100,7 +100,7 @@ fn engine_paths(c: &mut Criterion) {
     });
     c.bench_function("job durable write", |b| {
         b.to_async(&runtime)
-            .iter(|| async { store.put_job(black_box(&job), true).await.expect("write") })
+            .iter(|| async { store.put_job(black_box(&job)).await.expect("write") })
     });
     runtime.block_on(engine.close()).expect("close");
 }

@@ -33,7 +33,7 @@ use crate::policy::{
 };
 use crate::predictor::RuntimeModel;
 use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
-use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
+use crate::store::{PendingWrite, Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
 /// How often finished jobs and old samples are pruned.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -337,6 +337,9 @@ struct Inner {
     store: Store,
     jobs: Jobs,
     learned: Mutex<Learned>,
+    /// Held by a write of what was learned, so that the sweeper's and `close`'s never
+    /// interleave (a failed one puts back ahead of what came since).
+    persisting: tokio::sync::Mutex<()>,
     tools: Mutex<hashbrown::HashMap<String, ToolOptions>>,
     shutdown: CancellationToken,
 }
@@ -412,7 +415,7 @@ impl Engine {
             clients.restore(name, record);
         }
         let jobs = Jobs::open(store.clone(), config.jobs).await?;
-        jobs.prune(now_ms())?;
+        jobs.prune(now_ms()).await?;
         let mut learned = Learned {
             tools: tools
                 .into_iter()
@@ -447,6 +450,7 @@ impl Engine {
             store,
             jobs,
             learned: Mutex::new(learned),
+            persisting: tokio::sync::Mutex::new(()),
             tools: Mutex::new(hashbrown::HashMap::new()),
             shutdown: CancellationToken::new(),
         });
@@ -579,7 +583,7 @@ impl Engine {
     pub async fn close(&self) -> Result<(), EngineError> {
         self.inner.shutdown.cancel();
         self.inner.jobs.abandon_all().await;
-        self.persist()?;
+        self.persist().await?;
         self.inner.jobs.write_unwritten().await?;
         self.inner.store.flush().await?;
         Ok(())
@@ -986,9 +990,10 @@ impl Engine {
     /// insert per call cost more than everything else the engine does for it) and a
     /// crash loses at most that long of learning. What a failed write did not store
     /// goes back for the next one.
-    fn persist(&self) -> Result<(), StoreError> {
+    async fn persist(&self) -> Result<(), StoreError> {
+        let _persisting = self.inner.persisting.lock().await;
         let mut unwritten = lock(&self.inner.learned).take_unwritten(self.inner.policy.risk());
-        let written = self.write(&mut unwritten);
+        let written = self.write(&mut unwritten).await;
         if written.is_err() {
             lock(&self.inner.learned).put_back(unwritten);
         }
@@ -997,20 +1002,29 @@ impl Engine {
 
     /// Writes `unwritten`, samples first. Once they are in, they leave `unwritten`,
     /// so that a failure after them puts back only the records.
-    fn write(&self, unwritten: &mut Unwritten) -> Result<(), StoreError> {
+    async fn write(&self, unwritten: &mut Unwritten) -> Result<(), StoreError> {
         let store = &self.inner.store;
-        if !unwritten.samples.is_empty() {
-            store.append_samples(&unwritten.samples)?;
+        // All queued at once, in this order, so they share one flush.
+        let samples =
+            (!unwritten.samples.is_empty()).then(|| store.append_samples(&unwritten.samples));
+        let records: Vec<PendingWrite> = unwritten
+            .tools
+            .iter()
+            .map(|(tool, record)| store.save_record(Some(tool), record))
+            .chain(
+                unwritten
+                    .pooled
+                    .iter()
+                    .map(|pooled| store.save_record(None, pooled)),
+            )
+            .chain((unwritten.clients.iter()).map(|(name, record)| store.save_client(name, record)))
+            .collect();
+        if let Some(samples) = samples {
+            samples.await?;
             unwritten.samples.clear();
         }
-        for (tool, record) in &unwritten.tools {
-            store.save_record(Some(tool), record)?;
-        }
-        if let Some(pooled) = &unwritten.pooled {
-            store.save_record(None, pooled)?;
-        }
-        for (name, record) in &unwritten.clients {
-            store.save_client(name, record)?;
+        for record in records {
+            record.await?;
         }
         Ok(())
     }
@@ -1209,7 +1223,8 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         let models = Engine {
             inner: inner.clone(),
         }
-        .persist();
+        .persist()
+        .await;
         let jobs = inner.jobs.write_unwritten().await;
         match models.and(jobs) {
             Err(e) => {
@@ -1231,12 +1246,16 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         if since_start.as_millis() % SWEEP_INTERVAL.as_millis() != 0 {
             continue;
         }
-        if let Err(e) = inner.jobs.prune(now_ms()) {
+        if let Err(e) = inner.jobs.prune(now_ms()).await {
             tracing::warn!(error = %e, "could not prune finished jobs");
         }
         let tools: Vec<String> = lock(&inner.learned).tools.keys().cloned().collect();
         for tool in tools {
-            if let Err(e) = inner.store.prune_samples(&tool, inner.max_samples_per_tool) {
+            let pruned = inner
+                .store
+                .prune_samples(&tool, inner.max_samples_per_tool)
+                .await;
+            if let Err(e) = pruned {
                 tracing::warn!(tool, error = %e, "could not prune samples");
             }
         }

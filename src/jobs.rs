@@ -374,15 +374,47 @@ struct Live {
 pub(crate) struct Jobs {
     store: Store,
     live: Mutex<HashMap<Uuid, Live>>,
-    /// States the store refused: a job reads from here until [`Jobs::write_unwritten`]
-    /// or its next state is stored, so a failing disk never costs a result the work
-    /// already gave.
-    unwritten: Mutex<HashMap<Uuid, Job>>,
-    /// Held while a state is written, so that a retry of an older state never lands
-    /// after a newer one.
-    writing: tokio::sync::Mutex<()>,
+    /// States the store refused, each with the number of its write: a job reads from
+    /// here until [`Jobs::write_unwritten`] or its next state is stored, so a failing
+    /// disk never costs a result the work already gave. Writes of job states are queued
+    /// while this is locked, and a newer state replaces a refused one here as it is
+    /// queued: the store's one writer applies them in that order, so a retry never
+    /// lands after a newer state.
+    unwritten: Mutex<Unwritten>,
     permits: Arc<Semaphore>,
     settings: JobSettings,
+}
+
+/// Job states the store refused (see [`Jobs::unwritten`]).
+#[derive(Default)]
+struct Unwritten {
+    /// By job: the number of the write that queued the state, and the state.
+    jobs: HashMap<Uuid, (u64, Job)>,
+    writes: u64,
+}
+
+impl Unwritten {
+    fn next_write(&mut self) -> u64 {
+        self.writes += 1;
+        self.writes
+    }
+
+    /// What became of write number `write` of `job`: stored, it leaves (unless a newer
+    /// state was queued since); refused, it is kept (unless a newer one is).
+    fn settle(&mut self, write: u64, job: &Job, stored: bool) {
+        let newer_queued = self
+            .jobs
+            .get(&job.id)
+            .is_some_and(|(latest, _)| *latest > write);
+        if newer_queued {
+            return;
+        }
+        if stored {
+            self.jobs.remove(&job.id);
+        } else {
+            self.jobs.insert(job.id, (write, job.clone()));
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -396,21 +428,23 @@ impl Jobs {
     /// Opens the table and fails every job a previous process left unfinished.
     pub(crate) async fn open(store: Store, settings: JobSettings) -> Result<Jobs, StoreError> {
         let now = now_ms();
+        let mut interrupted = Vec::new();
         for mut job in store.jobs()? {
             if !job.status().is_terminal() {
                 job.state = JobState::Failed {
                     error: INTERRUPTED.to_owned(),
                 };
                 job.finished_at_ms = Some(now);
-                store.put_job(&job, false).await?;
+                interrupted.push(job);
             }
         }
-        store.flush().await?;
+        if !interrupted.is_empty() {
+            store.put_jobs(&interrupted).await?;
+        }
         Ok(Jobs {
             store,
             live: Mutex::new(HashMap::new()),
-            unwritten: Mutex::new(HashMap::new()),
-            writing: tokio::sync::Mutex::new(()),
+            unwritten: Mutex::new(Unwritten::default()),
             permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
             settings,
         })
@@ -424,13 +458,13 @@ impl Jobs {
         lock(&self.live)
     }
 
-    fn unwritten(&self) -> MutexGuard<'_, HashMap<Uuid, Job>> {
+    fn unwritten(&self) -> MutexGuard<'_, Unwritten> {
         lock(&self.unwritten)
     }
 
     /// Makes the job durable, then live under the run's context.
     pub(crate) async fn create(&self, job: &Job, ctx: &JobContext) -> Result<(), StoreError> {
-        self.store.put_job(job, true).await?;
+        self.store.put_job(job).await?;
         let (status, _) = watch::channel(job.status());
         self.live().insert(
             job.id,
@@ -477,16 +511,16 @@ impl Jobs {
     /// refuses is kept for [`Jobs::write_unwritten`], and read from memory until then.
     pub(crate) async fn update(&self, job: &Job) -> Result<(), StoreError> {
         let terminal = job.status().is_terminal();
-        let written = {
-            let _writing = self.writing.lock().await;
-            let written = self.store.put_job(job, terminal).await;
+        let (write, pending) = {
             let mut unwritten = self.unwritten();
-            match written {
-                Ok(()) => unwritten.remove(&job.id),
-                Err(_) => unwritten.insert(job.id, job.clone()),
-            };
-            written
+            let write = unwritten.next_write();
+            if let Some(refused) = unwritten.jobs.get_mut(&job.id) {
+                *refused = (write, job.clone());
+            }
+            (write, self.store.put_job(job))
         };
+        let written = pending.await;
+        self.unwritten().settle(write, job, written.is_ok());
         let mut live = self.live();
         if let Some(entry) = live.get(&job.id) {
             entry.status.send_replace(job.status());
@@ -500,18 +534,26 @@ impl Jobs {
     /// Stores the states the store refused before; the first that fails again stops the
     /// round (they all wait for the same disk).
     pub(crate) async fn write_unwritten(&self) -> Result<(), StoreError> {
-        let _writing = self.writing.lock().await;
-        let jobs: Vec<Job> = self.unwritten().values().cloned().collect();
-        for job in jobs {
-            self.store.put_job(&job, true).await?;
-            self.unwritten().remove(&job.id);
+        let (jobs, pending) = {
+            let unwritten = self.unwritten();
+            if unwritten.jobs.is_empty() {
+                return Ok(());
+            }
+            let jobs: Vec<(u64, Job)> = unwritten.jobs.values().cloned().collect();
+            let states: Vec<Job> = jobs.iter().map(|(_, job)| job.clone()).collect();
+            (jobs, self.store.put_jobs(&states))
+        };
+        let written = pending.await;
+        let mut unwritten = self.unwritten();
+        for (write, job) in &jobs {
+            unwritten.settle(*write, job, written.is_ok());
         }
-        Ok(())
+        written
     }
 
     /// Reads a job, with its progress while it runs.
     pub(crate) fn get(&self, id: Uuid) -> Result<Job, JobError> {
-        let unwritten = self.unwritten().get(&id).cloned();
+        let unwritten = self.unwritten().jobs.get(&id).map(|(_, job)| job.clone());
         let mut job = match unwritten {
             Some(job) => job,
             None => self.store.job(id)?.ok_or(JobError::NotFound(id))?,
@@ -564,7 +606,7 @@ impl Jobs {
         {
             let unwritten = self.unwritten();
             for job in &mut jobs {
-                if let Some(latest) = unwritten.get(&job.id) {
+                if let Some((_, latest)) = unwritten.jobs.get(&job.id) {
                     job.clone_from(latest);
                 }
             }
@@ -584,7 +626,7 @@ impl Jobs {
 
     /// Removes finished jobs older than the retention age and past the count; returns
     /// how many.
-    pub(crate) fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+    pub(crate) async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
         let mut finished: Vec<Job> = self
             .store
             .jobs()?
@@ -593,15 +635,19 @@ impl Jobs {
             .collect();
         finished.sort_by_key(|job| std::cmp::Reverse(job.finished_at_ms));
         let oldest_kept_ms = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
-        let mut removed = 0;
-        for (rank, job) in finished.iter().enumerate() {
-            let too_old = job.finished_at_ms.unwrap_or(0) < oldest_kept_ms;
-            if too_old || rank >= self.settings.max_finished {
-                self.store.remove_job(job.id)?;
-                removed += 1;
-            }
+        let removed: Vec<Uuid> = finished
+            .iter()
+            .enumerate()
+            .filter(|(rank, job)| {
+                job.finished_at_ms.unwrap_or(0) < oldest_kept_ms
+                    || *rank >= self.settings.max_finished
+            })
+            .map(|(_, job)| job.id)
+            .collect();
+        if !removed.is_empty() {
+            self.store.remove_jobs(&removed).await?;
         }
-        Ok(removed)
+        Ok(removed.len())
     }
 
     /// Stops every live task without writing a state: what a killed process would
@@ -780,10 +826,10 @@ mod tests {
             .collect();
         let running = job(JobState::Running, None, None);
         for j in kept.iter().chain([&old, &running]) {
-            store.put_job(j, false).await.unwrap();
+            store.put_job(j).await.unwrap();
         }
         assert_eq!(
-            jobs.prune(now).unwrap(),
+            jobs.prune(now).await.unwrap(),
             2,
             "the old one and the third newest"
         );

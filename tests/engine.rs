@@ -205,10 +205,7 @@ async fn learns_runtime_from_arguments_and_sends_a_predicted_long_call_to_the_ba
             .unwrap(),
     );
     assert!(!job.promoted);
-    let done = engine
-        .wait_job(job.id, Duration::from_secs(1000))
-        .await
-        .unwrap();
+    let done = wait_ended(&engine, &job).await;
     assert_eq!(done.status(), JobStatus::Completed);
     let stats = &engine.stats(Some("scan"))[0];
     assert_eq!(stats.samples, 31);
@@ -316,11 +313,39 @@ async fn wait_for_status(engine: &Engine, job: &Job, status: JobStatus) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        real_moment().await;
     }
     panic!("job never reached {status:?}");
 }
 
-#[tokio::test(start_paused = true)]
+/// Waits for a job to end, on the paused clock too. The store writes on a thread of
+/// its own, in real time, and while a test waits for such a write the paused clock
+/// jumps to the next timer: so wait in short steps, each with a moment of real time.
+async fn wait_ended(engine: &Engine, job: &Job) -> Job {
+    for _ in 0..10_000 {
+        let now = engine
+            .wait_job(job.id, Duration::from_secs(1))
+            .await
+            .unwrap();
+        if now.status().is_terminal() {
+            return now;
+        }
+        real_moment().await;
+    }
+    panic!("job {} never ended", job.id);
+}
+
+/// A millisecond of real time, during which the paused clock stands still (a blocking
+/// task holds it).
+async fn real_moment() {
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1)))
+        .await
+        .unwrap();
+}
+
+// On the real clock: the cancelled state's write is real I/O, during which a paused
+// clock would run the cancel's wait out.
+#[tokio::test]
 async fn work_that_ignores_cancellation_is_aborted_after_the_grace() {
     let (engine, _dir) = engine_with(|c| c.jobs.cancel_grace = Duration::from_secs(2)).await;
     let job = expect_job(

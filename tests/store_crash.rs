@@ -143,9 +143,7 @@ fn open_after_garbage(pick: fn(&str) -> bool) -> StoreError {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        store
-            .save_record(Some("t"), &smart_async::ToolRecord::new(true))
-            .unwrap();
+        block_on(store.save_record(Some("t"), &smart_async::ToolRecord::new(true))).unwrap();
         drop(store);
     }
     let files: Vec<_> = walk(dir.path())
@@ -229,7 +227,7 @@ fn samples_keep_their_order_and_pruning_drops_whole_old_writes() {
         let batch: Vec<Sample> = (0..4)
             .flat_map(|i| [sample("a", write * 4 + i), sample("b", i)])
             .collect();
-        store.append_samples(&batch).unwrap();
+        block_on(store.append_samples(&batch)).unwrap();
     }
     let a: Vec<f64> = store
         .samples(Some("a"))
@@ -238,7 +236,7 @@ fn samples_keep_their_order_and_pruning_drops_whole_old_writes() {
     assert_eq!(a, (0..12).map(f64::from).collect::<Vec<_>>());
     assert_eq!(store.samples(None).count(), 24);
     // 12 samples in writes of 4: keeping at least 5 drops the oldest write only.
-    assert_eq!(store.prune_samples("a", 5).unwrap(), 4);
+    assert_eq!(block_on(store.prune_samples("a", 5)).unwrap(), 4);
     let a: Vec<f64> = store
         .samples(Some("a"))
         .map(|s| s.unwrap().runtime_s)
@@ -249,4 +247,13 @@ fn samples_keep_their_order_and_pruning_drops_whole_old_writes() {
         12,
         "other tools untouched"
     );
+}
+
+/// Runs a store write to its end from a test without a runtime.
+fn block_on<F: std::future::Future>(write: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(write)
 }

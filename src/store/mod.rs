@@ -10,8 +10,10 @@
 //! database, the directory cannot be written, the data is corrupt, or it was written by
 //! an incompatible version.
 
+mod writer;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -20,6 +22,8 @@ use crate::clients::ClientRecord;
 use crate::features::Features;
 use crate::jobs::Job;
 use crate::stats::{Outcome, ToolRecord};
+pub use writer::PendingWrite;
+use writer::Writer;
 
 /// Bumped when the layout or an encoding changes incompatibly.
 pub const FORMAT_VERSION: u32 = 3;
@@ -88,6 +92,22 @@ pub enum StoreError {
         /// The version this build reads.
         expected: u32,
     },
+    /// A write failed a moment ago and the database is being opened again.
+    #[error(
+        "the database in {path} is being opened again after a failed write: try again in a second"
+    )]
+    Reopening {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The thread that writes to the database is gone (it only ends with the store).
+    #[error(
+        "the database in {path} no longer takes writes: its writer stopped; restart smart-async"
+    )]
+    Stopped {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// Any other I/O failure.
     #[error("database I/O failed in {path}: {source}")]
     Io {
@@ -98,10 +118,26 @@ pub enum StoreError {
     },
 }
 
-/// The open database.
+/// The open database. Clones share it; reads go to sled directly, writes through the
+/// one writer thread (module `writer`), each answered once it is on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+    writer: Arc<Writer>,
+}
+
+/// What the writer's thread and the readers share: the open database, swapped for a
+/// fresh handle after a failed write.
+#[derive(Debug)]
+struct Shared {
     path: PathBuf,
+    cache_bytes: u64,
+    trees: RwLock<Option<Arc<Trees>>>,
+}
+
+/// The database and its trees, as one handle opened them.
+#[derive(Debug)]
+struct Trees {
     db: sled::Db,
     samples: sled::Tree,
     models: sled::Tree,
@@ -115,16 +151,14 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Every tool's record by name, and the pooled record if one was saved.
 pub type Records = (Vec<(String, ToolRecord)>, Option<ToolRecord>);
 
-impl Store {
-    /// Opens or creates the database in `dir` with a page cache of `cache_bytes`.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let path = dir.to_path_buf();
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Unwritable {
-            path: path.clone(),
-            source,
-        })?;
-        let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
-        let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
+impl Trees {
+    /// Opens the database in `path`, the lock of a handle let go a moment ago waited for.
+    fn open(path: &Path, cache_bytes: u64) -> Result<Trees> {
+        // sled's own flusher would flush beside the writer's thread: see [`writer`].
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None);
         // sled can panic on some damaged files instead of returning an error.
         let open = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
         let mut opened = open();
@@ -140,116 +174,100 @@ impl Store {
                 _ => break,
             }
         }
-        let opened = opened.map_err(|panic| {
-            let detail = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "sled panicked while reading it".to_owned());
-            StoreError::Corrupt {
-                path: path.clone(),
-                detail,
-            }
+        let opened = opened.map_err(|panic| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: crate::jobs::panic_message(&*panic),
         })?;
-        let db = opened.map_err(|e| open_error(&path, e))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&path, e));
-        let store = Store {
+        let db = opened.map_err(|e| open_error(path, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(path, e));
+        Ok(Trees {
             samples: tree(TREE_SAMPLES)?,
             models: tree(TREE_MODELS)?,
             jobs: tree(TREE_JOBS)?,
             meta: tree(TREE_META)?,
             clients: tree(TREE_CLIENTS)?,
             db,
-            path,
-        };
-        store.check_version(had_data)?;
-        Ok(store)
+        })
+    }
+}
+
+impl Shared {
+    /// The open database, `None` only while the writer opens it again.
+    fn current(&self) -> Option<Arc<Trees>> {
+        self.trees
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Closes the database and opens it again: sled keeps a write's I/O error for
+    /// good, a new handle starts afresh from what is on disk.
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self
+            .trees
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The old handle goes first: the file lock is the process's until then.
+        drop(slot.take());
+        *slot = Some(Arc::new(Trees::open(&self.path, self.cache_bytes)?));
+        tracing::debug!("the database in {} was opened again", self.path.display());
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens or creates the database in `dir` with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Unwritable {
+            path: path.clone(),
+            source,
+        })?;
+        let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
+        let trees = Trees::open(dir, cache_bytes)?;
+        check_version(&path, &trees, had_data)?;
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            cache_bytes,
+            trees: RwLock::new(Some(Arc::new(trees))),
+        });
+        let writer = Writer::start(shared.clone())
+            .map_err(|source| StoreError::Unwritable { path, source })?;
+        Ok(Store {
+            shared,
+            writer: Arc::new(writer),
+        })
     }
 
     /// The data directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
-    /// `had_data`: the data file existed before this open. sled reads a damaged log as
-    /// a torn write and opens empty, so an existing database without our version key
-    /// is reported as corrupt rather than silently started afresh.
-    fn check_version(&self, had_data: bool) -> Result<()> {
-        match self.meta.get(KEY_FORMAT_VERSION).map_err(|e| self.io(e))? {
-            None if had_data => Err(self.corrupt("sled found no readable data in its files")),
-            None => {
-                self.meta
-                    .insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())
-                    .map_err(|e| self.io(e))?;
-                self.db.flush().map_err(|e| self.io(e))?;
-                Ok(())
-            }
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| self.corrupt("the format version key is not 4 bytes"))?;
-                if found == FORMAT_VERSION {
-                    Ok(())
-                } else if found == MIGRATES_FROM {
-                    self.migrate_models()
-                } else {
-                    Err(StoreError::Version {
-                        path: self.path.clone(),
-                        found,
-                        expected: FORMAT_VERSION,
-                    })
-                }
-            }
-        }
+    /// The open database, for a read.
+    fn trees(&self) -> Result<Arc<Trees>> {
+        self.shared.current().ok_or_else(|| StoreError::Reopening {
+            path: self.shared.path.clone(),
+        })
     }
 
-    /// Rewrites format-2 models in this format and marks the database as this format,
-    /// in one transaction: an interrupted migration leaves format 2 as it was.
-    fn migrate_models(&self) -> Result<()> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
-        let migrate = |what: String, bytes: &[u8]| -> Result<Vec<u8>> {
-            ToolRecord::from_bytes_v2(bytes)
-                .map(|record| record.to_bytes())
-                .map_err(|e| self.corrupt(&format!("{what} cannot be read: {e}")))
-        };
-        let mut models = Vec::new();
-        for item in self.models.iter() {
-            let (key, value) = item.map_err(|e| self.io(e))?;
-            let tool = String::from_utf8_lossy(&key).into_owned();
-            models.push((key, migrate(format!("the model of tool '{tool}'"), &value)?));
-        }
-        let pooled = match self.meta.get(KEY_POOLED_MODEL).map_err(|e| self.io(e))? {
-            Some(value) => Some(migrate("the pooled model".to_owned(), &value)?),
-            None => None,
-        };
-        (&self.models, &self.meta)
-            .transaction(|(models_tx, meta_tx)| {
-                for (key, bytes) in &models {
-                    models_tx.insert(key, bytes.as_slice())?;
-                }
-                if let Some(bytes) = &pooled {
-                    meta_tx.insert(KEY_POOLED_MODEL, bytes.as_slice())?;
-                }
-                meta_tx.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => self.io(e),
-                TransactionError::Abort(()) => self.corrupt("the upgrade was aborted"),
-            })?;
-        self.db.flush().map_err(|e| self.io(e))?;
-        tracing::info!(
-            "the database in {} was upgraded from format {MIGRATES_FROM} to {FORMAT_VERSION}",
-            self.path.display()
-        );
-        Ok(())
+    /// Queues `apply` for the writer's thread.
+    fn write(
+        &self,
+        apply: impl FnOnce(&Trees) -> sled::Result<()> + Send + 'static,
+    ) -> PendingWrite {
+        self.writer.queue(&self.shared, Some(Box::new(apply)))
+    }
+
+    /// A write refused before it was queued.
+    fn refused(&self, error: StoreError) -> PendingWrite {
+        PendingWrite::failed(&self.shared.path, error)
     }
 
     /// Appends samples: one value per tool holding that tool's samples in order, so a
     /// second of calls costs a few inserts, not one per call.
-    pub fn append_samples(&self, samples: &[Sample]) -> Result<()> {
-        fail::fail_point!("store::append_samples", |_| Err(self.injected()));
+    pub fn append_samples(&self, samples: &[Sample]) -> PendingWrite {
+        fail::fail_point!("store::append_samples", |_| self.refused(self.injected()));
         let mut by_tool: Vec<(&str, Vec<&Sample>)> = Vec::new();
         for sample in samples {
             match by_tool.iter_mut().find(|(tool, _)| **tool == *sample.tool) {
@@ -257,14 +275,22 @@ impl Store {
                 None => by_tool.push((&sample.tool, vec![sample])),
             }
         }
-        let id = self.db.generate_id().map_err(|e| self.io(e))?;
-        let mut batch = sled::Batch::default();
+        let mut groups = Vec::with_capacity(by_tool.len());
         for (tool, group) in by_tool {
-            let value = postcard::to_stdvec(&group).map_err(|e| self.corrupt(&e.to_string()))?;
-            batch.insert(sample_key(tool, id), value);
+            match postcard::to_stdvec(&group) {
+                Ok(value) => groups.push((sample_prefix(tool), value)),
+                Err(e) => return self.refused(self.corrupt(&e.to_string())),
+            }
         }
-        self.samples.apply_batch(batch).map_err(|e| self.io(e))?;
-        Ok(())
+        self.write(move |trees| {
+            let id = trees.db.generate_id()?;
+            let mut batch = sled::Batch::default();
+            for (mut key, value) in groups {
+                key.extend_from_slice(&id.to_be_bytes());
+                batch.insert(key, value);
+            }
+            trees.samples.apply_batch(batch)
+        })
     }
 
     /// Samples of one tool or all, in the order they were written (within one write,
@@ -272,14 +298,19 @@ impl Store {
     pub fn samples(&self, tool: Option<&str>) -> impl Iterator<Item = Result<Sample>> + '_ {
         let mut groups = Vec::new();
         let mut failure = None;
-        for item in self.sample_groups(tool) {
-            match item {
-                Ok((id, _, group)) => groups.push((id, group)),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+        match self.sample_groups(tool) {
+            Ok(stored) => {
+                for item in stored {
+                    match item {
+                        Ok((id, _, group)) => groups.push((id, group)),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
                 }
             }
+            Err(e) => failure = Some(e),
         }
         // Keys sort by tool first; ids give the order of writing across tools.
         groups.sort_by_key(|(id, _)| *id);
@@ -291,20 +322,25 @@ impl Store {
 
     /// Drops the oldest writes of `tool`'s samples while at least `keep` samples stay;
     /// returns how many samples went.
-    pub fn prune_samples(&self, tool: &str, keep: usize) -> Result<usize> {
+    pub async fn prune_samples(&self, tool: &str, keep: usize) -> Result<usize> {
         let groups: Vec<(u64, sled::IVec, usize)> = self
-            .sample_groups(Some(tool))
+            .sample_groups(Some(tool))?
             .map(|item| item.map(|(id, key, group)| (id, key, group.len())))
             .collect::<Result<_>>()?;
         let mut total: usize = groups.iter().map(|(_, _, n)| n).sum();
         let mut removed = 0;
+        let mut batch = sled::Batch::default();
         for (_, key, n) in &groups {
             if total - n < keep {
                 break;
             }
-            self.samples.remove(key).map_err(|e| self.io(e))?;
+            batch.remove(key);
             total -= n;
             removed += n;
+        }
+        if removed > 0 {
+            self.write(move |trees| trees.samples.apply_batch(batch))
+                .await?;
         }
         Ok(removed)
     }
@@ -313,35 +349,39 @@ impl Store {
     fn sample_groups(
         &self,
         tool: Option<&str>,
-    ) -> impl Iterator<Item = Result<(u64, sled::IVec, Vec<Sample>)>> + '_ {
+    ) -> Result<impl Iterator<Item = Result<(u64, sled::IVec, Vec<Sample>)>> + '_> {
+        let trees = self.trees()?;
         let iter = match tool {
-            Some(tool) => self.samples.scan_prefix(sample_prefix(tool)),
-            None => self.samples.iter(),
+            Some(tool) => trees.samples.scan_prefix(sample_prefix(tool)),
+            None => trees.samples.iter(),
         };
-        iter.map(move |item| {
+        Ok(iter.map(move |item| {
             let (key, value) = item.map_err(|e| self.io(e))?;
             let group: Vec<Sample> = postcard::from_bytes(&value)
                 .map_err(|e| self.corrupt(&format!("samples cannot be read: {e}")))?;
             Ok((sample_id(&key), key, group))
-        })
+        }))
     }
 
     /// Saves a tool's record, or the pooled one when `tool` is `None`.
-    pub fn save_record(&self, tool: Option<&str>, record: &ToolRecord) -> Result<()> {
-        fail::fail_point!("store::save_record", |_| Err(self.injected()));
+    pub fn save_record(&self, tool: Option<&str>, record: &ToolRecord) -> PendingWrite {
+        fail::fail_point!("store::save_record", |_| self.refused(self.injected()));
         let bytes = record.to_bytes();
-        match tool {
-            Some(tool) => self.models.insert(tool.as_bytes(), bytes),
-            None => self.meta.insert(KEY_POOLED_MODEL, bytes),
-        }
-        .map_err(|e| self.io(e))?;
-        Ok(())
+        let tool = tool.map(|tool| tool.as_bytes().to_vec());
+        self.write(move |trees| {
+            match tool {
+                Some(tool) => trees.models.insert(tool, bytes),
+                None => trees.meta.insert(KEY_POOLED_MODEL, bytes),
+            }
+            .map(drop)
+        })
     }
 
     /// All tools' records, and the pooled one if any.
     pub fn load_records(&self) -> Result<Records> {
+        let trees = self.trees()?;
         let mut tools = Vec::new();
-        for item in self.models.iter() {
+        for item in trees.models.iter() {
             let (key, value) = item.map_err(|e| self.io(e))?;
             let tool = String::from_utf8_lossy(&key).into_owned();
             let record = ToolRecord::from_bytes(&value).map_err(|e| {
@@ -349,7 +389,7 @@ impl Store {
             })?;
             tools.push((tool, record));
         }
-        let pooled = match self.meta.get(KEY_POOLED_MODEL).map_err(|e| self.io(e))? {
+        let pooled = match trees.meta.get(KEY_POOLED_MODEL).map_err(|e| self.io(e))? {
             Some(bytes) => Some(
                 ToolRecord::from_bytes(&bytes)
                     .map_err(|e| self.corrupt(&format!("the pooled model cannot be read: {e}")))?,
@@ -360,18 +400,20 @@ impl Store {
     }
 
     /// Saves what was learned about a client.
-    pub fn save_client(&self, name: &str, record: &ClientRecord) -> Result<()> {
-        fail::fail_point!("store::save_client", |_| Err(self.injected()));
-        let bytes = postcard::to_allocvec(record).map_err(|e| self.corrupt(&e.to_string()))?;
-        self.clients
-            .insert(name.as_bytes(), bytes)
-            .map_err(|e| self.io(e))?;
-        Ok(())
+    pub fn save_client(&self, name: &str, record: &ClientRecord) -> PendingWrite {
+        fail::fail_point!("store::save_client", |_| self.refused(self.injected()));
+        let bytes = match postcard::to_allocvec(record) {
+            Ok(bytes) => bytes,
+            Err(e) => return self.refused(self.corrupt(&e.to_string())),
+        };
+        let key = name.as_bytes().to_vec();
+        self.write(move |trees| trees.clients.insert(key, bytes).map(drop))
     }
 
     /// What was learned about every client, by name.
     pub fn load_clients(&self) -> Result<Vec<(String, ClientRecord)>> {
-        self.clients
+        self.trees()?
+            .clients
             .iter()
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.io(e))?;
@@ -386,22 +428,32 @@ impl Store {
             .collect()
     }
 
-    /// Writes a job; with `durable`, returns only once it is on disk.
-    pub async fn put_job(&self, job: &Job, durable: bool) -> Result<()> {
-        fail::fail_point!("store::put_job", |_| Err(self.injected()));
-        let value = serde_json::to_vec(job).map_err(|e| self.corrupt(&e.to_string()))?;
-        self.jobs
-            .insert(job.id.as_bytes(), value)
-            .map_err(|e| self.io(e))?;
-        if durable {
-            self.jobs.flush_async().await.map_err(|e| self.io(e))?;
+    /// Writes a job (see [`Store::put_jobs`]).
+    pub fn put_job(&self, job: &Job) -> PendingWrite {
+        self.put_jobs(std::slice::from_ref(job))
+    }
+
+    /// Writes jobs in one batch, queued at once behind the writes queued before.
+    pub fn put_jobs(&self, jobs: &[Job]) -> PendingWrite {
+        fail::fail_point!("store::put_job", |_| self.refused(self.injected()));
+        let mut batch = sled::Batch::default();
+        for job in jobs {
+            match serde_json::to_vec(job) {
+                Ok(value) => batch.insert(job.id.as_bytes(), value),
+                Err(e) => return self.refused(self.corrupt(&e.to_string())),
+            }
         }
-        Ok(())
+        self.write(move |trees| trees.jobs.apply_batch(batch))
     }
 
     /// Reads one job.
     pub fn job(&self, id: Uuid) -> Result<Option<Job>> {
-        match self.jobs.get(id.as_bytes()).map_err(|e| self.io(e))? {
+        match self
+            .trees()?
+            .jobs
+            .get(id.as_bytes())
+            .map_err(|e| self.io(e))?
+        {
             Some(bytes) => self.decode_job(&bytes).map(Some),
             None => Ok(None),
         }
@@ -409,23 +461,26 @@ impl Store {
 
     /// All jobs, in key order.
     pub fn jobs(&self) -> Result<Vec<Job>> {
-        self.jobs
+        self.trees()?
+            .jobs
             .iter()
             .values()
             .map(|value| self.decode_job(&value.map_err(|e| self.io(e))?))
             .collect()
     }
 
-    /// Deletes a job.
-    pub fn remove_job(&self, id: Uuid) -> Result<()> {
-        self.jobs.remove(id.as_bytes()).map_err(|e| self.io(e))?;
-        Ok(())
+    /// Deletes jobs.
+    pub fn remove_jobs(&self, ids: &[Uuid]) -> PendingWrite {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(id.as_bytes());
+        }
+        self.write(move |trees| trees.jobs.apply_batch(batch))
     }
 
-    /// Writes everything to disk.
-    pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.map_err(|e| self.io(e))?;
-        Ok(())
+    /// Resolves once everything queued before is on disk.
+    pub fn flush(&self) -> PendingWrite {
+        self.writer.queue(&self.shared, None)
     }
 
     fn decode_job(&self, bytes: &[u8]) -> Result<Job> {
@@ -434,7 +489,7 @@ impl Store {
     }
 
     fn io(&self, source: sled::Error) -> StoreError {
-        open_error(&self.path, source)
+        open_error(&self.shared.path, source)
     }
 
     /// The failure a test injects where the disk would fail (the `failpoints` feature).
@@ -446,11 +501,94 @@ impl Store {
     }
 
     fn corrupt(&self, detail: &str) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            detail: detail.to_owned(),
+        corrupt(&self.shared.path, detail)
+    }
+}
+
+fn corrupt(path: &Path, detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// `had_data`: the data file existed before this open. sled reads a damaged log as a
+/// torn write and opens empty, so an existing database without our version key is
+/// reported as corrupt rather than silently started afresh.
+fn check_version(path: &Path, trees: &Trees, had_data: bool) -> Result<()> {
+    let io = |e| open_error(path, e);
+    match trees.meta.get(KEY_FORMAT_VERSION).map_err(io)? {
+        None if had_data => Err(corrupt(path, "sled found no readable data in its files")),
+        None => {
+            trees
+                .meta
+                .insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())
+                .map_err(io)?;
+            trees.db.flush().map_err(io)?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| corrupt(path, "the format version key is not 4 bytes"))?;
+            if found == FORMAT_VERSION {
+                Ok(())
+            } else if found == MIGRATES_FROM {
+                migrate_models(path, trees)
+            } else {
+                Err(StoreError::Version {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: FORMAT_VERSION,
+                })
+            }
         }
     }
+}
+
+/// Rewrites format-2 models in this format and marks the database as this format, in
+/// one transaction: an interrupted migration leaves format 2 as it was. It runs at
+/// open, before the writer's thread starts.
+fn migrate_models(path: &Path, trees: &Trees) -> Result<()> {
+    use sled::transaction::{ConflictableTransactionError, TransactionError};
+    use sled::Transactional;
+    let io = |e| open_error(path, e);
+    let migrate = |what: String, bytes: &[u8]| -> Result<Vec<u8>> {
+        ToolRecord::from_bytes_v2(bytes)
+            .map(|record| record.to_bytes())
+            .map_err(|e| corrupt(path, &format!("{what} cannot be read: {e}")))
+    };
+    let mut models = Vec::new();
+    for item in trees.models.iter() {
+        let (key, value) = item.map_err(io)?;
+        let tool = String::from_utf8_lossy(&key).into_owned();
+        models.push((key, migrate(format!("the model of tool '{tool}'"), &value)?));
+    }
+    let pooled = match trees.meta.get(KEY_POOLED_MODEL).map_err(io)? {
+        Some(value) => Some(migrate("the pooled model".to_owned(), &value)?),
+        None => None,
+    };
+    (&trees.models, &trees.meta)
+        .transaction(|(models_tx, meta_tx)| {
+            for (key, bytes) in &models {
+                models_tx.insert(key, bytes.as_slice())?;
+            }
+            if let Some(bytes) = &pooled {
+                meta_tx.insert(KEY_POOLED_MODEL, bytes.as_slice())?;
+            }
+            meta_tx.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Storage(e) => io(e),
+            TransactionError::Abort(()) => corrupt(path, "the upgrade was aborted"),
+        })?;
+    trees.db.flush().map_err(io)?;
+    tracing::info!(
+        "the database in {} was upgraded from format {MIGRATES_FROM} to {FORMAT_VERSION}",
+        path.display()
+    );
+    Ok(())
 }
 
 /// How often, and how far apart, opening a database that is in use is tried again
@@ -491,12 +629,6 @@ fn sample_prefix(tool: &str) -> Vec<u8> {
     key
 }
 
-fn sample_key(tool: &str, id: u64) -> Vec<u8> {
-    let mut key = sample_prefix(tool);
-    key.extend_from_slice(&id.to_be_bytes());
-    key
-}
-
 fn sample_id(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
@@ -520,6 +652,7 @@ mod tests {
         record.counters.promotions = 3;
         {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = store.trees().unwrap();
             let counters = postcard::to_stdvec(&record.counters).unwrap();
             let v2 = [crate::predictor::v2_bytes(&record.model), counters].concat();
             store.models.insert("t", v2.clone()).unwrap();
@@ -534,7 +667,13 @@ mod tests {
         let (tools, pooled) = store.load_records().unwrap();
         assert_eq!(tools, vec![("t".to_owned(), record.clone())]);
         assert_eq!(pooled, Some(record));
-        let version = store.meta.get(KEY_FORMAT_VERSION).unwrap().unwrap();
+        let version = store
+            .trees()
+            .unwrap()
+            .meta
+            .get(KEY_FORMAT_VERSION)
+            .unwrap()
+            .unwrap();
         assert_eq!(version.as_ref(), FORMAT_VERSION.to_be_bytes());
     }
 
@@ -549,7 +688,7 @@ mod tests {
         // Format-2 bytes read as this format: the sizes do not line up.
         let counters = postcard::to_stdvec(&record.counters).unwrap();
         let v2 = [crate::predictor::v2_bytes(&record.model), counters].concat();
-        store.models.insert("t", v2).unwrap();
+        store.trees().unwrap().models.insert("t", v2).unwrap();
         let err = store.load_records().unwrap_err().to_string();
         assert!(err.contains("corrupt") && err.contains("tool 't'"), "{err}");
     }
