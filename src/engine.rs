@@ -583,6 +583,13 @@ impl Engine {
     pub async fn close(&self) -> Result<(), EngineError> {
         self.inner.shutdown.cancel();
         self.inner.jobs.abandon_all().await;
+        self.flush().await
+    }
+
+    /// Stores now what was learned since the last write and the job states the store
+    /// refused before: what the engine does by itself every second. If the write
+    /// fails, what it did not store is kept for the next.
+    pub async fn flush(&self) -> Result<(), EngineError> {
         self.persist().await?;
         self.inner.jobs.write_unwritten().await?;
         self.inner.store.flush().await?;

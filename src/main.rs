@@ -224,7 +224,7 @@ fn serve_tools(
     let shared_roots = Arc::new(roots.clone());
     let mut tools: Vec<Arc<dyn Tool>> = vec![
         Arc::new(HashFiles::new(shared_roots.clone())),
-        Arc::new(SearchText::new(shared_roots)),
+        Arc::new(SearchText::new(shared_roots.clone())),
     ];
     for spec in file.commands.clone() {
         let name = spec.name.clone();
@@ -232,7 +232,8 @@ fn serve_tools(
             tools.iter().all(|t| t.name() != name),
             "command '{name}' is declared twice or clashes with a built-in tool: rename it"
         );
-        let tool = CommandTool::new(spec, &file.base_dir).map_err(anyhow::Error::msg)?;
+        let tool = CommandTool::new(spec, &file.base_dir, shared_roots.clone())
+            .map_err(anyhow::Error::msg)?;
         tools.push(Arc::new(tool));
     }
     Ok((roots, tools))

@@ -220,9 +220,19 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn a_command_tool_from_the_example_config_runs_end_to_end() {
-    let setup = Setup::new();
+    let data = tempfile::tempdir().unwrap();
     let config = example_config();
-    let client = connect(&setup.args(&["--config", &config])).await;
+    // The example's root is the project; `dir` is a path inside it.
+    let repo = common::repo();
+    let args = [
+        "--data-dir",
+        path_str(data.path()),
+        "--root",
+        path_str(&repo),
+        "--config",
+        &config,
+    ];
+    let client = connect(&args).await;
     let counted = call(&client, "count_lines", json!({"dir": "src"})).await;
     assert!(!is_error(&counted), "{}", text(&counted));
     assert!(
@@ -234,7 +244,7 @@ async fn a_command_tool_from_the_example_config_runs_end_to_end() {
         structured(&counted)["stdout"]
             .as_str()
             .unwrap()
-            .contains("src/lib.rs"),
+            .contains(&format!("{}/src/", repo.canonicalize().unwrap().display())),
         "{}",
         text(&counted)
     );

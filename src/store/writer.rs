@@ -136,7 +136,7 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
                 Ok(()) => broken = None,
                 Err(e) => {
                     tracing::debug!(error = %e, "the database could not be opened again yet");
-                    let error = error.clone();
+                    let error = copy(error);
                     answer_all(shared, batch, &error);
                     broken = Some((error, Instant::now()));
                     continue;
@@ -159,12 +159,12 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
             .collect();
         let flushed = trees.db.flush().map(|_| ());
         drop(trees);
-        let mut failure = flushed.as_ref().err().cloned();
+        let mut failure = flushed.as_ref().err().map(copy);
         for (op, applied) in batch.into_iter().zip(applied) {
-            let result = applied.and_then(|()| flushed.clone());
+            let result = applied.and_then(|()| flushed.as_ref().map(|_| ()).map_err(copy));
             if let Err(e) = &result {
                 if matches!(e, sled::Error::Io(_)) && failure.is_none() {
-                    failure = Some(e.clone());
+                    failure = Some(copy(e));
                 }
             }
             let _ = op
@@ -193,6 +193,16 @@ fn guarded(apply: Apply, trees: &Trees) -> sled::Result<()> {
 
 fn answer_all(shared: &Shared, batch: Vec<Op>, error: &sled::Error) {
     for op in batch {
-        let _ = op.reply.send(Err(open_error(&shared.path, error.clone())));
+        let _ = op.reply.send(Err(open_error(&shared.path, copy(error))));
+    }
+}
+
+/// A copy of a sled error. sled's own `clone` wraps an I/O error's `Debug` text in a
+/// new one, so an error cloned from its clones grows with each copy (to 120 MB within
+/// a minute of a full disk, with a second's retries): this copies its message once.
+fn copy(error: &sled::Error) -> sled::Error {
+    match error {
+        sled::Error::Io(io) => sled::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => other.clone(),
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::params::{fill, placeholders, values};
+pub use super::params::{ParamSpec, ParamType};
+use super::roots::Roots;
 use super::{Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::ASYNC_MODE_ARG;
@@ -30,49 +34,6 @@ use crate::policy::Seconds;
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// How long a stopped command gets after SIGTERM before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
-
-/// The type of a command parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ParamType {
-    /// Any string.
-    String,
-    /// A whole number.
-    Integer,
-    /// Any number.
-    Number,
-    /// true or false.
-    Boolean,
-}
-
-impl ParamType {
-    /// The JSON Schema type name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ParamType::String => "string",
-            ParamType::Integer => "integer",
-            ParamType::Number => "number",
-            ParamType::Boolean => "boolean",
-        }
-    }
-}
-
-/// One parameter of a command tool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParamSpec {
-    /// Its type.
-    #[serde(rename = "type")]
-    pub kind: ParamType,
-    /// What it means, for the model.
-    #[serde(default)]
-    pub description: String,
-    /// Whether a call must give it.
-    #[serde(default)]
-    pub required: bool,
-    /// The value used when a call does not give it.
-    pub default: Option<Value>,
-}
 
 /// A command tool as declared in the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +75,8 @@ pub struct CommandTool {
     spec: CommandSpec,
     cwd: PathBuf,
     progress: Option<Regex>,
+    /// Where `path` parameters must lie.
+    roots: Arc<Roots>,
 }
 
 /// The longest output line looked at for progress; longer ones are cut.
@@ -122,11 +85,24 @@ const MAX_PROGRESS_LINE: usize = 4096;
 const MAX_PROGRESS_MESSAGE: usize = 200;
 
 impl CommandTool {
-    /// Checks the spec; `base_dir` anchors a relative `cwd`.
-    pub fn new(spec: CommandSpec, base_dir: &std::path::Path) -> Result<CommandTool, String> {
+    /// Checks the spec; `base_dir` anchors a relative `cwd`, `roots` are where `path`
+    /// parameters must lie.
+    pub fn new(
+        spec: CommandSpec,
+        base_dir: &std::path::Path,
+        roots: Arc<Roots>,
+    ) -> Result<CommandTool, String> {
         let name = &spec.name;
         if spec.argv.is_empty() || spec.argv[0].is_empty() {
             return Err(format!("command '{name}': argv must name a program"));
+        }
+        if !spec.shell && placeholders(&spec.argv[0]).next().is_some() {
+            return Err(format!(
+                "command '{name}': the program (argv's first element) must be fixed: a parameter may not choose what runs"
+            ));
+        }
+        for (param, param_spec) in &spec.params {
+            param_spec.check(name, param, &roots)?;
         }
         if spec.shell && spec.argv.len() != 1 {
             return Err(format!(
@@ -178,60 +154,8 @@ impl CommandTool {
             spec,
             cwd,
             progress,
+            roots,
         })
-    }
-
-    /// The parameters a call gives, checked against their types, with defaults.
-    fn values(&self, args: &Value) -> Result<BTreeMap<String, String>, String> {
-        let name = &self.spec.name;
-        let empty = Map::new();
-        let args = match args {
-            Value::Object(map) => map,
-            Value::Null => &empty,
-            other => {
-                return Err(format!(
-                    "{name}: arguments must be a JSON object, got {other}"
-                ))
-            }
-        };
-        if let Some(unknown) = args
-            .keys()
-            .find(|k| *k != ASYNC_MODE_ARG && !self.spec.params.contains_key(*k))
-        {
-            let known: Vec<&str> = self.spec.params.keys().map(String::as_str).collect();
-            return Err(format!(
-                "{name}: unknown parameter '{unknown}' (parameters: {})",
-                known.join(", ")
-            ));
-        }
-        let mut values = BTreeMap::new();
-        for (param, spec) in &self.spec.params {
-            let value = match args
-                .get(param)
-                .filter(|v| !v.is_null())
-                .or(spec.default.as_ref())
-            {
-                Some(value) => value,
-                None if spec.required => {
-                    return Err(format!("{name}: parameter '{param}' is required"))
-                }
-                None => continue,
-            };
-            let text = match (spec.kind, value) {
-                (ParamType::String, Value::String(s)) => s.clone(),
-                (ParamType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-                (ParamType::Number, Value::Number(n)) => n.to_string(),
-                (ParamType::Boolean, Value::Bool(b)) => b.to_string(),
-                (kind, other) => {
-                    return Err(format!(
-                        "{name}: parameter '{param}' must be of type {}, got {other}",
-                        kind.name()
-                    ))
-                }
-            };
-            values.insert(param.clone(), text);
-        }
-        Ok(values)
     }
 
     fn command(&self, values: &BTreeMap<String, String>) -> tokio::process::Command {
@@ -260,34 +184,6 @@ impl CommandTool {
     }
 }
 
-fn placeholders(element: &str) -> impl Iterator<Item = &str> {
-    element
-        .split('{')
-        .skip(1)
-        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
-}
-
-/// Fills the template; an element that is only a placeholder with no value is dropped.
-fn fill(template: &[String], values: &BTreeMap<String, String>) -> Vec<String> {
-    template
-        .iter()
-        .filter_map(|element| {
-            let mut names = placeholders(element);
-            if let (Some(name), None) = (names.next(), names.next()) {
-                if element == &format!("{{{name}}}") && !values.contains_key(name) {
-                    return None;
-                }
-            }
-            let mut filled = element.clone();
-            for name in placeholders(element) {
-                let value = values.get(name).map_or("", String::as_str);
-                filled = filled.replace(&format!("{{{name}}}"), value);
-            }
-            Some(filled)
-        })
-        .collect()
-}
-
 impl Tool for CommandTool {
     fn name(&self) -> &str {
         &self.spec.name
@@ -302,16 +198,7 @@ impl Tool for CommandTool {
             .spec
             .params
             .iter()
-            .map(|(name, spec)| {
-                let mut property = json!({
-                    "type": spec.kind.name(),
-                    "description": spec.description,
-                });
-                if let Some(default) = &spec.default {
-                    property["default"] = default.clone();
-                }
-                (name.clone(), property)
-            })
+            .map(|(name, spec)| (name.clone(), spec.schema()))
             .collect();
         let required: Vec<&String> = self
             .spec
@@ -335,7 +222,7 @@ impl Tool for CommandTool {
     }
 
     fn start(&self, args: &Value) -> Result<ToolWork, String> {
-        let values = self.values(args)?;
+        let values = values(&self.spec.name, &self.spec.params, args, &self.roots)?;
         let mut command = self.command(&values);
         let name = self.spec.name.clone();
         let timeout = self.spec.timeout_s.map(Duration::from_secs_f64);
@@ -582,11 +469,13 @@ mod tests {
 
     fn param(kind: ParamType, required: bool) -> ParamSpec {
         ParamSpec {
-            kind,
-            description: String::new(),
             required,
-            default: None,
+            ..ParamSpec::new(kind)
         }
+    }
+
+    fn roots() -> Arc<Roots> {
+        Arc::new(Roots::new(&[std::env::temp_dir()]).unwrap())
     }
 
     async fn run_tool(tool: &CommandTool, args: Value) -> Result<ToolOutput, String> {
@@ -601,7 +490,7 @@ mod tests {
             "echo building; echo '[1/3] a' >&2; sleep 1; echo '[2/3] b'; printf '[3/3] c'",
         ]);
         spec.progress = Some(r"\[(?P<done>\d+)/(?P<total>\d+)\]".to_owned());
-        let tool = CommandTool::new(spec, std::path::Path::new(".")).unwrap();
+        let tool = CommandTool::new(spec, std::path::Path::new("."), roots()).unwrap();
         let ctx = JobContext::new(CancellationToken::new());
         let watched = ctx.progress().clone();
         let run = tokio::spawn(tool.start(&json!({})).unwrap()(ctx));
@@ -625,25 +514,13 @@ mod tests {
     fn a_progress_regex_must_be_valid_and_name_its_done_group() {
         let mut bad = spec(&["true"]);
         bad.progress = Some("([".to_owned());
-        let err = CommandTool::new(bad.clone(), std::path::Path::new(".")).unwrap_err();
+        let err = CommandTool::new(bad.clone(), std::path::Path::new("."), roots()).unwrap_err();
         assert!(err.contains("not a valid regex"), "{err}");
         bad.progress = Some(r"(\d+)/(\d+)".to_owned());
-        let err = CommandTool::new(bad, std::path::Path::new(".")).unwrap_err();
+        let err = CommandTool::new(bad, std::path::Path::new("."), roots()).unwrap_err();
         assert!(err.contains("group named done"), "{err}");
         let line = progress_of(&Regex::new(r"(?P<done>\d+)%").unwrap(), "  40% done ");
         assert_eq!(line.map(|p| (p.done, p.total)), Some((40.0, None)));
-    }
-
-    #[test]
-    fn placeholders_fill_one_argument_each_and_missing_optionals_vanish() {
-        let template: Vec<String> = ["grep", "-n", "{pattern}", "--max={count}", "{path}"]
-            .map(String::from)
-            .to_vec();
-        let values = BTreeMap::from([("pattern".to_owned(), "a b; rm -rf /".to_owned())]);
-        assert_eq!(
-            fill(&template, &values),
-            ["grep", "-n", "a b; rm -rf /", "--max="]
-        );
     }
 
     #[tokio::test]
@@ -653,7 +530,7 @@ mod tests {
             .insert("word".into(), param(ParamType::String, true));
         s.params
             .insert("n".into(), param(ParamType::Integer, false));
-        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let tool = CommandTool::new(s, &std::env::temp_dir(), roots()).unwrap();
         let out = run_tool(&tool, json!({"word": "hi there", "n": 3}))
             .await
             .unwrap();
@@ -684,11 +561,13 @@ mod tests {
         let tool = CommandTool::new(
             spec(&["sh", "-c", "echo boom; exit 3"]),
             &std::env::temp_dir(),
+            roots(),
         )
         .unwrap();
         let err = run_tool(&tool, json!({})).await.unwrap_err();
         assert!(err.contains("exit code 3") && err.contains("boom"), "{err}");
-        let missing = CommandTool::new(spec(&["/no/such/program"]), &std::env::temp_dir()).unwrap();
+        let missing =
+            CommandTool::new(spec(&["/no/such/program"]), &std::env::temp_dir(), roots()).unwrap();
         let err = run_tool(&missing, json!({})).await.unwrap_err();
         assert!(err.contains("cannot start '/no/such/program'"), "{err}");
     }
@@ -697,7 +576,7 @@ mod tests {
     async fn output_keeps_the_tail_within_the_bound() {
         let mut s = spec(&["sh", "-c", "seq 1 20000"]);
         s.max_output_bytes = Some(100);
-        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let tool = CommandTool::new(s, &std::env::temp_dir(), roots()).unwrap();
         let out = run_tool(&tool, json!({})).await.unwrap();
         let stdout = out.structured["stdout"].as_str().unwrap();
         assert_eq!(stdout.len(), 100);
@@ -711,7 +590,7 @@ mod tests {
         s.shell = true;
         s.params
             .insert("word".into(), param(ParamType::String, true));
-        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let tool = CommandTool::new(s, &std::env::temp_dir(), roots()).unwrap();
         let out = run_tool(&tool, json!({"word": "$(echo injected)"}))
             .await
             .unwrap();
@@ -724,7 +603,7 @@ mod tests {
         let pid_file = dir.path().join("pid");
         // The shell starts a grandchild and records its pid.
         let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
-        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path()).unwrap();
+        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path(), roots()).unwrap();
         let token = CancellationToken::new();
         let work = tool.start(&json!({})).unwrap();
         let running = tokio::spawn(work(JobContext::new(token.clone())));
@@ -742,7 +621,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("pid");
         let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
-        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path()).unwrap();
+        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path(), roots()).unwrap();
         let work = tool.start(&json!({})).unwrap();
         let running = tokio::spawn(work(JobContext::new(CancellationToken::new())));
         let grandchild = wait_for_pid(&pid_file).await;
@@ -780,20 +659,32 @@ mod tests {
     async fn a_hard_timeout_stops_the_command() {
         let mut s = spec(&["sleep", "30"]);
         s.timeout_s = Some(0.2);
-        let tool = CommandTool::new(s, &std::env::temp_dir()).unwrap();
+        let tool = CommandTool::new(s, &std::env::temp_dir(), roots()).unwrap();
         let err = run_tool(&tool, json!({})).await.unwrap_err();
         assert!(err.contains("timed out after 0.20 s"), "{err}");
     }
 
     #[test]
     fn bad_specs_say_what_to_fix() {
-        let err = CommandTool::new(spec(&["echo", "{nope}"]), &std::env::temp_dir()).unwrap_err();
+        let err = CommandTool::new(spec(&["echo", "{nope}"]), &std::env::temp_dir(), roots())
+            .unwrap_err();
         assert!(err.contains("no parameter 'nope' is declared"), "{err}");
-        let err = CommandTool::new(spec(&[]), &std::env::temp_dir()).unwrap_err();
+        let err = CommandTool::new(spec(&[]), &std::env::temp_dir(), roots()).unwrap_err();
         assert!(err.contains("argv must name a program"), "{err}");
+        // Issue 14 (same class as break 2): `["{cmd}"]` let a value choose the program,
+        // and panicked when the parameter was left out.
+        let mut chosen = spec(&["{cmd}", "x"]);
+        chosen
+            .params
+            .insert("cmd".into(), param(ParamType::String, false));
+        let err = CommandTool::new(chosen, &std::env::temp_dir(), roots()).unwrap_err();
+        assert!(
+            err.contains("program (argv's first element) must be fixed"),
+            "{err}"
+        );
         let mut s = spec(&["a", "b"]);
         s.shell = true;
-        assert!(CommandTool::new(s, &std::env::temp_dir())
+        assert!(CommandTool::new(s, &std::env::temp_dir(), roots())
             .unwrap_err()
             .contains("one script string"));
     }
@@ -802,7 +693,7 @@ mod tests {
     fn the_schema_lists_typed_parameters_and_required_ones() {
         let mut s = spec(&["echo", "{a}"]);
         s.params.insert("a".into(), param(ParamType::Number, true));
-        let schema = CommandTool::new(s, &std::env::temp_dir())
+        let schema = CommandTool::new(s, &std::env::temp_dir(), roots())
             .unwrap()
             .input_schema();
         assert_eq!(schema["properties"]["a"]["type"], "number");

@@ -19,6 +19,7 @@ use crate::jobs::JobContext;
 
 pub mod command;
 pub mod files;
+pub mod params;
 pub mod roots;
 
 /// What a tool returns.
