@@ -519,6 +519,10 @@ fn export(tool: Option<String>, data: DataDirArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long blocking threads get to end once the work is done, before the process
+/// exits without them.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// Bad trace lines reported one by one; past this only the count is given.
 const MAX_BAD_LINES_SHOWN: u64 = 20;
 
@@ -539,7 +543,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let ran = runtime.block_on(run(cli));
+    // A blocking thread can be held for good: stdin's reader while a client keeps it
+    // open, a file read on a stuck disk. Dropping the runtime would wait for them; what
+    // had to be stored was stored by `run`, so the process exits after a grace.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

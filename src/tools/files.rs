@@ -4,9 +4,8 @@
 //! Both run on a blocking thread and check for cancellation between files. Their
 //! output is bounded, and says so when it is cut.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::roots::{files_under, tree_size, Roots};
+use super::roots::{tree_size, Located, Roots};
+use super::walk::{walk, FileEntry, Skipped};
 use super::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::{FeatureExtractor, FeatureKind, Features};
@@ -47,10 +47,10 @@ impl FeatureExtractor for PathSize {
         let Some(path) = args.get("path").and_then(Value::as_str) else {
             return;
         };
-        let Ok(resolved) = self.roots.resolve(path) else {
+        let Ok(located) = self.roots.locate(path) else {
             return;
         };
-        let size = tree_size(&resolved, SIZE_WALK_CAP, SIZE_WALK_MAX_ENTRIES);
+        let size = tree_size(&located, SIZE_WALK_CAP, SIZE_WALK_MAX_ENTRIES);
         features.insert("path.files", size.files as f64, FeatureKind::Custom);
         features.insert("path.bytes", size.bytes as f64, FeatureKind::Custom);
     }
@@ -105,7 +105,7 @@ impl Tool for HashFiles {
 
     fn start(&self, args: &Value) -> Result<ToolWork, String> {
         let args: HashArgs = parse_args(self.name(), args)?;
-        let root = self.roots.resolve(&args.path)?;
+        let root = self.roots.locate(&args.path)?;
         Ok(Box::new(move |ctx: JobContext| {
             Box::pin(async move {
                 tokio::task::spawn_blocking(move || hash_tree(&root, &ctx))
@@ -116,60 +116,98 @@ impl Tool for HashFiles {
     }
 }
 
-fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
-    let (files, symlinks) = files_under(root);
+/// How many regular files a walk of `located` finds, for progress reports.
+fn count_files(located: &Located) -> u64 {
+    let mut files = 0;
+    let _ = walk(&located.start(), |_| {
+        files += 1;
+        ControlFlow::Continue(())
+    });
+    files
+}
+
+/// What a walk could not read, as the result's text and structured content say it.
+fn report_skipped(skipped: &Skipped, text: &mut String) -> Value {
+    if skipped.symlinks > 0 {
+        text.push_str(&format!("{} symlinks skipped\n", skipped.symlinks));
+    }
+    if skipped.special > 0 {
+        text.push_str(&format!(
+            "{} FIFOs, sockets or devices skipped\n",
+            skipped.special
+        ));
+    }
+    for (path, why) in skipped.unreadable.iter().take(MAX_UNREADABLE_SHOWN) {
+        text.push_str(&format!("could not read {path}: {why}\n"));
+    }
+    if skipped.unreadable.len() > MAX_UNREADABLE_SHOWN {
+        text.push_str(&format!(
+            "… and {} more that could not be read\n",
+            skipped.unreadable.len() - MAX_UNREADABLE_SHOWN
+        ));
+    }
+    json!(skipped
+        .unreadable
+        .iter()
+        .take(MAX_UNREADABLE_SHOWN)
+        .map(|(path, error)| json!({"path": path, "error": error}))
+        .collect::<Vec<_>>())
+}
+
+/// Unreadable entries listed in a result; the count covers all of them.
+const MAX_UNREADABLE_SHOWN: usize = 100;
+
+fn hash_tree(located: &Located, ctx: &JobContext) -> Result<ToolOutput, String> {
+    let root = &located.path;
+    let total = count_files(located);
     let mut manifest = Sha256::new();
-    let mut entries = Vec::with_capacity(files.len().min(MAX_MANIFEST_LINES));
+    let mut entries = Vec::with_capacity((total as usize).min(MAX_MANIFEST_LINES));
+    let mut hashed = 0u64;
     let mut bytes = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
-    for (done, file) in files.iter().enumerate() {
+    let mut unreadable = Vec::new();
+    let mut cancelled = false;
+    let mut skipped = walk(&located.start(), |file| {
         if ctx.is_cancelled() {
-            return Err("cancelled".to_owned());
+            cancelled = true;
+            return ControlFlow::Break(());
         }
-
-        let mut hasher = Sha256::new();
-        let mut reader =
-            File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        for chunk in 0u64.. {
-            // Between chunks too: one large file must not hold a cancel back.
-            if chunk % CANCEL_CHECK_CHUNKS == CANCEL_CHECK_CHUNKS - 1 && ctx.is_cancelled() {
-                return Err("cancelled".to_owned());
+        let relative = file.relative.display().to_string();
+        let digest = match hash_file(file, &mut buffer, ctx) {
+            Ok(Some((digest, n))) => {
+                bytes += n;
+                digest
             }
-            let n = reader
-                .read(&mut buffer)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            if n == 0 {
-                break;
+            Ok(None) => {
+                cancelled = true;
+                return ControlFlow::Break(());
             }
-            bytes += n as u64;
-            hasher.update(&buffer[..n]);
-        }
-        let digest = hex(&hasher.finalize());
-        let relative = file
-            .strip_prefix(root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
-        let relative = if relative.is_empty() {
-            file.display().to_string()
-        } else {
-            relative
+            Err(e) => {
+                unreadable.push((relative, e.to_string()));
+                return ControlFlow::Continue(());
+            }
         };
+        hashed += 1;
         manifest.update(format!("{digest}  {relative}\n"));
         if entries.len() < MAX_MANIFEST_LINES {
             entries.push((digest, relative));
         }
         ctx.report_progress(Progress {
-            done: (done + 1) as f64,
-            total: Some(files.len() as f64),
-            message: Some(format!("{} of {} files hashed", done + 1, files.len())),
+            done: hashed as f64,
+            total: Some(total.max(hashed) as f64),
+            message: Some(format!("{hashed} of {} files hashed", total.max(hashed))),
         });
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    if cancelled {
+        return Err("cancelled".to_owned());
     }
+    skipped.unreadable.extend(unreadable);
     let digest = hex(&manifest.finalize());
-    let truncated = files.len() > entries.len();
+    let truncated = hashed as usize > entries.len();
     let mut text = format!(
-        "{} files, {bytes} bytes under {}; manifest digest {digest}\n",
-        files.len(),
+        "{hashed} files, {bytes} bytes under {}; manifest digest {digest}\n",
         root.display()
     );
     for (hash, path) in &entries {
@@ -178,22 +216,47 @@ fn hash_tree(root: &Path, ctx: &JobContext) -> Result<ToolOutput, String> {
     if truncated {
         text.push_str(&format!(
             "… {} more files not shown (the digest covers all of them)\n",
-            files.len() - entries.len()
+            hashed as usize - entries.len()
         ));
     }
-    if symlinks > 0 {
-        text.push_str(&format!("{symlinks} symlinks skipped\n"));
-    }
+    let unreadable = report_skipped(&skipped, &mut text);
     let structured = json!({
         "path": root.display().to_string(),
-        "files": files.len(),
+        "files": hashed,
         "bytes": bytes,
         "digest": digest,
         "entries": entries.iter().map(|(sha256, path)| json!({"path": path, "sha256": sha256})).collect::<Vec<_>>(),
         "truncated": truncated,
-        "symlinks_skipped": symlinks,
+        "symlinks_skipped": skipped.symlinks,
+        "special_skipped": skipped.special,
+        "unreadable": unreadable,
+        "unreadable_count": skipped.unreadable.len(),
     });
     Ok(ToolOutput { text, structured })
+}
+
+/// The SHA-256 of one file and its length; `None` when cancelled part way.
+fn hash_file(
+    file: &FileEntry<'_>,
+    buffer: &mut [u8],
+    ctx: &JobContext,
+) -> std::io::Result<Option<(String, u64)>> {
+    let mut reader = file.open()?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    for chunk in 0u64.. {
+        // Between chunks too: one large file must not hold a cancel back.
+        if chunk % CANCEL_CHECK_CHUNKS == CANCEL_CHECK_CHUNKS - 1 && ctx.is_cancelled() {
+            return Ok(None);
+        }
+        let n = reader.read(buffer)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok(Some((hex(&hasher.finalize()), bytes)))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -243,11 +306,8 @@ impl Tool for SearchText {
 
     fn start(&self, args: &Value) -> Result<ToolWork, String> {
         let args: SearchArgs = parse_args(self.name(), args)?;
-        let root = self.roots.resolve(&args.path)?;
-        let regex = RegexBuilder::new(&args.pattern)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| format!("pattern is not a valid regex: {e}"))?;
+        let root = self.roots.locate(&args.path)?;
+        let regex = compile_pattern(&args.pattern)?;
         let max_matches = args.max_matches.unwrap_or(DEFAULT_MAX_MATCHES);
         if max_matches == 0 || max_matches > MAX_MATCHES {
             return Err(format!(
@@ -266,45 +326,95 @@ impl Tool for SearchText {
     }
 }
 
+/// The longest pattern `search_text` compiles: far past any search a person or a
+/// model writes, far below what makes parsing it cost memory (a 10 MB pattern took
+/// the process to 1.1 GB before it was refused).
+pub const MAX_PATTERN_BYTES: usize = 8 * 1024;
+/// The most memory a compiled pattern may take.
+const MAX_COMPILED_PATTERN_BYTES: usize = 1 << 20;
+/// How deeply a pattern may nest groups and repetitions.
+const MAX_PATTERN_NESTING: u32 = 64;
+/// The most of the regex crate's own message quoted back (it quotes the pattern).
+const MAX_PATTERN_ERROR_CHARS: usize = 400;
+
+/// Compiles a search pattern within bounds on its size before and after compiling,
+/// with a short error (issue 14, break 9).
+fn compile_pattern(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "pattern is {} bytes long, more than the {MAX_PATTERN_BYTES} allowed: search for a shorter pattern",
+            pattern.len()
+        ));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(MAX_COMPILED_PATTERN_BYTES)
+        .dfa_size_limit(MAX_COMPILED_PATTERN_BYTES)
+        .nest_limit(MAX_PATTERN_NESTING)
+        .build()
+        .map_err(|e| {
+            let message = e.to_string();
+            let mut short: String = message.chars().take(MAX_PATTERN_ERROR_CHARS).collect();
+            if short.len() < message.len() {
+                short.push('…');
+            }
+            format!("pattern is not a valid regex, or too large once compiled: {short}")
+        })
+}
+
 fn search_tree(
-    root: &Path,
+    located: &Located,
     regex: &Regex,
     max_matches: usize,
     ctx: &JobContext,
 ) -> Result<ToolOutput, String> {
-    let (files, _) = files_under(root);
+    let root = &located.path;
     let mut matches = Vec::new();
     let mut searched = 0usize;
     let mut truncated = false;
-    'files: for file in &files {
+    let mut cancelled = false;
+    let mut unreadable = Vec::new();
+    let mut skipped = walk(&located.start(), |file| {
         if ctx.is_cancelled() {
-            return Err("cancelled".to_owned());
+            cancelled = true;
+            return ControlFlow::Break(());
         }
-        let Ok(handle) = File::open(file) else {
-            continue;
+        let relative = file.relative.display().to_string();
+        let handle = match file.open() {
+            Ok(handle) => handle,
+            Err(e) => {
+                unreadable.push((relative, e.to_string()));
+                return ControlFlow::Continue(());
+            }
         };
         let mut reader = BufReader::new(handle);
-        if reader.fill_buf().map_or(true, |head| head.contains(&0)) {
-            continue; // binary or unreadable
+        match reader.fill_buf() {
+            Ok(head) if head.contains(&0) => return ControlFlow::Continue(()), // binary
+            Ok(_) => {}
+            Err(e) => {
+                unreadable.push((relative, e.to_string()));
+                return ControlFlow::Continue(());
+            }
         }
         searched += 1;
-        let relative = file
-            .strip_prefix(root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
         for (number, line) in reader.lines().enumerate() {
-            let Ok(line) = line else { continue 'files };
+            // Not text past this point (invalid UTF-8): the rest of the file is skipped.
+            let Ok(line) = line else { break };
             if regex.is_match(&line) {
                 if matches.len() == max_matches {
                     truncated = true;
-                    break 'files;
+                    return ControlFlow::Break(());
                 }
                 let text: String = line.chars().take(MAX_LINE_CHARS).collect();
                 matches.push(json!({"path": relative, "line": number + 1, "text": text}));
             }
         }
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    if cancelled {
+        return Err("cancelled".to_owned());
     }
+    skipped.unreadable.extend(unreadable);
     let mut text = format!(
         "{} matches in {searched} files under {}{}\n",
         matches.len(),
@@ -323,11 +433,14 @@ fn search_tree(
             m["text"].as_str().unwrap_or("")
         ));
     }
+    let unreadable = report_skipped(&skipped, &mut text);
     let structured = json!({
         "path": root.display().to_string(),
         "files_searched": searched,
         "matches": matches,
         "truncated": truncated,
+        "unreadable": unreadable,
+        "unreadable_count": skipped.unreadable.len(),
     });
     Ok(ToolOutput { text, structured })
 }
@@ -398,6 +511,21 @@ mod tests {
             "{}",
             capped.text
         );
+    }
+
+    #[test]
+    fn break_9_a_huge_or_deeply_nested_pattern_is_refused_short_before_compiling() {
+        let huge = "a".repeat(10 << 20);
+        let err = compile_pattern(&huge).unwrap_err();
+        assert!(err.contains("more than the 8192 allowed"), "{err}");
+        assert!(err.len() < 200, "{}", err.len());
+        let nested = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+        let err = compile_pattern(&nested[..MAX_PATTERN_BYTES.min(nested.len())]).unwrap_err();
+        assert!(err.len() < 600, "{}", err.len());
+        let blowup = "\\w{100}{100}";
+        let err = compile_pattern(blowup).unwrap_err();
+        assert!(err.contains("too large once compiled"), "{err}");
+        assert!(compile_pattern("TODO|FIXME").is_ok());
     }
 
     #[test]

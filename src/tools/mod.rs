@@ -21,6 +21,7 @@ pub mod command;
 pub mod files;
 pub mod params;
 pub mod roots;
+pub mod walk;
 
 /// What a tool returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,12 +4,15 @@
 //! A path is resolved against the first root when relative, then canonicalised (which
 //! follows `..` and symlinks), and must land inside one of the roots. So `..`, absolute
 //! paths and symlinks that lead out of the roots are refused, while the same moves
-//! that stay inside are fine. Walks never follow symlinks.
+//! that stay inside are fine. What is read under the path is opened from the root's
+//! handle down without following symlinks ([`walk`](super::walk)), so a path changed
+//! after it was resolved cannot lead out either.
 
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use walkdir::WalkDir;
+use super::walk::{walk, Start};
 
 /// The allowed roots, canonical.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,12 @@ impl Roots {
 
     /// Resolves a path argument to a canonical path inside the roots.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
+        self.locate(path).map(|located| located.path)
+    }
+
+    /// Resolves a path argument to a canonical path inside the roots, with the root it
+    /// lies in: where a [`walk`](super::walk::walk()) of it starts from.
+    pub fn locate(&self, path: &str) -> Result<Located, String> {
         let first = self.roots.first().ok_or_else(|| {
             "no root directory is configured: start the server with --root DIR".to_owned()
         })?;
@@ -62,13 +71,15 @@ impl Roots {
                 first.display()
             )
         })?;
-        if self.roots.iter().any(|root| canonical.starts_with(root)) {
-            Ok(canonical)
-        } else {
-            Err(format!(
+        match self.roots.iter().find(|root| canonical.starts_with(root)) {
+            Some(root) => Ok(Located {
+                root: root.clone(),
+                path: canonical,
+            }),
+            None => Err(format!(
                 "path '{path}' is outside the allowed roots ({}): use a path inside them",
                 self.describe()
-            ))
+            )),
         }
     }
 
@@ -79,6 +90,25 @@ impl Roots {
             .map(|r| r.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// A path inside the roots, canonical, and the root it lies in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The root.
+    pub root: PathBuf,
+    /// The path.
+    pub path: PathBuf,
+}
+
+impl Located {
+    /// Where a walk of it starts.
+    pub fn start(&self) -> Start<'_> {
+        Start {
+            root: &self.root,
+            path: &self.path,
+        }
     }
 }
 
@@ -93,47 +123,21 @@ pub struct TreeSize {
     pub capped: bool,
 }
 
-/// Counts files and bytes under `path` (a file counts as itself), stopping after
-/// `time_cap` or `max_entries`, without following symlinks.
-pub fn tree_size(path: &Path, time_cap: Duration, max_entries: u64) -> TreeSize {
+/// Counts files and bytes under a path (a file counts as itself), stopping after
+/// `time_cap` or `max_files`, inside the roots and without following symlinks.
+pub fn tree_size(located: &Located, time_cap: Duration, max_files: u64) -> TreeSize {
     let started = Instant::now();
     let mut size = TreeSize::default();
-    for (seen, entry) in WalkDir::new(path)
-        .follow_links(false)
-        .into_iter()
-        .enumerate()
-    {
-        if seen as u64 >= max_entries || started.elapsed() > time_cap {
+    let _ = walk(&located.start(), |file| {
+        if size.files >= max_files || started.elapsed() > time_cap {
             size.capped = true;
-            break;
+            return ControlFlow::Break(());
         }
-        let Ok(entry) = entry else { continue };
-        if entry.file_type().is_file() {
-            size.files += 1;
-            size.bytes += entry.metadata().map_or(0, |m| m.len());
-        }
-    }
+        size.files += 1;
+        size.bytes += file.size_bytes().unwrap_or(0);
+        ControlFlow::Continue(())
+    });
     size
-}
-
-/// The regular files under `path` in name order, without following symlinks; also
-/// how many symlinks were skipped.
-pub fn files_under(path: &Path) -> (Vec<PathBuf>, u64) {
-    let mut files = Vec::new();
-    let mut symlinks = 0;
-    for entry in WalkDir::new(path)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .flatten()
-    {
-        if entry.file_type().is_file() {
-            files.push(entry.into_path());
-        } else if entry.file_type().is_symlink() {
-            symlinks += 1;
-        }
-    }
-    (files, symlinks)
 }
 
 #[cfg(test)]
@@ -185,7 +189,8 @@ mod tests {
         let (dir, roots) = tree();
         std::os::unix::fs::symlink(dir.path().join("a/one.txt"), dir.path().join("a/link"))
             .unwrap();
-        let size = tree_size(&roots.paths()[0], Duration::from_secs(5), 1000);
+        let all = roots.locate(".").unwrap();
+        let size = tree_size(&all, Duration::from_secs(5), 1000);
         assert_eq!(
             size,
             TreeSize {
@@ -194,9 +199,7 @@ mod tests {
                 capped: false
             }
         );
-        let (files, symlinks) = files_under(&roots.paths()[0]);
-        assert_eq!((files.len(), symlinks), (2, 1));
-        assert!(tree_size(&roots.paths()[0], Duration::from_secs(5), 2).capped);
+        assert!(tree_size(&all, Duration::from_secs(5), 1).capped);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! Regression test for issue 14, break 6: SIGTERM did not stop the stdio server while
+//! its client kept stdin open (the runtime waited for the thread blocked reading
+//! stdin). It stops within a grace now, with its running jobs cut off as on a crash.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Setup, BIN};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Far longer than a clean stop takes: reaching it means SIGTERM was ignored.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn break_6_sigterm_stops_the_stdio_server_while_the_client_keeps_stdin_open() {
+    let setup = Setup::new();
+    let config = common::write_config(setup.data.path(), common::TEST_CONFIG);
+    let mut server = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .args(setup.args(&["--config", &config]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = server.stdin.take().unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap()).lines();
+    let requests = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "sleep", "arguments": {"seconds": 300, "async_mode": true}}}),
+    ];
+    for request in requests {
+        stdin
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut job_id = None;
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        let message: Value = serde_json::from_str(&line).unwrap();
+        if message["id"] == 2 {
+            job_id = message["result"]["structuredContent"]["job_id"]
+                .as_str()
+                .map(str::to_owned);
+            break;
+        }
+    }
+    let job_id = job_id.expect("the job started");
+    let pid = nix::unistd::Pid::from_raw(server.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(STUCK_AFTER, server.wait())
+        .await
+        .expect("the server stops on SIGTERM with stdin still open")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    drop(stdin);
+
+    // The job was cut off and says so; its command is gone with it.
+    let engine = smart_async::Engine::open(smart_async::EngineConfig::new(setup.data.path()))
+        .await
+        .unwrap();
+    let job = engine.job(job_id.parse().unwrap()).unwrap();
+    assert_eq!(
+        job.state,
+        smart_async::JobState::Failed {
+            error: smart_async::INTERRUPTED.to_owned()
+        }
+    );
+    assert!(
+        common::pids_running(&["sleep", "300"]).is_empty(),
+        "the job's command outlived the server"
+    );
+}
