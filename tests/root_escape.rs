@@ -136,22 +136,36 @@ async fn break_3_a_directory_swapped_for_a_symlink_never_leaks_an_outside_file()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_4_a_file_swapped_for_a_fifo_never_holds_a_thread() {
     let tree = Tree::new();
+    // Files that take a while to hash, so that files listed as regular are swapped for
+    // FIFOs before the walk opens them.
+    let files: Vec<PathBuf> = (0..20).map(|i| tree.root.join(format!("f{i:02}"))).collect();
+    let content = vec![7u8; 1 << 20];
+    for file in &files {
+        std::fs::write(file, &content).unwrap();
+    }
     let hash = HashFiles::new(tree.roots());
     let search = SearchText::new(tree.roots());
-    let file = tree.root.join("plain.txt");
+    let mut next = 0;
     let _swapper = Swapper::start(move || {
-        let _ = std::fs::remove_file(&file);
-        let _ = std::process::Command::new("mkfifo").arg(&file).status();
-        std::thread::yield_now();
-        let _ = std::fs::remove_file(&file);
-        let _ = std::fs::write(&file, "plain line\n");
+        let file = &files[next % files.len()];
+        next += 1;
+        let _ = std::fs::remove_file(file);
+        let _ = std::process::Command::new("mkfifo").arg(file).status();
+        std::thread::sleep(Duration::from_millis(5));
+        let _ = std::fs::remove_file(file);
+        let _ = std::fs::write(file, &content);
     });
-    for _ in 0..CALLS / 3 {
+    let mut refused_fifos = 0;
+    for _ in 0..10 {
         // Every call ends; a FIFO met on the way is skipped or reported, never waited on.
-        let _ = run(&hash, json!({ "path": "." })).await;
+        if let Ok(answer) = run(&hash, json!({ "path": "." })).await {
+            let special = answer["structured"]["special_skipped"].as_u64().unwrap_or(0);
+            let unreadable = answer["structured"]["unreadable_count"].as_u64().unwrap_or(0);
+            refused_fifos += special + unreadable;
+        }
         let _ = run(&search, json!({ "path": ".", "pattern": "line" })).await;
-        let _ = run(&hash, json!({ "path": "plain.txt" })).await;
     }
+    assert!(refused_fifos > 0, "the walks met the FIFOs");
 }
 
 #[tokio::test]
