@@ -81,19 +81,22 @@ fn engine_paths(c: &mut Criterion) {
     });
     // Issue 14, break 1: a burst of background submissions, each durable before its
     // handle is returned. One writer flushes once for all that queued up.
-    c.bench_function("100 concurrent background submits to job handles (durable)", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let submits = (0..100).map(|i| {
-                engine.call(
-                    ToolCall::new("noop_burst", json!({"async_mode": true, "i": i})),
-                    |_| async { Ok(json!(null)) },
-                )
-            });
-            for outcome in futures_util::future::join_all(submits).await {
-                assert!(matches!(outcome.expect("call"), CallOutcome::Job { .. }));
-            }
-        })
-    });
+    c.bench_function(
+        "100 concurrent background submits to job handles (durable)",
+        |b| {
+            b.to_async(&runtime).iter(|| async {
+                let submits = (0..100).map(|i| {
+                    engine.call(
+                        ToolCall::new("noop_burst", json!({"async_mode": true, "i": i})),
+                        |_| async { Ok(json!(null)) },
+                    )
+                });
+                for outcome in futures_util::future::join_all(submits).await {
+                    assert!(matches!(outcome.expect("call"), CallOutcome::Job { .. }));
+                }
+            })
+        },
+    );
     let store = smart_async::Store::open(&dir.path().join("raw"), 8 << 20).expect("store");
     let job = runtime.block_on(async {
         let outcome = engine

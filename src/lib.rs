@@ -26,6 +26,7 @@ pub mod clients;
 pub mod config;
 pub mod engine;
 pub mod features;
+pub mod http;
 pub mod jobs;
 pub mod mcp;
 pub mod policy;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use smart_async::config::FileConfig;
+use smart_async::http::HttpLimits;
 use smart_async::mcp::SmartServer;
 use smart_async::proxy::{Upstream, UpstreamCommand};
 use smart_async::replay::{Replay, ReplayConfig, TraceRecord};
@@ -127,6 +128,11 @@ struct ServerArgs {
     /// under the path /mcp, instead of stdio.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// With --http: a browser page's origin allowed to call the server, exactly as the
+    /// browser sends it (http://localhost:6274); repeatable. Without it, requests
+    /// that carry an Origin header are refused.
+    #[arg(long, value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
     #[command(flatten)]
     data: DataDirArg,
     /// Seconds a call may take inline; calls predicted longer run as jobs [default: 50].
@@ -150,6 +156,13 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("this platform has no user data directory: pass --data-dir")
 }
 
+/// Where the HTTP face listens, and which browser pages may call it.
+#[derive(Debug)]
+struct HttpListen {
+    addr: SocketAddr,
+    allowed_origins: Vec<String>,
+}
+
 /// Where to listen: a bare port means loopback.
 fn http_addr(text: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(port) = text.parse::<u16>() {
@@ -165,7 +178,7 @@ fn http_addr(text: &str) -> anyhow::Result<SocketAddr> {
 fn server_settings(
     args: ServerArgs,
     default_dir: impl FnOnce() -> anyhow::Result<PathBuf>,
-) -> anyhow::Result<(EngineConfig, FileConfig, Option<SocketAddr>)> {
+) -> anyhow::Result<(EngineConfig, FileConfig, Option<HttpListen>)> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -204,7 +217,17 @@ fn server_settings(
     if let Some(max_finished) = file.max_finished_jobs {
         engine.jobs.max_finished = max_finished;
     }
-    let http = args.http.as_deref().map(http_addr).transpose()?;
+    anyhow::ensure!(
+        args.http.is_some() || args.allow_origin.is_empty(),
+        "--allow-origin is for the HTTP face: add --http PORT"
+    );
+    let http = match args.http.as_deref() {
+        Some(addr) => Some(HttpListen {
+            addr: http_addr(addr)?,
+            allowed_origins: args.allow_origin,
+        }),
+        None => None,
+    };
     Ok((engine, file, http))
 }
 
@@ -323,13 +346,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
 /// Serves MCP over stdio or HTTP until the client leaves or a signal comes.
 async fn run_server(
     server: SmartServer,
-    http: Option<SocketAddr>,
+    http: Option<HttpListen>,
     how_to_run: &str,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match http {
-        Some(addr) => {
+        Some(HttpListen {
+            addr,
+            allowed_origins,
+        }) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr}: is another server using that port?")
             })?;
@@ -337,7 +363,9 @@ async fn run_server(
             tracing::info!(
                 "listening for MCP clients on http://{bound}/mcp (Streamable HTTP); Ctrl-C stops"
             );
-            server.serve_http(listener, shutdown).await
+            let mut limits = HttpLimits::loopback(bound.ip());
+            limits.allowed_origins = allowed_origins;
+            server.serve_http(listener, shutdown, limits).await
         }
         None => {
             tracing::info!(

@@ -138,7 +138,9 @@ async fn break_4_a_file_swapped_for_a_fifo_never_holds_a_thread() {
     let tree = Tree::new();
     // Files that take a while to hash, so that files listed as regular are swapped for
     // FIFOs before the walk opens them.
-    let files: Vec<PathBuf> = (0..20).map(|i| tree.root.join(format!("f{i:02}"))).collect();
+    let files: Vec<PathBuf> = (0..20)
+        .map(|i| tree.root.join(format!("f{i:02}")))
+        .collect();
     let content = vec![7u8; 1 << 20];
     for file in &files {
         std::fs::write(file, &content).unwrap();
@@ -159,8 +161,12 @@ async fn break_4_a_file_swapped_for_a_fifo_never_holds_a_thread() {
     for _ in 0..10 {
         // Every call ends; a FIFO met on the way is skipped or reported, never waited on.
         if let Ok(answer) = run(&hash, json!({ "path": "." })).await {
-            let special = answer["structured"]["special_skipped"].as_u64().unwrap_or(0);
-            let unreadable = answer["structured"]["unreadable_count"].as_u64().unwrap_or(0);
+            let special = answer["structured"]["special_skipped"]
+                .as_u64()
+                .unwrap_or(0);
+            let unreadable = answer["structured"]["unreadable_count"]
+                .as_u64()
+                .unwrap_or(0);
             refused_fifos += special + unreadable;
         }
         let _ = run(&search, json!({ "path": ".", "pattern": "line" })).await;

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -40,6 +39,7 @@ use crate::engine::{
     BoxedWork, CallFuture, CallOutcome, Engine, EngineError, HearProgress, InlineProgress,
     ToolCall, WorkOutput,
 };
+use crate::http::{HttpLimits, SessionCount};
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
 use crate::lock;
 use crate::policy::{Seconds, Source};
@@ -331,32 +331,30 @@ impl SmartServer {
         Ok(())
     }
 
-    /// Serves Streamable HTTP at `http://ADDR/mcp` until `shutdown` fires. rmcp's Host
-    /// check stays on: loopback names, plus the bound address itself.
+    /// Serves Streamable HTTP at `http://ADDR/mcp` until `shutdown` fires, to requests
+    /// whose `Host` and `Origin` `limits` allow, with at most its sessions open.
     pub async fn serve_http(
         self,
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
+        limits: HttpLimits,
     ) -> anyhow::Result<()> {
-        let addr: SocketAddr = listener.local_addr()?;
-        let mut hosts = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
-        hosts.push(addr.ip().to_string());
         let config = StreamableHttpServerConfig::default()
-            .with_allowed_hosts(hosts)
+            .with_allowed_hosts(limits.allowed_hosts.clone())
             .with_cancellation_token(shutdown.child_token());
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config.keep_alive = Some(crate::http::IDLE_SESSION_TTL);
+        let sessions = Arc::new(sessions);
         // 2026-07-28 requests are served statelessly, one factory call each: every call
         // must share this server's engine, so the factory clones it.
         let service: StreamableHttpService<SmartServer, LocalSessionManager> =
-            StreamableHttpService::new(
-                move || Ok(self.clone()),
-                Arc::new(LocalSessionManager::default()),
-                config,
-            );
-        let router = axum::Router::new().nest_service("/mcp", service);
+            StreamableHttpService::new(move || Ok(self.clone()), sessions.clone(), config);
+        let router = axum::Router::new().nest_service("/mcp", service).layer(
+            axum::middleware::from_fn_with_state(
+                (Arc::new(limits), sessions),
+                crate::http::guard::<LocalSessionManager>,
+            ),
+        );
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
             .await?;
@@ -1068,6 +1066,12 @@ impl ServerHandler for SmartServer {
             Ok(_) | Err(EngineError::Job(JobError::Finished { .. })) => Ok(()),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
         }
+    }
+}
+
+impl SessionCount for LocalSessionManager {
+    async fn sessions(&self) -> usize {
+        self.sessions.read().await.len()
     }
 }
 
