@@ -78,3 +78,54 @@ async fn break_6_sigterm_stops_the_stdio_server_while_the_client_keeps_stdin_ope
         "the job's command outlived the server"
     );
 }
+
+/// Issue 14, break 7 (the part that is fixed): after a `kill -9` of the server, the
+/// commands of its running jobs kept running. The kernel now kills a command when the
+/// server dies.
+#[tokio::test]
+async fn break_7_a_command_dies_with_a_server_killed_by_sigkill() {
+    let setup = Setup::new();
+    let config = common::write_config(setup.data.path(), common::TEST_CONFIG);
+    let client = common::connect(&setup.args(&["--config", &config])).await;
+    let started = common::call(
+        &client,
+        "sleep",
+        json!({ "seconds": 307, "async_mode": true }),
+    )
+    .await;
+    assert!(!common::is_error(&started), "{started:?}");
+    let command = ["sleep", "307"];
+    common::wait_until(
+        || !common::pids_running(&command).is_empty(),
+        "the command runs",
+    )
+    .await;
+    let server = server_pid(&setup).expect("the server's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        || common::pids_running(&command).is_empty(),
+        "the command died with the server",
+    )
+    .await;
+    drop(client);
+}
+
+/// The pid of the `serve` process using this setup's data directory.
+fn server_pid(setup: &Setup) -> Option<u32> {
+    let data = setup.data.path().to_str()?.to_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let serves = args.iter().any(|a| *a == b"serve");
+            let ours = args.iter().any(|a| *a == data.as_bytes());
+            (serves && ours).then_some(pid)
+        })
+}

@@ -180,7 +180,29 @@ impl CommandTool {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        die_with_the_server(&mut command);
         command
+    }
+}
+
+/// Has the kernel kill the command when the server dies, even by `kill -9` (issue
+/// 14, break 7: commands kept running, their jobs read "interrupted by restart"). The
+/// signal follows the thread that spawned the child: a runtime's worker, which lives
+/// as long as the runtime. What the command starts itself is in its process group,
+/// which cancellation and a clean stop kill.
+fn die_with_the_server(command: &mut tokio::process::Command) {
+    let server = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, and makes only
+    // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The server may have died before the call above took effect.
+            if nix::unistd::getppid() != server {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }
 
