@@ -124,8 +124,8 @@ fn server_pid(setup: &Setup) -> Option<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let serves = args.iter().any(|a| *a == b"serve");
-            let ours = args.iter().any(|a| *a == data.as_bytes());
+            let serves = args.contains(&b"serve".as_slice());
+            let ours = args.contains(&data.as_bytes());
             (serves && ours).then_some(pid)
         })
 }
