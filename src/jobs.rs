@@ -517,7 +517,13 @@ impl Jobs {
             if let Some(refused) = unwritten.jobs.get_mut(&job.id) {
                 *refused = (write, job.clone());
             }
-            (write, self.store.put_job(job))
+            // A job's end must be on disk before it is reported; its start need not.
+            let pending = if terminal {
+                self.store.put_job(job)
+            } else {
+                self.store.put_job_lazily(job)
+            };
+            (write, pending)
         };
         let written = pending.await;
         self.unwritten().settle(write, job, written.is_ok());

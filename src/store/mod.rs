@@ -251,12 +251,12 @@ impl Store {
         })
     }
 
-    /// Queues `apply` for the writer's thread.
+    /// Queues `apply` for the writer's thread, answered once it is on disk.
     fn write(
         &self,
         apply: impl FnOnce(&Trees) -> sled::Result<()> + Send + 'static,
     ) -> PendingWrite {
-        self.writer.queue(&self.shared, Some(Box::new(apply)))
+        self.writer.queue(&self.shared, Some(Box::new(apply)), true)
     }
 
     /// A write refused before it was queued.
@@ -433,17 +433,39 @@ impl Store {
         self.put_jobs(std::slice::from_ref(job))
     }
 
+    /// Writes a job without waiting for the disk: it goes there with the next durable
+    /// write (a state a crash may lose without harm, such as `running`: the job then
+    /// reads as interrupted either way).
+    pub fn put_job_lazily(&self, job: &Job) -> PendingWrite {
+        fail::fail_point!("store::put_job", |_| self.refused(self.injected()));
+        let value = match serde_json::to_vec(job) {
+            Ok(value) => value,
+            Err(e) => return self.refused(self.corrupt(&e.to_string())),
+        };
+        let key = *job.id.as_bytes();
+        let apply = move |trees: &Trees| trees.jobs.insert(key, value).map(drop);
+        self.writer
+            .queue(&self.shared, Some(Box::new(apply)), false)
+    }
+
     /// Writes jobs in one batch, queued at once behind the writes queued before.
     pub fn put_jobs(&self, jobs: &[Job]) -> PendingWrite {
         fail::fail_point!("store::put_job", |_| self.refused(self.injected()));
-        let mut batch = sled::Batch::default();
+        let mut values = Vec::with_capacity(jobs.len());
         for job in jobs {
             match serde_json::to_vec(job) {
-                Ok(value) => batch.insert(job.id.as_bytes(), value),
+                Ok(value) => values.push((*job.id.as_bytes(), value)),
                 Err(e) => return self.refused(self.corrupt(&e.to_string())),
             }
         }
-        self.write(move |trees| trees.jobs.apply_batch(batch))
+        // Plain inserts: the writer flushes them together, and a sled batch costs a
+        // lock of the whole database and a manifest in the log besides.
+        self.write(move |trees| {
+            for (key, value) in values {
+                trees.jobs.insert(key, value)?;
+            }
+            Ok(())
+        })
     }
 
     /// Reads one job.
@@ -480,7 +502,7 @@ impl Store {
 
     /// Resolves once everything queued before is on disk.
     pub fn flush(&self) -> PendingWrite {
-        self.writer.queue(&self.shared, None)
+        self.writer.queue(&self.shared, None, true)
     }
 
     fn decode_job(&self, bytes: &[u8]) -> Result<Job> {

@@ -40,6 +40,9 @@ const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 struct Op {
     /// `None` asks only for a flush of what came before.
     apply: Option<Apply>,
+    /// Whether it is answered only once on disk; a batch of writes that are not is
+    /// applied without a flush, and goes to disk with the next that is.
+    durable: bool,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -61,9 +64,18 @@ impl Writer {
 
     /// Queues `apply` (or, with `None`, a flush of everything queued before) at once;
     /// the answer comes once it is on disk. Writes are applied in the order queued.
-    pub(super) fn queue(&self, shared: &Shared, apply: Option<Apply>) -> PendingWrite {
+    pub(super) fn queue(
+        &self,
+        shared: &Shared,
+        apply: Option<Apply>,
+        durable: bool,
+    ) -> PendingWrite {
         let (reply, answer) = oneshot::channel();
-        let state = match self.ops.send(Op { apply, reply }) {
+        let state = match self.ops.send(Op {
+            apply,
+            durable,
+            reply,
+        }) {
             Ok(()) => Pending::Queued(answer),
             Err(_) => Pending::Failed(None),
         };
@@ -157,7 +169,11 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
                     .map_or(Ok(()), |apply| guarded(apply, &trees))
             })
             .collect();
-        let flushed = trees.db.flush().map(|_| ());
+        let flushed = if batch.iter().any(|op| op.durable) {
+            trees.db.flush().map(|_| ())
+        } else {
+            Ok(())
+        };
         drop(trees);
         let mut failure = flushed.as_ref().err().map(copy);
         for (op, applied) in batch.into_iter().zip(applied) {
