@@ -101,3 +101,49 @@ async fn break_1_twenty_fresh_servers_each_take_a_burst_of_background_calls() {
         client.cancel().await.unwrap();
     }
 }
+
+/// A hundred HTTP clients connecting and submitting at once: every one gets its job id,
+/// and the server still serves a new session afterwards. (The release build of
+/// a86c8a7 hung 3 of 3 times on this; this debug-build test passed on a86c8a7 in the
+/// one try made, so it guards the HTTP path under load rather than reproducing the
+/// deadlock, which the two tests above do.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_1_a_hundred_http_clients_submitting_at_once_all_get_job_ids() {
+    let setup = Setup::new();
+    let config = common::write_config(setup.data.path(), common::TEST_CONFIG);
+    let addr = common::free_local_addr();
+    let mut server = tokio::process::Command::new(common::BIN)
+        .arg("serve")
+        .args(setup.args(&["--config", &config, "--http", &addr]))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Waits until the server listens.
+    common::connect_http(&addr).await.cancel().await.unwrap();
+    let clients = (0..100).map(|_| {
+        let addr = addr.clone();
+        async move {
+            let client = common::connect_http(&addr).await;
+            let result = call(
+                &client,
+                "sleep",
+                json!({ "seconds": 0.01, "async_mode": true }),
+            )
+            .await;
+            let job_id = structured(&result)["job_id"].as_str().map(str::to_owned);
+            let _ = client.cancel().await;
+            job_id
+        }
+    });
+    let job_ids = tokio::time::timeout(HUNG_AFTER, join_all(clients))
+        .await
+        .expect("the server hung on a burst of HTTP clients");
+    assert!(job_ids.iter().all(Option::is_some), "{job_ids:?}");
+    let after = common::connect_http(&addr).await;
+    let listed = call(&after, "list_jobs", json!({ "limit": 1000 })).await;
+    assert!(!common::is_error(&listed));
+    after.cancel().await.unwrap();
+    server.kill().await.unwrap();
+}
