@@ -551,11 +551,19 @@ async fn connect(inner: &Arc<Inner>) -> Result<Running, String> {
     let client = UpstreamClient {
         inner: Arc::downgrade(inner),
     };
+    let printed = Arc::new(Mutex::new(Some(Vec::new())));
+    let stdout = Recorded {
+        inner: stdout,
+        printed: printed.clone(),
+    };
     let startup_timeout = inner.command.startup_timeout;
     let handshake = tokio::time::timeout(startup_timeout, client.serve((stdout, stdin)));
     let failure = tokio::select! {
         served = handshake => match served {
-            Ok(Ok(service)) => return Ok(Running { service, child, stderr }),
+            Ok(Ok(service)) => {
+                lock(&printed).take();
+                return Ok(Running { service, child, stderr });
+            }
             Ok(Err(e)) => format!("the MCP handshake failed: {e}"),
             Err(_) => format!(
                 "it did not answer the MCP handshake within {} s (is it an MCP server \
@@ -579,7 +587,45 @@ async fn connect(inner: &Arc<Inner>) -> Result<Running, String> {
             format!("{failure} (it was still running and has been stopped)")
         }
     };
+    let failure = match lock(&printed).take() {
+        Some(bytes) if !bytes.is_empty() => {
+            let text = String::from_utf8_lossy(&bytes);
+            let shown: String = text.trim().chars().take(MAX_PRINTED_SHOWN).collect();
+            format!("{failure}; instead of MCP it printed on stdout: {shown:?}")
+        }
+        _ => failure,
+    };
     Err(with_stderr(inner, failure, stderr).await)
+}
+
+/// What of an upstream's stdout is kept until its handshake, to show when that fails.
+const MAX_PRINTED_BYTES: usize = 2048;
+/// How much of it an error shows.
+const MAX_PRINTED_SHOWN: usize = 300;
+
+/// The upstream's stdout, its first bytes kept (until the handshake succeeds and takes
+/// the record) so that an upstream that prints something other than MCP can be shown
+/// with what it printed (issue 14, break 11).
+struct Recorded<R> {
+    inner: R,
+    printed: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Recorded<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(record) = lock(&self.printed).as_mut() {
+            let new = &buf.filled()[before..];
+            let room = MAX_PRINTED_BYTES.saturating_sub(record.len());
+            record.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        polled
+    }
 }
 
 fn exit_description(status: std::io::Result<std::process::ExitStatus>) -> String {

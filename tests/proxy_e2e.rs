@@ -340,8 +340,14 @@ fn a_wrong_upstream_command_fails_fast_with_the_reason() {
         err.contains("exited with code 3") && err.contains("bad token"),
         "{err}"
     );
+    // Issue 14, break 11: only "connection closed: initialize request" was said.
     let err = run(&["--", "echo", "not an MCP server"]);
     assert!(err.contains("cannot start the upstream"), "{err}");
+    assert!(
+        err.contains("`echo not an MCP server`")
+            && err.contains(r#"it printed on stdout: "not an MCP server""#),
+        "{err}"
+    );
     let err = run(&["--startup-timeout-s", "0.5", "--", "sleep", "30"]);
     assert!(
         err.contains("did not answer the MCP handshake within 0.5 s"),
