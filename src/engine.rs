@@ -901,12 +901,15 @@ impl Engine {
             };
             running.state = JobState::Running;
             running.started_at_ms = Some(now_ms());
-            if let Err(e) = jobs.update(&running).await {
-                tracing::warn!(job = %running.id, error = %e, "could not record that the job started: it is read from memory and written again every second");
-            }
+            // The work starts first: recording that it started waits for the store's
+            // writer, which may be flushing, and a cancel that came meanwhile would find
+            // the work not yet begun (an upstream not yet asked, say).
             let started = Instant::now();
             let mut work: WorkHandle = tokio::spawn(job_work(work(ctx)));
             jobs.attach(running.id, None, Some(work.abort_handle()));
+            if let Err(e) = jobs.update(&running).await {
+                tracing::warn!(job = %running.id, error = %e, "could not record that the job started: it is read from memory and written again every second");
+            }
             let end = run_to_end(&mut work, &cancel, jobs.settings().cancel_grace).await;
             engine.finish(running, end, started, features).await;
         });
