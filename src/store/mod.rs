@@ -437,19 +437,16 @@ impl Store {
     /// write (a state a crash may lose without harm, such as `running`: the job then
     /// reads as interrupted either way).
     pub fn put_job_lazily(&self, job: &Job) -> PendingWrite {
-        fail::fail_point!("store::put_job", |_| self.refused(self.injected()));
-        let value = match serde_json::to_vec(job) {
-            Ok(value) => value,
-            Err(e) => return self.refused(self.corrupt(&e.to_string())),
-        };
-        let key = *job.id.as_bytes();
-        let apply = move |trees: &Trees| trees.jobs.insert(key, value).map(drop);
-        self.writer
-            .queue(&self.shared, Some(Box::new(apply)), false)
+        self.queue_jobs(std::slice::from_ref(job), false)
     }
 
-    /// Writes jobs in one batch, queued at once behind the writes queued before.
+    /// Writes jobs, queued at once behind the writes queued before; resolves once they
+    /// are on disk.
     pub fn put_jobs(&self, jobs: &[Job]) -> PendingWrite {
+        self.queue_jobs(jobs, true)
+    }
+
+    fn queue_jobs(&self, jobs: &[Job], durable: bool) -> PendingWrite {
         fail::fail_point!("store::put_job", |_| self.refused(self.injected()));
         let mut values = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -460,12 +457,14 @@ impl Store {
         }
         // Plain inserts: the writer flushes them together, and a sled batch costs a
         // lock of the whole database and a manifest in the log besides.
-        self.write(move |trees| {
+        let apply = move |trees: &Trees| {
             for (key, value) in values {
                 trees.jobs.insert(key, value)?;
             }
             Ok(())
-        })
+        };
+        self.writer
+            .queue(&self.shared, Some(Box::new(apply)), durable)
     }
 
     /// Reads one job.

@@ -130,6 +130,7 @@ impl Future for PendingWrite {
 
 /// The writer's loop: take what has queued up, apply it, flush once, answer each.
 fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
+    // The error that broke the database, and when to try opening it again.
     let mut broken: Option<(sled::Error, Instant)> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -139,8 +140,8 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        if let Some((error, tried_at)) = &broken {
-            if tried_at.elapsed() < REOPEN_PAUSE {
+        if let Some((error, next_try)) = &broken {
+            if Instant::now() < *next_try {
                 answer_all(shared, batch, error);
                 continue;
             }
@@ -150,7 +151,7 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
                     tracing::debug!(error = %e, "the database could not be opened again yet");
                     let error = copy(error);
                     answer_all(shared, batch, &error);
-                    broken = Some((error, Instant::now()));
+                    broken = Some((error, Instant::now() + REOPEN_PAUSE));
                     continue;
                 }
             }
@@ -175,21 +176,15 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
             Ok(())
         };
         drop(trees);
-        let mut failure = flushed.as_ref().err().map(copy);
         for (op, applied) in batch.into_iter().zip(applied) {
             let result = applied.and_then(|()| flushed.as_ref().map(|_| ()).map_err(copy));
-            if let Err(e) = &result {
-                if matches!(e, sled::Error::Io(_)) && failure.is_none() {
-                    failure = Some(copy(e));
-                }
+            if let (Err(e @ sled::Error::Io(_)), None) = (&result, &broken) {
+                // Opened again at once, before the next batch.
+                broken = Some((copy(e), Instant::now()));
             }
             let _ = op
                 .reply
                 .send(result.map_err(|e| open_error(&shared.path, e)));
-        }
-        if let Some(error) = failure.filter(|e| matches!(e, sled::Error::Io(_))) {
-            // Tried at once, at the next batch.
-            broken = Some((error, Instant::now() - REOPEN_PAUSE));
         }
     }
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::roots::{tree_size, Located, Roots};
-use super::walk::{walk, FileEntry, Skipped};
+use super::roots::{Located, Roots};
+use super::walk::{tree_size, walk, FileEntry, Skipped};
 use super::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::{FeatureExtractor, FeatureKind, Features};
@@ -119,7 +119,7 @@ impl Tool for HashFiles {
 /// How many regular files a walk of `located` finds, for progress reports.
 fn count_files(located: &Located) -> u64 {
     let mut files = 0;
-    let _ = walk(&located.start(), |_| {
+    let _ = walk(located, |_| {
         files += 1;
         ControlFlow::Continue(())
     });
@@ -167,7 +167,7 @@ fn hash_tree(located: &Located, ctx: &JobContext) -> Result<ToolOutput, String> 
     let mut buffer = vec![0u8; 64 * 1024];
     let mut unreadable = Vec::new();
     let mut cancelled = false;
-    let mut skipped = walk(&located.start(), |file| {
+    let mut skipped = walk(located, |file| {
         if ctx.is_cancelled() {
             cancelled = true;
             return ControlFlow::Break(());
@@ -373,7 +373,7 @@ fn search_tree(
     let mut truncated = false;
     let mut cancelled = false;
     let mut unreadable = Vec::new();
-    let mut skipped = walk(&located.start(), |file| {
+    let mut skipped = walk(located, |file| {
         if ctx.is_cancelled() {
             cancelled = true;
             return ControlFlow::Break(());

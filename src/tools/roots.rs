@@ -8,11 +8,7 @@
 //! handle down without following symlinks ([`walk`](super::walk)), so a path changed
 //! after it was resolved cannot lead out either.
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-use super::walk::{walk, Start};
 
 /// The allowed roots, canonical.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,44 +98,6 @@ pub struct Located {
     pub path: PathBuf,
 }
 
-impl Located {
-    /// Where a walk of it starts.
-    pub fn start(&self) -> Start<'_> {
-        Start {
-            root: &self.root,
-            path: &self.path,
-        }
-    }
-}
-
-/// Files under a path, found cheaply: used to predict a call's runtime.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TreeSize {
-    /// Regular files seen.
-    pub files: u64,
-    /// Their total size in bytes.
-    pub bytes: u64,
-    /// Whether the walk stopped at its time or entry cap (the counts are then a floor).
-    pub capped: bool,
-}
-
-/// Counts files and bytes under a path (a file counts as itself), stopping after
-/// `time_cap` or `max_files`, inside the roots and without following symlinks.
-pub fn tree_size(located: &Located, time_cap: Duration, max_files: u64) -> TreeSize {
-    let started = Instant::now();
-    let mut size = TreeSize::default();
-    let _ = walk(&located.start(), |file| {
-        if size.files >= max_files || started.elapsed() > time_cap {
-            size.capped = true;
-            return ControlFlow::Break(());
-        }
-        size.files += 1;
-        size.bytes += file.size_bytes().unwrap_or(0);
-        ControlFlow::Continue(())
-    });
-    size
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,24 +140,6 @@ mod tests {
             .resolve("missing")
             .unwrap_err()
             .contains("cannot be read"));
-    }
-
-    #[test]
-    fn sizes_and_listings_skip_symlinks() {
-        let (dir, roots) = tree();
-        std::os::unix::fs::symlink(dir.path().join("a/one.txt"), dir.path().join("a/link"))
-            .unwrap();
-        let all = roots.locate(".").unwrap();
-        let size = tree_size(&all, Duration::from_secs(5), 1000);
-        assert_eq!(
-            size,
-            TreeSize {
-                files: 2,
-                bytes: 8,
-                capped: false
-            }
-        );
-        assert!(tree_size(&all, Duration::from_secs(5), 1).capped);
     }
 
     #[test]

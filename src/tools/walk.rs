@@ -19,9 +19,12 @@ use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
+
+use super::roots::Located;
 
 /// Directories deeper than this under the walked path are not entered: each level
 /// holds a descriptor open while its entries are read.
@@ -60,20 +63,11 @@ impl FileEntry<'_> {
     }
 }
 
-/// Where a walk starts: a path inside `root`, both canonical.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Start<'a> {
-    /// The root it lies in.
-    pub root: &'a Path,
-    /// The path itself.
-    pub path: &'a Path,
-}
-
 /// Visits the regular files under `start` in name order, depth first (the order of a
 /// sorted recursive listing), until `visit` breaks. Fails only when `start` itself cannot be
 /// opened; what goes wrong below it is counted in [`Skipped`].
 pub fn walk(
-    start: &Start<'_>,
+    start: &Located,
     mut visit: impl FnMut(&FileEntry<'_>) -> ControlFlow<()>,
 ) -> std::io::Result<Skipped> {
     let mut skipped = Skipped::default();
@@ -103,16 +97,44 @@ pub fn walk(
     Ok(skipped)
 }
 
+/// Files under a path, found cheaply: used to predict a call's runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeSize {
+    /// Regular files seen.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Whether the walk stopped at its time or entry cap (the counts are then a floor).
+    pub capped: bool,
+}
+
+/// Counts files and bytes under a path (a file counts as itself), stopping after
+/// `time_cap` or `max_files`, inside the roots and without following symlinks.
+pub fn tree_size(located: &Located, time_cap: Duration, max_files: u64) -> TreeSize {
+    let started = Instant::now();
+    let mut size = TreeSize::default();
+    let _ = walk(located, |file| {
+        if size.files >= max_files || started.elapsed() > time_cap {
+            size.capped = true;
+            return ControlFlow::Break(());
+        }
+        size.files += 1;
+        size.bytes += file.size_bytes().unwrap_or(0);
+        ControlFlow::Continue(())
+    });
+    size
+}
+
 /// Opens the directory that holds `start.path`, from `start.root` down, one component
 /// at a time without following symlinks; also the last component's name (`None` when
 /// the path is the root).
-fn open_parent(start: &Start<'_>) -> std::io::Result<(OwnedFd, Option<std::ffi::OsString>)> {
+fn open_parent(start: &Located) -> std::io::Result<(OwnedFd, Option<std::ffi::OsString>)> {
     let relative = start
         .path
-        .strip_prefix(start.root)
+        .strip_prefix(&start.root)
         .map_err(|_| std::io::Error::other("the path is not inside its root"))?;
     let mut dir = rustix::fs::open(
-        start.root,
+        &start.root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
@@ -253,7 +275,10 @@ mod tests {
 
     fn files(root: &Path, path: &Path) -> (Vec<String>, Skipped) {
         let mut seen = Vec::new();
-        let start = Start { root, path };
+        let start = Located {
+            root: root.to_path_buf(),
+            path: path.to_path_buf(),
+        };
         let skipped = walk(&start, |file| {
             seen.push(file.relative.display().to_string());
             ControlFlow::Continue(())
@@ -295,9 +320,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
-        let start = Start {
-            root: &root,
-            path: &root.join("out/passwd"),
+        let start = Located {
+            path: root.join("out/passwd"),
+            root,
         };
         assert!(walk(&start, |_| ControlFlow::Continue(())).is_err());
     }
@@ -316,5 +341,27 @@ mod tests {
                 .any(|(_, why)| why.contains("deep")),
             "{skipped:?}"
         );
+    }
+
+    #[test]
+    fn sizes_count_regular_files_and_their_bytes_and_stop_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("b")).unwrap();
+        std::fs::write(root.join("one.txt"), "12345").unwrap();
+        std::fs::write(root.join("b/two.txt"), "123").unwrap();
+        std::os::unix::fs::symlink(root.join("one.txt"), root.join("link")).unwrap();
+        let all = Located {
+            path: root.clone(),
+            root,
+        };
+        let size = tree_size(&all, Duration::from_secs(5), 1000);
+        let expected = TreeSize {
+            files: 2,
+            bytes: 8,
+            capped: false,
+        };
+        assert_eq!(size, expected, "the symlink is not counted");
+        assert!(tree_size(&all, Duration::from_secs(5), 1).capped);
     }
 }
