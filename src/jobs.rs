@@ -502,8 +502,9 @@ impl Jobs {
         cancel: &CancellationToken,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            biased;
             _ = cancel.cancelled() => None,
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
         }
     }
 
@@ -687,14 +688,17 @@ pub(crate) async fn run_to_end(
     cancel: &CancellationToken,
     grace: Duration,
 ) -> RunEnd {
+    // Biased: work that returns the moment it sees the cancel is ready together with
+    // the cancel, and an unbiased pick would then report it failed half the time.
     let joined = tokio::select! {
-        joined = &mut *work => joined,
+        biased;
         _ = cancel.cancelled() => {
             if tokio::time::timeout(grace, &mut *work).await.is_err() {
                 work.abort();
             }
             return RunEnd::Cancelled;
         }
+        joined = &mut *work => joined,
     };
     match joined {
         Ok(returned) => RunEnd::Returned(returned),
@@ -803,6 +807,29 @@ mod tests {
         assert!(matches!(end, RunEnd::Cancelled));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert!(work.await.unwrap_err().is_cancelled());
+    }
+
+    /// Regression: work that returned as soon as it saw the cancel was reported as
+    /// failed with its own error about half the time (an unbiased `select!` between the
+    /// cancel and the finished work), seen in CI on `tests/engine.rs`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_that_returns_on_its_cancel_is_always_reported_cancelled() {
+        for _ in 0..200 {
+            let cancel = CancellationToken::new();
+            let seen = cancel.clone();
+            let mut work: WorkHandle = tokio::spawn(async move {
+                seen.cancelled().await;
+                Err("stopped".to_owned())
+            });
+            let canceller = cancel.clone();
+            tokio::spawn(async move { canceller.cancel() });
+            // The work has returned by the time the supervisor looks: both are ready.
+            while !work.is_finished() {
+                tokio::task::yield_now().await;
+            }
+            let end = run_to_end(&mut work, &cancel, Duration::from_secs(1)).await;
+            assert!(matches!(end, RunEnd::Cancelled), "{end:?}");
+        }
     }
 
     #[tokio::test]
