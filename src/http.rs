@@ -6,7 +6,10 @@
 //! that stayed until it had been idle 5 minutes (3,000 idle sessions took the server
 //! from 13 to 191 MB). This layer, in front of the MCP service, refuses a missing or
 //! foreign `Host` and a browser `Origin` that was not allowed with 403, and a new session
-//! past the cap with 503, each with a message that says what to do.
+//! past the cap with 503, each with a message that says what to do. A POST body is
+//! sifted as a stdio line is ([`crate::jsonrpc`]): what is not a request MCP accepts
+//! gets 400 with a JSON-RPC error, params that do not fit their method get that error
+//! as the request's answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +18,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use crate::jsonrpc::{self, Refusal, Sifted, INVALID_PARAMS, INVALID_REQUEST, MAX_MESSAGE_BYTES};
 
 /// Sessions held at most (each costs about 60 KB while it lives).
 pub const DEFAULT_MAX_SESSIONS: usize = 1000;
@@ -126,7 +131,37 @@ pub async fn guard<S: SessionCount>(
     if let Some(refused) = limits.refusal(request.method(), request.headers(), held) {
         return refused;
     }
-    next.run(request).await
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    // The body is sifted as a stdio line is (rmcp answers a body it cannot decode with
+    // a bare 415, and a known method with params that do not fit with -32601).
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => return refused(StatusCode::PAYLOAD_TOO_LARGE, &jsonrpc::oversized(b"")),
+    };
+    match jsonrpc::sift(&bytes) {
+        Sifted::Message(_) => next.run(Request::from_parts(parts, bytes.into())).await,
+        // A request that was understood gets its error as its answer.
+        Sifted::Refused(refusal) if refusal.code == INVALID_PARAMS && !refusal.id.is_null() => {
+            refused(StatusCode::OK, &refusal)
+        }
+        Sifted::Refused(refusal) => refused(StatusCode::BAD_REQUEST, &refusal),
+        Sifted::Ignored(why) => refused(
+            StatusCode::BAD_REQUEST,
+            &Refusal {
+                id: serde_json::Value::Null,
+                code: INVALID_REQUEST,
+                message: format!("invalid request: {why}"),
+            },
+        ),
+    }
+}
+
+/// A JSON-RPC error as the whole HTTP answer.
+fn refused(status: StatusCode, refusal: &Refusal) -> Response {
+    (status, axum::Json(refusal.to_json())).into_response()
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod engine;
 pub mod features;
 pub mod http;
 pub mod jobs;
+pub mod jsonrpc;
 pub mod mcp;
 pub mod policy;
 pub mod predictor;

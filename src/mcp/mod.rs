@@ -41,10 +41,13 @@ use crate::engine::{
 };
 use crate::http::{HttpLimits, SessionCount};
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
+use crate::jsonrpc::excerpt;
 use crate::lock;
 use crate::policy::{Seconds, Source};
 use crate::proxy::{upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
+
+mod stdio;
 
 /// The share of the budget `job_status` may wait, so its own answer stays in time.
 pub const WAIT_SHARE_OF_BUDGET: f64 = 0.8;
@@ -326,7 +329,7 @@ impl SmartServer {
 
     /// Serves one client over stdin/stdout until it disconnects.
     pub async fn serve_stdio(self) -> anyhow::Result<()> {
-        let running = self.serve(rmcp::transport::stdio()).await?;
+        let running = self.serve(stdio::stdio()).await?;
         running.waiting().await?;
         Ok(())
     }
@@ -341,6 +344,7 @@ impl SmartServer {
     ) -> anyhow::Result<()> {
         let config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(limits.allowed_hosts.clone())
+            .with_max_request_body_bytes(crate::jsonrpc::MAX_MESSAGE_BYTES)
             .with_cancellation_token(shutdown.child_token());
         let mut sessions = LocalSessionManager::default();
         sessions.session_config.keep_alive = Some(crate::http::IDLE_SESSION_TTL);
@@ -540,7 +544,10 @@ impl SmartServer {
     fn job_of_task(&self, task_id: &str) -> Result<Job, ErrorData> {
         let unknown = || {
             ErrorData::invalid_params(
-                format!("unknown task '{task_id}': it never existed or its retention has passed"),
+                format!(
+                    "unknown task '{}': it never existed or its retention has passed",
+                    excerpt(task_id)
+                ),
                 None,
             )
         };
@@ -638,7 +645,10 @@ fn max_wait_s(budget_s: f64) -> f64 {
 
 fn parse_job_id(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text.trim()).map_err(|_| {
-        format!("'{text}' is not a job id: use the job_id from a background answer or list_jobs")
+        format!(
+            "'{}' is not a job id: use the job_id from a background answer or list_jobs",
+            excerpt(text)
+        )
     })
 }
 
@@ -777,7 +787,10 @@ fn progress_notification(
 
 fn unknown_tool(name: &str) -> ErrorData {
     ErrorData::invalid_params(
-        format!("unknown tool '{name}': tools/list shows the available ones"),
+        format!(
+            "unknown tool '{}': tools/list shows the available ones",
+            excerpt(name)
+        ),
         None,
     )
 }
