@@ -1,5 +1,5 @@
 //! Engine benchmarks: the pure decision, the in-process inline path, a background
-//! submit, a job's durable write, and replay throughput.
+//! submit, a job's durable write, a job list among 10,000 jobs, and replay throughput.
 //!
 //! Run: `cargo bench --bench engine`. Targets: decide ≤ 1 µs, sync path ≤ 20 µs.
 
@@ -8,7 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use smart_async::{
-    Call, CallOutcome, Engine, EngineConfig, Features, Policy, RuntimeModel, StaticTable, ToolCall,
+    Call, CallOutcome, Engine, EngineConfig, Features, JobFilter, Policy, RuntimeModel,
+    StaticTable, ToolCall,
 };
 
 /// A warm model over 8 features and a call to decide.
@@ -123,6 +124,47 @@ fn engine_paths(c: &mut Criterion) {
     runtime.block_on(engine.close()).expect("close");
 }
 
+/// `list_jobs` (20 newest) with 10,000 finished jobs stored: a86c8a7 read and decoded
+/// every one of them on each call.
+fn list_jobs(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = EngineConfig::new(dir.path());
+    config.jobs.max_finished = 20_000;
+    config.jobs.max_running = 64;
+    let engine = runtime.block_on(Engine::open(config)).expect("engine");
+    runtime.block_on(async {
+        let submitted = (0..10_000).map(|i| {
+            let engine = engine.clone();
+            async move {
+                let call = ToolCall::new("listed", json!({"async_mode": true, "i": i}));
+                match engine
+                    .call(call, |_| async { Ok(json!({"lines": vec!["a"; 20]})) })
+                    .await
+                {
+                    Ok(CallOutcome::Job { job }) => engine
+                        .wait_job(job.id, std::time::Duration::from_secs(30))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        });
+        for ended in futures_util::future::join_all(submitted).await {
+            ended.expect("job");
+        }
+    });
+    let filter = JobFilter {
+        limit: Some(20),
+        ..JobFilter::default()
+    };
+    c.bench_function("list_jobs (20 of 10,000 stored)", |b| {
+        b.iter(|| engine.list_jobs(black_box(&filter)).expect("list"))
+    });
+    runtime.block_on(engine.close()).expect("close");
+}
+
 /// Replay throughput on a shipped trace, parsed per line as the CLI does.
 fn replay(c: &mut Criterion) {
     use smart_async::replay::{Replay, ReplayConfig, TraceRecord, DEFAULT_POLL_COST_S};
@@ -146,5 +188,5 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide, engine_paths, replay);
+criterion_group!(benches, decide, engine_paths, list_jobs, replay);
 criterion_main!(benches);

@@ -805,7 +805,11 @@ impl Engine {
         let work_abort = work.abort_handle();
         let engine = self.clone();
         let supervised = job.clone();
+        // Already running, it cannot wait for a run slot; it takes one if one is free,
+        // so background jobs queue behind it rather than beside it.
+        let slot = self.inner.jobs.try_slot();
         let supervisor = tokio::spawn(async move {
+            let _slot = slot;
             let end = run_to_end(&mut work, &cancel, grace).await;
             engine.finish(supervised, end, started, features).await;
         });

@@ -692,3 +692,54 @@ async fn an_inline_call_reports_progress_while_it_runs() {
     assert!(heard.windows(2).all(|w| w[1].elapsed_s > w[0].elapsed_s));
     assert_eq!(heard[0].tool.as_ref().unwrap().to_string(), "1 of 4");
 }
+
+/// Regression (issue 14, break 11): `list_jobs` read every stored job while their states
+/// changed, so one list could show a job that had ended as still running beside the job
+/// that took its slot (5 running with a limit of 4). Each list is the table at one
+/// moment now: never more running than the limit, and every job listed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_11_a_job_list_is_one_moment_never_more_running_than_the_limit() {
+    let (engine, _dir) = engine_with(|c| c.jobs.max_running = 2).await;
+    let mut handles = Vec::new();
+    for i in 0..120 {
+        let job = expect_job(
+            engine
+                .call(
+                    ToolCall::new("short", json!({ "async_mode": true, "i": i })),
+                    sleeper(0.005),
+                )
+                .await
+                .unwrap(),
+        );
+        handles.push(job);
+    }
+    let mut lists = 0;
+    loop {
+        let jobs = engine.list_jobs(&JobFilter::default()).unwrap();
+        lists += 1;
+        assert_eq!(jobs.len(), 120, "every job listed once");
+        let running = jobs
+            .iter()
+            .filter(|job| job.status() == JobStatus::Running)
+            .count();
+        assert!(running <= 2, "{running} running with a limit of 2");
+        if jobs.iter().all(|job| job.status().is_terminal()) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(lists > 1, "the lists were taken while jobs ran");
+    let newest_first: Vec<_> = engine
+        .list_jobs(&JobFilter {
+            limit: Some(3),
+            ..JobFilter::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|job| job.id)
+        .collect();
+    let mut by_creation = handles.clone();
+    by_creation.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
+    let expected: Vec<_> = by_creation.iter().take(3).map(|job| job.id).collect();
+    assert_eq!(newest_first, expected);
+}

@@ -24,6 +24,10 @@ use crate::lock;
 use crate::policy::Decision;
 use crate::store::{Store, StoreError};
 
+mod listing;
+
+use listing::{Listed, Listing};
+
 /// The error of a job cut off by a restart.
 pub const INTERRUPTED: &str = "interrupted by restart";
 
@@ -334,7 +338,9 @@ pub struct JobSettings {
     pub retention: Duration,
     /// How many finished jobs are kept at most.
     pub max_finished: usize,
-    /// How many background jobs run at once; the rest wait as pending.
+    /// How many jobs started in the background run at once; the rest wait as pending.
+    /// A call promoted from inline is already running and keeps running: it holds a
+    /// slot if one is free, so jobs started after it wait for it.
     pub max_running: usize,
     /// How long cancelled work may take to stop before it is aborted.
     pub cancel_grace: Duration,
@@ -374,26 +380,28 @@ struct Live {
 pub(crate) struct Jobs {
     store: Store,
     live: Mutex<HashMap<Uuid, Live>>,
-    /// States the store refused, each with the number of its write: a job reads from
-    /// here until [`Jobs::write_unwritten`] or its next state is stored, so a failing
-    /// disk never costs a result the work already gave. Writes of job states are queued
-    /// while this is locked, and a newer state replaces a refused one here as it is
-    /// queued: the store's one writer applies them in that order, so a retry never
-    /// lands after a newer state.
-    unwritten: Mutex<Unwritten>,
+    /// Job states as they are queued for the store. Writes of job states are queued
+    /// while this is locked, so the listing is the table at one moment and the store's
+    /// one writer applies the states in the order they were listed.
+    queued: Mutex<Queued>,
     permits: Arc<Semaphore>,
     settings: JobSettings,
 }
 
-/// Job states the store refused (see [`Jobs::unwritten`]).
+/// Job states as queued (see [`Jobs::queued`]).
 #[derive(Default)]
-struct Unwritten {
-    /// By job: the number of the write that queued the state, and the state.
-    jobs: HashMap<Uuid, (u64, Job)>,
+struct Queued {
+    /// Every job, newest first, in its latest state.
+    listing: Listing,
+    /// States the store refused, by job, each with the number of the write that queued
+    /// it: a job reads from here until [`Jobs::write_unwritten`] or its next state is
+    /// stored, so a failing disk never costs a result the work already gave. A newer
+    /// state replaces a refused one as it is queued, so a retry never lands after it.
+    refused: HashMap<Uuid, (u64, Job)>,
     writes: u64,
 }
 
-impl Unwritten {
+impl Queued {
     fn next_write(&mut self) -> u64 {
         self.writes += 1;
         self.writes
@@ -403,16 +411,19 @@ impl Unwritten {
     /// state was queued since); refused, it is kept (unless a newer one is).
     fn settle(&mut self, write: u64, job: &Job, stored: bool) {
         let newer_queued = self
-            .jobs
+            .refused
             .get(&job.id)
             .is_some_and(|(latest, _)| *latest > write);
         if newer_queued {
             return;
         }
         if stored {
-            self.jobs.remove(&job.id);
+            self.refused.remove(&job.id);
+            if job.status().is_terminal() {
+                self.listing.stored(job.id);
+            }
         } else {
-            self.jobs.insert(job.id, (write, job.clone()));
+            self.refused.insert(job.id, (write, job.clone()));
         }
     }
 }
@@ -429,14 +440,17 @@ impl Jobs {
     pub(crate) async fn open(store: Store, settings: JobSettings) -> Result<Jobs, StoreError> {
         let now = now_ms();
         let mut interrupted = Vec::new();
+        let mut queued = Queued::default();
         for mut job in store.jobs()? {
             if !job.status().is_terminal() {
                 job.state = JobState::Failed {
                     error: INTERRUPTED.to_owned(),
                 };
                 job.finished_at_ms = Some(now);
-                interrupted.push(job);
+                interrupted.push(job.clone());
             }
+            queued.listing.record(&job);
+            queued.listing.stored(job.id);
         }
         if !interrupted.is_empty() {
             store.put_jobs(&interrupted).await?;
@@ -444,7 +458,7 @@ impl Jobs {
         Ok(Jobs {
             store,
             live: Mutex::new(HashMap::new()),
-            unwritten: Mutex::new(Unwritten::default()),
+            queued: Mutex::new(queued),
             permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
             settings,
         })
@@ -458,13 +472,22 @@ impl Jobs {
         lock(&self.live)
     }
 
-    fn unwritten(&self) -> MutexGuard<'_, Unwritten> {
-        lock(&self.unwritten)
+    fn queued(&self) -> MutexGuard<'_, Queued> {
+        lock(&self.queued)
     }
 
     /// Makes the job durable, then live under the run's context.
     pub(crate) async fn create(&self, job: &Job, ctx: &JobContext) -> Result<(), StoreError> {
-        self.store.put_job(job).await?;
+        let pending = {
+            let mut queued = self.queued();
+            queued.listing.record(job);
+            self.store.put_job(job)
+        };
+        if let Err(e) = pending.await {
+            // It never existed for anyone but a list that looked meanwhile.
+            self.queued().listing.remove(&[job.id]);
+            return Err(e);
+        }
         let (status, _) = watch::channel(job.status());
         self.live().insert(
             job.id,
@@ -508,16 +531,22 @@ impl Jobs {
         }
     }
 
+    /// A run slot if one is free now.
+    pub(crate) fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     /// Writes a new state (durably when terminal) and tells waiters. A state the store
     /// refuses is kept for [`Jobs::write_unwritten`], and read from memory until then.
     pub(crate) async fn update(&self, job: &Job) -> Result<(), StoreError> {
         let terminal = job.status().is_terminal();
         let (write, pending) = {
-            let mut unwritten = self.unwritten();
-            let write = unwritten.next_write();
-            if let Some(refused) = unwritten.jobs.get_mut(&job.id) {
+            let mut queued = self.queued();
+            let write = queued.next_write();
+            if let Some(refused) = queued.refused.get_mut(&job.id) {
                 *refused = (write, job.clone());
             }
+            queued.listing.record(job);
             // A job's end must be on disk before it is reported; its start need not.
             let pending = if terminal {
                 self.store.put_job(job)
@@ -527,7 +556,7 @@ impl Jobs {
             (write, pending)
         };
         let written = pending.await;
-        self.unwritten().settle(write, job, written.is_ok());
+        self.queued().settle(write, job, written.is_ok());
         let mut live = self.live();
         if let Some(entry) = live.get(&job.id) {
             entry.status.send_replace(job.status());
@@ -542,26 +571,26 @@ impl Jobs {
     /// round (they all wait for the same disk).
     pub(crate) async fn write_unwritten(&self) -> Result<(), StoreError> {
         let (jobs, pending) = {
-            let unwritten = self.unwritten();
-            if unwritten.jobs.is_empty() {
+            let queued = self.queued();
+            if queued.refused.is_empty() {
                 return Ok(());
             }
-            let jobs: Vec<(u64, Job)> = unwritten.jobs.values().cloned().collect();
+            let jobs: Vec<(u64, Job)> = queued.refused.values().cloned().collect();
             let states: Vec<Job> = jobs.iter().map(|(_, job)| job.clone()).collect();
             (jobs, self.store.put_jobs(&states))
         };
         let written = pending.await;
-        let mut unwritten = self.unwritten();
+        let mut queued = self.queued();
         for (write, job) in &jobs {
-            unwritten.settle(*write, job, written.is_ok());
+            queued.settle(*write, job, written.is_ok());
         }
         written
     }
 
     /// Reads a job, with its progress while it runs.
     pub(crate) fn get(&self, id: Uuid) -> Result<Job, JobError> {
-        let unwritten = self.unwritten().jobs.get(&id).map(|(_, job)| job.clone());
-        let mut job = match unwritten {
+        let refused = self.queued().refused.get(&id).map(|(_, job)| job.clone());
+        let mut job = match refused {
             Some(job) => job,
             None => self.store.job(id)?.ok_or(JobError::NotFound(id))?,
         };
@@ -607,24 +636,19 @@ impl Jobs {
         }
     }
 
-    /// Jobs matching the filter, newest first.
+    /// Jobs matching the filter, newest first, as they were at one moment: from the
+    /// listing in memory, reading from the store only the ended jobs it shows.
     pub(crate) fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = self.store.jobs()?;
-        {
-            let unwritten = self.unwritten();
-            for job in &mut jobs {
-                if let Some((_, latest)) = unwritten.jobs.get(&job.id) {
-                    job.clone_from(latest);
-                }
-            }
+        let listed = self.queued().listing.select(filter);
+        let mut jobs = Vec::with_capacity(listed.len());
+        for listed in listed {
+            let job = match listed {
+                Listed::Whole(job) => Some(*job),
+                // Pruned since it was listed: gone.
+                Listed::Stored(id) => self.store.job(id)?,
+            };
+            jobs.extend(job);
         }
-        let mut jobs: Vec<Job> = jobs
-            .into_iter()
-            .filter(|job| filter.status.is_none_or(|s| job.status() == s))
-            .filter(|job| filter.tool.as_deref().is_none_or(|t| job.tool == t))
-            .collect();
-        jobs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
-        jobs.truncate(filter.limit.unwrap_or(usize::MAX));
         for job in &mut jobs {
             self.add_progress(job);
         }
@@ -634,25 +658,21 @@ impl Jobs {
     /// Removes finished jobs older than the retention age and past the count; returns
     /// how many.
     pub(crate) async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut finished: Vec<Job> = self
-            .store
-            .jobs()?
-            .into_iter()
-            .filter(|job| job.status().is_terminal())
-            .collect();
-        finished.sort_by_key(|job| std::cmp::Reverse(job.finished_at_ms));
         let oldest_kept_ms = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
-        let removed: Vec<Uuid> = finished
-            .iter()
+        let removed: Vec<Uuid> = self
+            .queued()
+            .listing
+            .ended_newest_first()
+            .into_iter()
             .enumerate()
-            .filter(|(rank, job)| {
-                job.finished_at_ms.unwrap_or(0) < oldest_kept_ms
-                    || *rank >= self.settings.max_finished
+            .filter(|(rank, (_, finished_at_ms))| {
+                finished_at_ms.unwrap_or(0) < oldest_kept_ms || *rank >= self.settings.max_finished
             })
-            .map(|(_, job)| job.id)
+            .map(|(_, (id, _))| id)
             .collect();
         if !removed.is_empty() {
             self.store.remove_jobs(&removed).await?;
+            self.queued().listing.remove(&removed);
         }
         Ok(removed.len())
     }
@@ -859,7 +879,7 @@ mod tests {
             .collect();
         let running = job(JobState::Running, None, None);
         for j in kept.iter().chain([&old, &running]) {
-            store.put_job(j).await.unwrap();
+            jobs.update(j).await.unwrap();
         }
         assert_eq!(
             jobs.prune(now).await.unwrap(),
