@@ -788,7 +788,7 @@ impl Engine {
         caller_gone.disarm();
         // Overran the deadline: the same work goes on as a job.
         let started_ms = now_ms().saturating_sub(started.elapsed().as_millis() as u64);
-        let mut job = new_job(call, decision, started_ms);
+        let mut job = new_job(call, decision, started_ms, ctx.run_id());
         job.state = JobState::Running;
         job.started_at_ms = Some(started_ms);
         job.promoted = true;
@@ -889,8 +889,8 @@ impl Engine {
         decision: Decision,
         work: BoxedWork<T>,
     ) -> Result<CallOutcome<T>, EngineError> {
-        let job = new_job(call, decision, now_ms());
         let ctx = JobContext::new(CancellationToken::new());
+        let job = new_job(call, decision, now_ms(), ctx.run_id());
         let cancel = ctx.token().clone();
         self.inner.jobs.create(&job, &ctx).await?;
         let engine = self.clone();
@@ -1201,7 +1201,7 @@ impl<'a, T: WorkOutput> Future for CallFuture<'a, T> {
 }
 
 /// A pending job for `call`, created at `created_at_ms`.
-fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {
+fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64, run_id: Uuid) -> Job {
     Job {
         id: Uuid::new_v4(),
         label: call.label.unwrap_or_else(|| call.tool.to_string()),
@@ -1212,6 +1212,7 @@ fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64) -> Job {
         finished_at_ms: None,
         decision,
         promoted: false,
+        run_id,
         progress: None,
     }
 }

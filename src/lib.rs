@@ -33,6 +33,7 @@ pub mod mcp;
 pub mod policy;
 pub mod predictor;
 pub mod proxy;
+mod reap;
 pub mod replay;
 pub mod stats;
 pub mod store;

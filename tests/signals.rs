@@ -129,3 +129,113 @@ fn server_pid(setup: &Setup) -> Option<u32> {
             (serves && ours).then_some(pid)
         })
 }
+
+/// Command tools that leave processes behind: `escape` starts a grandchild in a session
+/// of its own (out of the command's process group), `spawn` one in the group; both then
+/// wait. Each grandchild is a `sleep` with a seconds value no other test uses.
+const LEAVING_CONFIG: &str = r#"
+[[command]]
+name = "escape"
+description = "Starts a grandchild that leaves the process group, then waits."
+argv = ["sh", "-c", "setsid sleep 3601.25 & sleep 3601.5"]
+
+[[command]]
+name = "spawn"
+description = "Starts a grandchild in its process group, then waits."
+argv = ["sh", "-c", "sleep 3602.25 & sleep 3602.5"]
+"#;
+
+/// Regression (issue 14, break 7): a grandchild started with `setsid` left the
+/// command's process group, so `cancel_job`, which killed the group, missed it.
+#[tokio::test]
+async fn break_7_cancel_job_ends_a_grandchild_that_left_the_process_group() {
+    let setup = Setup::new();
+    let config = common::write_config(setup.data.path(), LEAVING_CONFIG);
+    let client = common::connect(&setup.args(&["--config", &config])).await;
+    let started = common::call(&client, "escape", json!({ "async_mode": true })).await;
+    let job_id = common::structured(&started)["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_owned();
+    let escaped = ["sleep", "3601.25"];
+    common::wait_until(
+        || !common::pids_running(&escaped).is_empty(),
+        "the grandchild runs",
+    )
+    .await;
+    let cancelled = common::call(&client, "cancel_job", json!({ "job_id": job_id })).await;
+    assert!(!common::is_error(&cancelled), "{cancelled:?}");
+    common::wait_until(
+        || {
+            common::pids_running(&escaped).is_empty()
+                && common::pids_running(&["sleep", "3601.5"]).is_empty()
+        },
+        "the grandchild that left the group is ended with the job",
+    )
+    .await;
+    drop(client);
+}
+
+/// Regression (issue 14, break 7): after a `kill -9` of the server, what its commands
+/// had started kept running (30 orphans over 10 rounds) while their jobs read
+/// "interrupted by restart". The command itself dies with the server; the next start
+/// ends what it left.
+#[tokio::test]
+async fn break_7_the_next_start_ends_what_a_killed_server_s_jobs_left_running() {
+    let setup = Setup::new();
+    let config = common::write_config(setup.data.path(), LEAVING_CONFIG);
+    let args = setup.args(&["--config", &config]);
+    let client = common::connect(&args).await;
+    for tool in ["escape", "spawn"] {
+        let started = common::call(&client, tool, json!({ "async_mode": true })).await;
+        assert!(!common::is_error(&started), "{started:?}");
+    }
+    let left = [["sleep", "3601.25"], ["sleep", "3602.25"]];
+    common::wait_until(
+        || {
+            left.iter()
+                .all(|argv| !common::pids_running(argv).is_empty())
+        },
+        "both grandchildren run",
+    )
+    .await;
+    let server = server_pid(&setup).expect("the server's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(client);
+    common::wait_until(|| server_pid(&setup).is_none(), "the server is gone").await;
+    // The kernel ended the commands; their children were left to init.
+    assert!(
+        left.iter()
+            .all(|argv| !common::pids_running(argv).is_empty()),
+        "the grandchildren outlived the server"
+    );
+    let restarted = common::connect(&args).await;
+    common::wait_until(
+        || {
+            left.iter()
+                .all(|argv| common::pids_running(argv).is_empty())
+        },
+        "the next start ended what the interrupted jobs left",
+    )
+    .await;
+    let listed = common::call(&restarted, "list_jobs", json!({})).await;
+    let jobs = common::structured(&listed)["jobs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(jobs.len(), 2);
+    for job in jobs {
+        let id = job["job_id"].as_str().unwrap();
+        let status = common::call(&restarted, "job_status", json!({ "job_id": id })).await;
+        assert!(
+            common::text(&status).contains("interrupted by restart"),
+            "{}",
+            common::text(&status)
+        );
+    }
+    drop(restarted);
+}

@@ -155,6 +155,7 @@ mod tests {
                 rule: None,
             },
             promoted: false,
+            run_id: Uuid::nil(),
             progress: None,
         }
     }

@@ -146,6 +146,10 @@ pub struct Job {
     pub decision: Decision,
     /// Whether it began inline and overran the deadline.
     pub promoted: bool,
+    /// The id its run's processes carry ([`JobContext::run_id`]); nil in jobs stored
+    /// before it was recorded.
+    #[serde(default)]
+    pub run_id: Uuid,
     /// What the work last reported of its progress, while it runs (live only, never
     /// stored).
     #[serde(skip)]
@@ -234,6 +238,7 @@ impl std::fmt::Display for Progress {
 struct RunShared {
     cancel: CancellationToken,
     progress: Mutex<Option<Progress>>,
+    run_id: Uuid,
 }
 
 /// Where a run's work reports its progress; shared by the work and whoever watches.
@@ -279,6 +284,7 @@ impl JobContext {
             run: ProgressCell(Arc::new(RunShared {
                 cancel,
                 progress: Mutex::new(None),
+                run_id: Uuid::new_v4(),
             })),
         }
     }
@@ -308,6 +314,12 @@ impl JobContext {
     /// The token itself, to hand to other tasks.
     pub fn token(&self) -> &CancellationToken {
         &self.run.0.cancel
+    }
+
+    /// This run's random id: a command tool's processes carry it in their environment
+    /// (`SMART_ASYNC_RUN`), so a cancel, or a restart after a crash, ends all of them.
+    pub fn run_id(&self) -> Uuid {
+        self.run.0.run_id
     }
 }
 
@@ -454,6 +466,16 @@ impl Jobs {
         }
         if !interrupted.is_empty() {
             store.put_jobs(&interrupted).await?;
+            // Their commands died with the last process; what those started may not have.
+            let runs: Vec<Uuid> = interrupted.iter().map(|job| job.run_id).collect();
+            let ended = tokio::task::spawn_blocking(move || crate::reap::end_runs(&runs))
+                .await
+                .unwrap_or(0);
+            if ended > 0 {
+                tracing::info!(
+                    "ended {ended} processes that jobs interrupted by the last stop had left running"
+                );
+            }
         }
         Ok(Jobs {
             store,
@@ -760,6 +782,7 @@ mod tests {
                 rule: None,
             },
             promoted: false,
+            run_id: Uuid::nil(),
             progress: None,
         }
     }

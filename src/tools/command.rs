@@ -29,6 +29,7 @@ use crate::engine::ToolOptions;
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
 use crate::policy::Seconds;
+use crate::reap::{end_runs, RUN_VAR};
 
 /// Output kept per stream, from the end, when the config does not say.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -351,11 +352,13 @@ async fn run(
         .get_program()
         .to_string_lossy()
         .into_owned();
+    // Inherited by everything the command starts, so a cancel reaches what left its group.
+    command.env(RUN_VAR, ctx.run_id().to_string());
     let mut child = command
         .spawn()
         .map_err(|e| format!("{name}: cannot start '{program}': {e}"))?;
     let group = child.id().map(|id| Pid::from_raw(id as i32));
-    let mut dropped_with = GroupGuard(group);
+    let mut dropped_with = GroupGuard(group.map(|group| (group, ctx.run_id())));
     let stdout = child
         .stdout
         .take()
@@ -386,6 +389,9 @@ async fn run(
         }
         Err(reason) => {
             stop_group(group, &mut child).await;
+            dropped_with.0 = None;
+            let run = ctx.run_id();
+            let _ = tokio::task::spawn_blocking(move || end_runs(&[run])).await;
             return Err(reason);
         }
     };
@@ -439,15 +445,16 @@ async fn run(
     Ok(ToolOutput { text, structured })
 }
 
-/// Kills the process group when the run is dropped before the command ended: a
-/// shutdown or an aborted job must not leave a build running, and `kill_on_drop`
-/// reaches only the direct child.
-struct GroupGuard(Option<Pid>);
+/// Kills the process group, and every process that carries the run's id, when the run
+/// is dropped before the command ended: a shutdown or an aborted job must not leave a
+/// build running, and `kill_on_drop` reaches only the direct child.
+struct GroupGuard(Option<(Pid, uuid::Uuid)>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(group) = self.0 {
+        if let Some((group, run)) = self.0 {
             let _ = killpg(group, Signal::SIGKILL);
+            end_runs(&[run]);
         }
     }
 }
