@@ -137,9 +137,15 @@ pub async fn guard<S: SessionCount>(
     // The body is sifted as a stdio line is (rmcp answers a body it cannot decode with
     // a bare 415, and a known method with params that do not fit with -32601).
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => return refused(StatusCode::PAYLOAD_TOO_LARGE, &jsonrpc::oversized(b"")),
+    let bytes = match read_body(body).await {
+        Ok(Body::Whole(bytes)) => bytes,
+        Ok(Body::Oversized(start)) => {
+            return refused(StatusCode::PAYLOAD_TOO_LARGE, &jsonrpc::oversized(&start))
+        }
+        Err(e) => {
+            let message = format!("could not read the request body: {e}");
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        }
     };
     match jsonrpc::sift(&bytes) {
         Sifted::Message(_) => next.run(Request::from_parts(parts, bytes.into())).await,
@@ -157,6 +163,39 @@ pub async fn guard<S: SessionCount>(
             },
         ),
     }
+}
+
+/// A request body as read.
+enum Body {
+    Whole(axum::body::Bytes),
+    /// Past [`MAX_MESSAGE_BYTES`]: its start only.
+    Oversized(Vec<u8>),
+}
+
+/// How much of an oversized body is read (and dropped) before it is answered: a
+/// client still sending when the answer comes sees a reset, not the answer.
+const DRAINED_BYTES: usize = 4 * MAX_MESSAGE_BYTES;
+
+/// Reads a body, keeping at most [`MAX_MESSAGE_BYTES`] of it.
+async fn read_body(body: axum::body::Body) -> Result<Body, axum::Error> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        let room = MAX_MESSAGE_BYTES.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if seen > DRAINED_BYTES {
+            break;
+        }
+    }
+    Ok(if seen > MAX_MESSAGE_BYTES {
+        Body::Oversized(kept)
+    } else {
+        Body::Whole(kept.into())
+    })
 }
 
 /// A JSON-RPC error as the whole HTTP answer.

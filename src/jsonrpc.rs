@@ -400,7 +400,7 @@ pub(crate) fn excerpt(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A serde error cut to a few hundred characters (it can quote an input).
-fn cut(text: &str) -> String {
+pub(crate) fn cut(text: &str) -> String {
     const MAX_CHARS: usize = 300;
     match text.char_indices().nth(MAX_CHARS) {
         Some((end, _)) => format!("{}…", &text[..end]),

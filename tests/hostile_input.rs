@@ -74,6 +74,7 @@ fn hostile(root: &str) -> Vec<Hostile> {
         case("a tool name that is a path", request(114, "tools/call", json!({"name": "../../etc/passwd"})), Some(json!(114))),
         case("a 100 KB tool name", request(115, "tools/call", json!({"name": long_name})), Some(json!(115))),
         case("a path argument of the wrong type", request(116, "tools/call", json!({"name": "hash_files", "arguments": {"path": 5}})), Some(json!(116))),
+        case("a 1 MB string for a number", request(133, "tools/call", json!({"name": "search_text", "arguments": {"path": ".", "pattern": "a", "max_matches": "9".repeat(1 << 20)}})), Some(json!(133))),
         case("a path outside the roots", request(117, "tools/call", json!({"name": "hash_files", "arguments": {"path": "/etc"}})), Some(json!(117))),
         case("a path climbing out of the root", request(118, "tools/call", json!({"name": "search_text", "arguments": {"path": format!("{root}/../../../etc"), "pattern": "root"}})), Some(json!(118))),
         case("async_mode as a string", request(119, "tools/call", json!({"name": "hash_files", "arguments": {"path": ".", "async_mode": "yes"}})), Some(json!(119))),
@@ -89,7 +90,7 @@ fn hostile(root: &str) -> Vec<Hostile> {
         case("a method that is a number", br#"{"jsonrpc":"2.0","id":129,"method":42}"#, Some(json!(129))),
         case("resources/read outside the roots", request(130, "resources/read", json!({"uri": "file:///etc/passwd"})), Some(json!(130))),
         case("prompts/get of nothing", request(131, "prompts/get", json!({"name": "nothing"})), Some(json!(131))),
-        case("a long string id", format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"ping"}}"#, "i".repeat(10_000)), Some(json!("i".repeat(10_000)))),
+        case("a long string id", format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"ping"}}"#, "i".repeat(5_000)), Some(json!("i".repeat(5_000)))),
         case("the smallest id", br#"{"jsonrpc":"2.0","id":-9223372036854775808,"method":"ping"}"#, Some(json!(i64::MIN))),
         case("a 17 MiB message", oversized, Some(json!("oversized"))),
         case("not JSON at all", "rm -rf / ; echo pwned", Some(Value::Null)),
@@ -220,6 +221,12 @@ fn assert_answered(cases: &[Hostile], answers: &[Value]) {
         {
             Some(at) => {
                 let answer = unclaimed.remove(at);
+                let size = answer.to_string().len();
+                assert!(
+                    size < 8192,
+                    "{}: a {size}-byte answer quotes too much: {answer:.300}",
+                    case.what
+                );
                 assert!(
                     answer.get("result").is_some()
                         || answer["error"]["message"]
@@ -324,18 +331,11 @@ async fn break_8_over_http_every_hostile_request_gets_an_answer_and_the_server_l
             }
             continue;
         };
-        // The body limit is read before any of it is parsed, so an oversized message is
-        // answered with a null id over HTTP.
-        let id = if case.what == "a 17 MiB message" {
-            &Value::Null
-        } else {
-            id
-        };
         let answered = messages.iter().any(|m| same_id(&m["id"], id));
         let fitting = if id.is_null() {
             status >= 400
         } else {
-            status == 200 || status == 400
+            status == 200 || (400..500).contains(&status)
         };
         if !answered || !fitting {
             failures.push(format!(

@@ -61,13 +61,18 @@ pub fn parse_args<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, St
         Value::Null => Map::new(),
         other => {
             return Err(format!(
-                "{tool}: arguments must be a JSON object, got {other}"
+                "{tool}: arguments must be a JSON object, got {}",
+                crate::jsonrpc::excerpt(&other.to_string())
             ))
         }
     };
     args.remove(ASYNC_MODE_ARG);
-    serde_json::from_value(Value::Object(args))
-        .map_err(|e| format!("{tool}: invalid arguments: {e}"))
+    serde_json::from_value(Value::Object(args)).map_err(|e| {
+        format!(
+            "{tool}: invalid arguments: {}",
+            crate::jsonrpc::cut(&e.to_string())
+        )
+    })
 }
 
 /// The JSON Schema of `T` as an object.
