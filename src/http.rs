@@ -83,7 +83,9 @@ impl HttpLimits {
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("(not text)");
-            if !self.allowed_origins.iter().any(|allowed| allowed == origin) {
+            if !self.allowed_origins.iter().any(|allowed| allowed == origin)
+                && !self.is_own_host(origin)
+            {
                 let shown: String = origin.chars().take(100).collect();
                 let message = format!(
                     "Forbidden: requests from web pages at origin {shown} are not allowed; start the server with --allow-origin {shown} to allow that page"
@@ -103,6 +105,26 @@ impl HttpLimits {
             return Some((StatusCode::SERVICE_UNAVAILABLE, message).into_response());
         }
         None
+    }
+}
+
+impl HttpLimits {
+    /// Whether a browser origin is a page on a host this server answers to (on any
+    /// port): a local page talking to a local server. A rebinding page's origin names
+    /// the attacker's domain.
+    fn is_own_host(&self, origin: &str) -> bool {
+        let Some(authority) = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+        else {
+            return false;
+        };
+        let host = host_name(authority);
+        !host.is_empty()
+            && self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(host))
     }
 }
 
@@ -246,6 +268,38 @@ mod tests {
             ),
             forbidden
         );
+        // A page on the server's own host, on any port, is a local page.
+        for origin in [
+            "http://127.0.0.1:8080",
+            "http://localhost:5173",
+            "https://[::1]",
+        ] {
+            assert_eq!(
+                status(
+                    &limits,
+                    &[("host", "localhost:8080"), ("origin", origin)],
+                    0
+                ),
+                None,
+                "{origin}"
+            );
+        }
+        for origin in [
+            "http://localhost.evil.example",
+            "null",
+            "file://localhost",
+            "http://127.0.0.1.nip.io",
+        ] {
+            assert_eq!(
+                status(
+                    &limits,
+                    &[("host", "localhost:8080"), ("origin", origin)],
+                    0
+                ),
+                forbidden,
+                "{origin}"
+            );
+        }
         let mut allowing = limits.clone();
         allowing
             .allowed_origins
