@@ -205,7 +205,11 @@ pub fn sift(bytes: &[u8]) -> Sifted {
     };
     if let JsonRpcMessage::Request(request) = &message {
         if let ClientRequest::CustomRequest(custom) = &request.request {
-            if let Some(error) = params_error(custom.method.as_str(), object) {
+            // A 2026-07-28 request for a method that revision removed is rmcp's to
+            // answer (404 and -32601 over HTTP), whatever its params.
+            let removed =
+                stateless(object) && REMOVED_IN_2026_07_28.contains(&custom.method.as_str());
+            if let Some(error) = params_error(custom.method.as_str(), object).filter(|_| !removed) {
                 return refuse(
                     INVALID_PARAMS,
                     format!(
@@ -218,6 +222,25 @@ pub fn sift(bytes: &[u8]) -> Sifted {
         }
     }
     Sifted::Message(Box::new(message))
+}
+
+/// Methods the 2026-07-28 revision removed (its requests carry their own metadata).
+const REMOVED_IN_2026_07_28: [&str; 4] = [
+    "initialize",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Whether a request carries 2026-07-28 per-request metadata (its protocol version in
+/// `_meta`), so it is served without a session.
+fn stateless(object: &serde_json::Map<String, Value>) -> bool {
+    object
+        .get("params")
+        .and_then(|params| params.get("_meta"))
+        .and_then(|meta| meta.get("io.modelcontextprotocol/protocolVersion"))
+        .and_then(Value::as_str)
+        .is_some_and(|version| version >= model::ProtocolVersion::V_2026_07_28.as_str())
 }
 
 /// The refusal of a message longer than [`MAX_MESSAGE_BYTES`], of which `prefix` is
@@ -412,6 +435,7 @@ pub(crate) fn cut(text: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     fn refused(bytes: &[u8]) -> Refusal {
         match sift(bytes) {
@@ -472,6 +496,19 @@ mod tests {
             "]".repeat(200)
         );
         assert_eq!(refused(deep.as_bytes()).id, 11);
+    }
+
+    #[test]
+    fn a_method_removed_in_2026_07_28_is_left_to_rmcp_on_that_revision() {
+        let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+        let stateless =
+            json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"_meta": meta}});
+        assert!(matches!(
+            sift(stateless.to_string().as_bytes()),
+            Sifted::Message(_)
+        ));
+        let legacy = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}});
+        assert_eq!(refused(legacy.to_string().as_bytes()).code, INVALID_PARAMS);
     }
 
     #[test]

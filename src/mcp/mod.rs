@@ -913,13 +913,13 @@ impl ServerHandler for SmartServer {
             .with_instructions(instructions)
     }
 
-    /// The proxy's tool list follows its upstream's, so 2026-07-28 clients may listen
-    /// for its changes; a server of its own tools never changes its list.
+    /// 2026-07-28 clients may listen for tool list changes, as `tools.listChanged`
+    /// advertises: the proxy's list follows its upstream's; a server of its own tools
+    /// accepts the subscription and never has a change to send (its list is fixed).
     fn accepted_subscription_filter(
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        self.upstream()?;
         let mut accepted = SubscriptionFilter::new();
         accepted.tools_list_changed = requested.tools_list_changed;
         Some(accepted)
