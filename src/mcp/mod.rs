@@ -16,15 +16,20 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
-    CreateTaskResult, DetailedTask, GetPromptRequestMethod, GetPromptRequestParams,
-    GetPromptResponse, GetTaskParams, GetTaskResult, Implementation, JsonObject,
-    ListPromptsRequestMethod, ListPromptsResult, ListResourceTemplatesRequestMethod,
-    ListResourceTemplatesResult, ListResourcesRequestMethod, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ReadResourceRequestMethod,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
-    SubscriptionFilter, Task, TaskPayload, TaskStatus, Tool as McpTool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+    CompleteRequestMethod, CompleteRequestParams, CompleteResult, ContentBlock, CreateTaskResult,
+    DetailedTask, GetPromptRequestMethod, GetPromptRequestParams, GetPromptResponse, GetTaskParams,
+    GetTaskResult, Implementation, JsonObject, ListPromptsRequestMethod, ListPromptsResult,
+    ListResourceTemplatesRequestMethod, ListResourceTemplatesResult, ListResourcesRequestMethod,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ProgressToken, ReadResourceRequestMethod, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, SetLevelRequestMethod, SubscribeRequestMethod,
+    SubscribeRequestParams, SubscriptionFilter, Task, TaskPayload, TaskStatus, Tool as McpTool,
+    UnsubscribeRequestMethod, UnsubscribeRequestParams,
 };
+// Logging is deprecated in MCP, and still sent by the clients the proxy serves.
+#[allow(deprecated)]
+use rmcp::model::SetLevelRequestParams;
 use rmcp::service::{NotificationContext, Peer, RequestContext, ServiceError, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
@@ -44,7 +49,9 @@ use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRU
 use crate::jsonrpc::excerpt;
 use crate::lock;
 use crate::policy::{Seconds, Source};
-use crate::proxy::{upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
+use crate::proxy::{
+    upstream_error, upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT,
+};
 use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 mod stdio;
@@ -881,14 +888,6 @@ const INSTRUCTIONS: &str =
      and predictor_stats to see what smart-async has learned. Any tool accepts \
      async_mode=true to run in the background at once.";
 
-/// An upstream's error on a pass-through request, as the downstream client's error.
-fn upstream_error(error: ServiceError) -> ErrorData {
-    match error {
-        ServiceError::McpError(error) => error,
-        other => ErrorData::internal_error(format!("the upstream server failed: {other}"), None),
-    }
-}
-
 impl ServerHandler for SmartServer {
     fn get_info(&self) -> ServerConfig {
         let mut capabilities = ServerCapabilities::builder()
@@ -897,10 +896,16 @@ impl ServerHandler for SmartServer {
             .enable_tasks()
             .build();
         let mut instructions = INSTRUCTIONS.to_owned();
-        // The proxy offers the upstream's prompts and resources as they are.
+        // The proxy offers the upstream's prompts, resources, completions and logging
+        // as they are.
         if let Some(info) = self.upstream().and_then(Upstream::info) {
             capabilities.prompts = info.capabilities.prompts.clone();
             capabilities.resources = info.capabilities.resources.clone();
+            capabilities.completions = info.capabilities.completions.clone();
+            #[allow(deprecated)] // logging is deprecated in MCP, still served to its clients
+            {
+                capabilities.logging = info.capabilities.logging.clone();
+            }
             if let Some(theirs) = &info.instructions {
                 instructions = format!("{theirs}\n\n{instructions}");
             }
@@ -950,6 +955,51 @@ impl ServerHandler for SmartServer {
             |peer| async move { peer.list_prompts(request).await },
         )
         .await
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let missing = ErrorData::method_not_found::<CompleteRequestMethod>();
+        self.forward(missing, |peer| async move { peer.complete(request).await })
+            .await
+    }
+
+    #[allow(deprecated)] // logging/setLevel: deprecated in MCP, still sent by clients
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let missing = ErrorData::method_not_found::<SetLevelRequestMethod>();
+        self.forward(missing, |peer| async move { peer.set_level(request).await })
+            .await
+    }
+
+    #[allow(deprecated)] // resources/subscribe: the legacy lifecycle's, served there
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let upstream = self
+            .upstream()
+            .ok_or_else(ErrorData::method_not_found::<SubscribeRequestMethod>)?;
+        Box::pin(upstream.subscribe(request.uri, ctx.peer)).await
+    }
+
+    #[allow(deprecated)] // as `subscribe`
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let upstream = self
+            .upstream()
+            .ok_or_else(ErrorData::method_not_found::<UnsubscribeRequestMethod>)?;
+        Box::pin(upstream.unsubscribe(request.uri, &ctx.peer)).await
     }
 
     async fn get_prompt(

@@ -205,6 +205,50 @@ def test_everything_progress_is_forwarded(data: Path) -> None:
     run(body)
 
 
+def test_everything_logs_and_resource_updates_are_relayed(data: Path) -> None:
+    """Issue 15: the proxy answered logging/setLevel and resources/subscribe with -32601
+    and dropped the upstream's log messages and resource updates. Now they are passed
+    on: the level and the subscription upstream, the messages and updates back down,
+    an update only to the session subscribed to its resource."""
+    upstream = everything_cmd()
+
+    async def body() -> None:
+        logs: list[Any] = []
+        updates: list[str] = []
+
+        async def on_log(params: Any) -> None:
+            logs.append(params)
+
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                updates.append(str(root.params.uri))
+
+        async with Client(proxy_params(data, upstream), mode="legacy", read_timeout_seconds=READ_TIMEOUT_S,
+                          logging_callback=on_log, message_handler=on_message) as client:
+            capabilities = client.server_capabilities
+            assert capabilities.logging is not None, capabilities
+            assert capabilities.resources is not None and capabilities.resources.subscribe, capabilities
+            await client.set_logging_level("debug")
+            await call_ok(client, "toggle-simulated-logging", {})
+            with anyio.fail_after(10):
+                while not logs:
+                    await anyio.sleep(0.05)
+            print(f"\nrelayed log: {logs[0]}")
+
+            uri = (await client.list_resources()).resources[0].uri
+            await client.subscribe_resource(uri)
+            await call_ok(client, "toggle-subscriber-updates", {})
+            with anyio.fail_after(10):
+                while str(uri) not in updates:
+                    await anyio.sleep(0.05)
+            await client.unsubscribe_resource(uri)
+            await call_ok(client, "toggle-subscriber-updates", {})
+            assert set(updates) == {str(uri)}, updates
+
+    run(body)
+
+
 def test_everything_output_schema_tool_as_job(data: Path) -> None:
     """get-structured-content declares an outputSchema; the SDK validates results against
     the listed schema, so a job answer for it must not break the client."""

@@ -5,7 +5,8 @@
 //! stderr is passed on and its last lines kept, and when it exits the calls it was
 //! running fail with the reason and it is started again with backoff. A call's
 //! progress notifications from upstream become the call's progress; cancelling the
-//! call sends `notifications/cancelled` upstream.
+//! call sends `notifications/cancelled` upstream. Its log messages and resource
+//! updates are relayed to the downstream sessions ([`relay`]).
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -16,10 +17,11 @@ use futures_util::StreamExt;
 use rmcp::handler::client::progress::ProgressDispatcher;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, GetPromptResponse, GetPromptResult,
-    Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+    ClientCapabilities, ClientConfig, ClientRequest, CompleteResult, ErrorCode, GetPromptResponse,
+    GetPromptResult, Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ProgressNotificationParam, ReadResourceResponse, ReadResourceResult,
-    ResultType, ServerPeerInfo, ServerResult, Tool as McpTool,
+    ResourceUpdatedNotificationParam, ResultType, ServerPeerInfo, ServerResult,
+    SubscribeRequestParams, Tool as McpTool, UnsubscribeRequestParams,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RunningService, ServiceError, SubscriptionSink,
@@ -38,6 +40,11 @@ use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
 use crate::lock;
 use crate::mcp::or_job_answer;
+// Logging is deprecated in MCP, and still sent by the servers the proxy fronts.
+#[allow(deprecated)]
+use rmcp::model::LoggingMessageNotificationParam;
+
+mod relay;
 use crate::tools::with_async_mode;
 
 /// How long the upstream may take to answer the MCP handshake, by default: long
@@ -146,6 +153,8 @@ struct Inner {
     downstream: Mutex<Vec<Peer<RoleServer>>>,
     /// Downstream `subscriptions/listen` streams (2026-07-28) to tell the same.
     subscriptions: Mutex<Vec<SubscriptionSink>>,
+    /// Downstream sessions' resource subscriptions.
+    relay: relay::Relay,
     shutdown: CancellationToken,
 }
 
@@ -173,6 +182,7 @@ impl Upstream {
             stderr_tail: Mutex::new(VecDeque::new()),
             downstream: Mutex::new(Vec::new()),
             subscriptions: Mutex::new(Vec::new()),
+            relay: relay::Relay::default(),
             shutdown: CancellationToken::new(),
         });
         let running = connect(&inner).await.map_err(|reason| UpstreamStartError {
@@ -229,6 +239,42 @@ impl Upstream {
     /// Remembers a downstream subscription to tool list changes, until it ends.
     pub fn add_subscription(&self, sink: SubscriptionSink) {
         lock(&self.inner.subscriptions).push(sink);
+    }
+
+    /// Subscribes a downstream session to a resource's updates (upstream too, when it
+    /// is the resource's first).
+    #[allow(deprecated)] // resources/subscribe is legacy-only, and served as such
+    pub async fn subscribe(&self, uri: String, session: Peer<RoleServer>) -> Result<(), ErrorData> {
+        if !self.inner.relay.subscribe(&uri, session.clone()) {
+            return Ok(());
+        }
+        let subscribed = self
+            .peer()
+            .await?
+            .subscribe(SubscribeRequestParams::new(uri.clone()))
+            .await;
+        if let Err(e) = subscribed {
+            self.inner.relay.refused(&uri, &session);
+            return Err(upstream_error(e));
+        }
+        Ok(())
+    }
+
+    /// Ends a downstream session's subscription (upstream too, when it was the last).
+    #[allow(deprecated)] // as `subscribe`
+    pub async fn unsubscribe(
+        &self,
+        uri: String,
+        session: &Peer<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if !self.inner.relay.unsubscribe(&uri, session) {
+            return Ok(());
+        }
+        self.peer()
+            .await?
+            .unsubscribe(UnsubscribeRequestParams::new(uri))
+            .await
+            .map_err(upstream_error)
     }
 
     /// The client to the running upstream, waiting a little for one that is being
@@ -405,12 +451,18 @@ macro_rules! mark_complete {
 
 mark_complete!(
     CallToolResult,
+    CompleteResult,
     ListPromptsResult,
     GetPromptResult,
     ListResourcesResult,
     ListResourceTemplatesResult,
     ReadResourceResult
 );
+
+/// `logging/setLevel` answers an empty result, which has no result type to mark.
+impl MarkComplete for () {
+    fn complete(self) -> Self {}
+}
 
 impl MarkComplete for GetPromptResponse {
     fn complete(self) -> Self {
@@ -437,6 +489,14 @@ pub const UPSTREAM_RESULT: &str = "upstream_result";
 
 fn rpc_error_message(error: &ErrorData) -> String {
     format!("{RPC_ERROR_PREFIX}{}: {}", error.code.0, error.message)
+}
+
+/// An upstream's error on a pass-through request, as the downstream client's error.
+pub fn upstream_error(error: ServiceError) -> ErrorData {
+    match error {
+        ServiceError::McpError(error) => error,
+        other => ErrorData::internal_error(format!("the upstream server failed: {other}"), None),
+    }
 }
 
 /// The upstream JSON-RPC error a call's error message carries, if it is one: the
@@ -479,6 +539,28 @@ impl ClientHandler for UpstreamClient {
     ) {
         if let Some(inner) = self.inner.upgrade() {
             inner.progress.handle_notification(params).await;
+        }
+    }
+
+    #[allow(deprecated)] // see the import
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(inner) = self.inner.upgrade() {
+            let sessions = lock(&inner.downstream).clone();
+            relay::log_message(sessions, params).await;
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.relay.resource_updated(params).await;
         }
     }
 
