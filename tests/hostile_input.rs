@@ -197,6 +197,18 @@ async fn break_8_over_stdio_every_hostile_request_with_an_id_is_answered_and_the
     };
     let _ = tokio::time::timeout(Duration::from_secs(120), read_all).await;
     let _stdin = writer.await.unwrap();
+    let unknown = answers
+        .iter()
+        .find(|a| a["id"] == 127)
+        .expect("the unknown method's answer");
+    assert_eq!(
+        (
+            unknown["error"]["code"].as_i64(),
+            unknown["error"]["message"].as_str()
+        ),
+        (Some(-32601), Some("method not found: evil/exec")),
+        "the -32601 says what it is"
+    );
     let last = answers
         .iter()
         .position(|a| a["id"] == "last")

@@ -17,15 +17,16 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
-    CompleteRequestMethod, CompleteRequestParams, CompleteResult, ContentBlock, CreateTaskResult,
-    DetailedTask, GetPromptRequestMethod, GetPromptRequestParams, GetPromptResponse, GetTaskParams,
-    GetTaskResult, Implementation, JsonObject, ListPromptsRequestMethod, ListPromptsResult,
-    ListResourceTemplatesRequestMethod, ListResourceTemplatesResult, ListResourcesRequestMethod,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ProgressToken, ReadResourceRequestMethod, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig, SetLevelRequestMethod, SubscribeRequestMethod,
-    SubscribeRequestParams, SubscriptionFilter, Task, TaskPayload, TaskStatus, Tool as McpTool,
-    UnsubscribeRequestMethod, UnsubscribeRequestParams,
+    CompleteRequestMethod, CompleteRequestParams, CompleteResult, ConstString, ContentBlock,
+    CreateTaskResult, CustomRequest, CustomResult, DetailedTask, GetPromptRequestMethod,
+    GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult, Implementation,
+    JsonObject, ListPromptsRequestMethod, ListPromptsResult, ListResourceTemplatesRequestMethod,
+    ListResourceTemplatesResult, ListResourcesRequestMethod, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ReadResourceRequestMethod,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    SetLevelRequestMethod, SubscribeRequestMethod, SubscribeRequestParams, SubscriptionFilter,
+    Task, TaskPayload, TaskStatus, Tool as McpTool, UnsubscribeRequestMethod,
+    UnsubscribeRequestParams,
 };
 // Logging is deprecated in MCP, and still sent by the clients the proxy serves.
 #[allow(deprecated)]
@@ -792,6 +793,19 @@ fn progress_notification(
     note.with_message(message)
 }
 
+/// The -32601 answer, saying what it is (rmcp's names only the method).
+fn method_not_found<M: ConstString>() -> ErrorData {
+    not_found_method(M::VALUE)
+}
+
+fn not_found_method(method: &str) -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+        format!("method not found: {}", excerpt(method)),
+        None,
+    )
+}
+
 fn unknown_tool(name: &str) -> ErrorData {
     ErrorData::invalid_params(
         format!(
@@ -949,7 +963,7 @@ impl ServerHandler for SmartServer {
         request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let missing = ErrorData::method_not_found::<ListPromptsRequestMethod>();
+        let missing = method_not_found::<ListPromptsRequestMethod>();
         self.forward(
             missing,
             |peer| async move { peer.list_prompts(request).await },
@@ -957,12 +971,20 @@ impl ServerHandler for SmartServer {
         .await
     }
 
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        Err(not_found_method(&request.method))
+    }
+
     async fn complete(
         &self,
         request: CompleteRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
-        let missing = ErrorData::method_not_found::<CompleteRequestMethod>();
+        let missing = method_not_found::<CompleteRequestMethod>();
         self.forward(missing, |peer| async move { peer.complete(request).await })
             .await
     }
@@ -973,7 +995,7 @@ impl ServerHandler for SmartServer {
         request: SetLevelRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let missing = ErrorData::method_not_found::<SetLevelRequestMethod>();
+        let missing = method_not_found::<SetLevelRequestMethod>();
         self.forward(missing, |peer| async move { peer.set_level(request).await })
             .await
     }
@@ -986,7 +1008,7 @@ impl ServerHandler for SmartServer {
     ) -> Result<(), ErrorData> {
         let upstream = self
             .upstream()
-            .ok_or_else(ErrorData::method_not_found::<SubscribeRequestMethod>)?;
+            .ok_or_else(method_not_found::<SubscribeRequestMethod>)?;
         Box::pin(upstream.subscribe(request.uri, ctx.peer)).await
     }
 
@@ -998,7 +1020,7 @@ impl ServerHandler for SmartServer {
     ) -> Result<(), ErrorData> {
         let upstream = self
             .upstream()
-            .ok_or_else(ErrorData::method_not_found::<UnsubscribeRequestMethod>)?;
+            .ok_or_else(method_not_found::<UnsubscribeRequestMethod>)?;
         Box::pin(upstream.unsubscribe(request.uri, &ctx.peer)).await
     }
 
@@ -1007,7 +1029,7 @@ impl ServerHandler for SmartServer {
         request: GetPromptRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let missing = ErrorData::method_not_found::<GetPromptRequestMethod>();
+        let missing = method_not_found::<GetPromptRequestMethod>();
         self.forward(missing, |peer| async move {
             peer.get_prompt_once(request).await
         })
@@ -1019,7 +1041,7 @@ impl ServerHandler for SmartServer {
         request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let missing = ErrorData::method_not_found::<ListResourcesRequestMethod>();
+        let missing = method_not_found::<ListResourcesRequestMethod>();
         self.forward(
             missing,
             |peer| async move { peer.list_resources(request).await },
@@ -1032,7 +1054,7 @@ impl ServerHandler for SmartServer {
         request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let missing = ErrorData::method_not_found::<ListResourceTemplatesRequestMethod>();
+        let missing = method_not_found::<ListResourceTemplatesRequestMethod>();
         self.forward(missing, |peer| async move {
             peer.list_resource_templates(request).await
         })
@@ -1044,7 +1066,7 @@ impl ServerHandler for SmartServer {
         request: ReadResourceRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let missing = ErrorData::method_not_found::<ReadResourceRequestMethod>();
+        let missing = method_not_found::<ReadResourceRequestMethod>();
         self.forward(missing, |peer| async move {
             peer.read_resource_once(request).await
         })
