@@ -19,7 +19,7 @@ use smart_async::tools::command::CommandTool;
 use smart_async::tools::files::{HashFiles, SearchText};
 use smart_async::tools::roots::Roots;
 use smart_async::tools::Tool;
-use smart_async::{Engine, EngineConfig, StaticTable};
+use smart_async::{Engine, EngineConfig, EngineError, StaticTable};
 use tokio_util::sync::CancellationToken;
 
 /// Keeps long MCP tool calls from timing out: learns each tool's runtime from its
@@ -136,13 +136,13 @@ struct ServerArgs {
     #[command(flatten)]
     data: DataDirArg,
     /// Seconds a call may take inline; calls predicted longer run as jobs [default: 50].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     budget_s: Option<f64>,
     /// Share of runtimes allowed above the predicted bound [default: 0.05].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     risk: Option<f64>,
     /// Seconds an inline call runs before it becomes a job [default: the budget].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     deadline_s: Option<f64>,
     /// A TOML config file: settings and command tools (see
     /// data/smart-async.example.toml).
@@ -264,9 +264,14 @@ fn serve_tools(
 
 async fn open_engine(config: EngineConfig) -> anyhow::Result<Engine> {
     let data_dir = config.data_dir.clone();
-    Engine::open(config)
-        .await
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))
+    // Only a store error is about the database; a bad setting says so by itself.
+    Engine::open(config).await.map_err(|e| match e {
+        EngineError::Store(_) => anyhow::Error::new(e).context(format!(
+            "cannot open the database in {}",
+            data_dir.display()
+        )),
+        other => other.into(),
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -579,8 +584,25 @@ fn main() -> ExitCode {
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a message that already quotes its cause
+/// (`cannot read FILE: No such file…`) is not followed by the cause again.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

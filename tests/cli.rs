@@ -201,3 +201,54 @@ fn replay_reports_bad_lines_by_number_and_counts_them() {
     assert!(String::from_utf8_lossy(&missing.stderr)
         .contains("cannot open the trace no/such/trace.jsonl"));
 }
+
+/// Issue 15: errors printed their cause twice, a bad setting was blamed on the database,
+/// and `--budget-s -1` got clap's "unexpected argument '-1'".
+#[test]
+fn errors_say_their_cause_once_and_bad_settings_say_what_is_wrong() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let missing = smart_async(&[
+        "serve",
+        "--data-dir",
+        data_dir,
+        "--config",
+        "/no/such/config.toml",
+    ]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    for (flag, value, says) in [
+        (
+            "--budget-s",
+            "-1",
+            "budget -1 s is not a positive number of seconds",
+        ),
+        ("--risk", "-0.5", "risk -0.5 is not between 0 and 1"),
+    ] {
+        let refused = smart_async(&["serve", "--data-dir", data_dir, flag, value]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success());
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("database"), "{flag} {value}: {stderr}");
+    }
+}
+
+/// Issue 15: `serve` with stdin closed before any client connected exited 1 with
+/// "connection closed: initialize request".
+#[test]
+fn serve_with_stdin_closed_before_a_client_exits_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_smart-async"))
+        .args(["serve", "--data-dir", data.path().to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}

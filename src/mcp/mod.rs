@@ -337,7 +337,15 @@ impl SmartServer {
 
     /// Serves one client over stdin/stdout until it disconnects.
     pub async fn serve_stdio(self) -> anyhow::Result<()> {
-        let running = self.serve(stdio::stdio()).await?;
+        let running = match self.serve(stdio::stdio()).await {
+            Ok(running) => running,
+            // Nobody connected: stdin ended before a first request. Not an error.
+            Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+                tracing::info!("stdin closed before a client connected");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         running.waiting().await?;
         Ok(())
     }
