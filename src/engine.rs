@@ -556,6 +556,12 @@ impl Engine {
         }
     }
 
+    /// Whether a job started in the background now would run at once (fewer than
+    /// `max_running` run).
+    pub fn run_slot_free(&self) -> bool {
+        self.inner.jobs.slot_free()
+    }
+
     /// A job as it is now.
     pub fn job(&self, id: Uuid) -> Result<Job, EngineError> {
         Ok(self.inner.jobs.get(id)?)

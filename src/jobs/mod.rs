@@ -553,6 +553,11 @@ impl Jobs {
         }
     }
 
+    /// Whether a job started now would run at once.
+    pub(crate) fn slot_free(&self) -> bool {
+        self.permits.available_permits() > 0
+    }
+
     /// A run slot if one is free now.
     pub(crate) fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()

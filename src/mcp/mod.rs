@@ -476,7 +476,7 @@ impl SmartServer {
             iso_time(job.created_at_ms),
             iso_time(updated_ms),
         )
-        .with_status_message(job_summary(job, now))
+        .with_status_message(job_summary(job, now, self.engine.run_slot_free()))
         .with_ttl_ms(u64::try_from(retention_ms).unwrap_or(u64::MAX));
         if !job.status().is_terminal() {
             task = task.with_poll_interval_ms((job.poll_interval_s(now) * 1000.0).round() as u64);
@@ -597,7 +597,7 @@ impl SmartServer {
             .wait_job(id, wait)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(job_report(&job))
+        Ok(job_report(&job, self.engine.run_slot_free()))
     }
 
     fn list_jobs(&self, args: &Value) -> Result<CallToolResult, String> {
@@ -615,13 +615,14 @@ impl SmartServer {
         };
         let jobs = self.engine.list_jobs(&filter).map_err(|e| e.to_string())?;
         let now = now_ms();
+        let slot_free = self.engine.run_slot_free();
         let mut text = format!("{} jobs\n", jobs.len());
         for job in &jobs {
             text.push_str(&format!(
                 "{} {}: {}\n",
                 job.id,
                 job.tool,
-                job_summary(job, now)
+                job_summary(job, now, slot_free)
             ));
         }
         let structured =
@@ -637,7 +638,7 @@ impl SmartServer {
             .cancel_job(id)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(job_report(&job))
+        Ok(job_report(&job, self.engine.run_slot_free()))
     }
 
     fn predictor_stats(&self, args: &Value) -> Result<CallToolResult, String> {
@@ -756,10 +757,14 @@ fn iso_time(ms: u64) -> String {
 }
 
 /// A job's state in words, for people and models: "running for 3 s, about 7 s to go
-/// (12 of 40 files)".
-fn job_summary(job: &Job, now: u64) -> String {
+/// (12 of 40 files)". A pending job waits for a free slot only while every slot is
+/// taken (`slot_free` false); otherwise it is about to start.
+fn job_summary(job: &Job, now: u64, slot_free: bool) -> String {
     let mut text = match job.status() {
-        JobStatus::Pending => "waiting for a free slot".to_owned(),
+        JobStatus::Pending if slot_free => "pending, starting".to_owned(),
+        JobStatus::Pending => {
+            "waiting for a free slot (the most jobs that run at once are running)".to_owned()
+        }
         status => {
             let mut text = status.name().to_owned();
             if let Some(elapsed_s) = job.elapsed_s(now) {
@@ -877,10 +882,15 @@ fn job_view(job: &Job, now: u64) -> Value {
 }
 
 /// A job's status for `job_status` and `cancel_job`: its result when completed.
-fn job_report(job: &Job) -> CallToolResult {
+fn job_report(job: &Job, slot_free: bool) -> CallToolResult {
     let now = now_ms();
     let mut view = job_view(job, now);
-    let mut text = format!("Job {} ({}): {}\n", job.id, job.tool, job_summary(job, now));
+    let mut text = format!(
+        "Job {} ({}): {}\n",
+        job.id,
+        job.tool,
+        job_summary(job, now, slot_free)
+    );
     match &job.state {
         JobState::Completed { result } => {
             let result = stored_result(result.clone());
@@ -1187,6 +1197,59 @@ mod tests {
             assert_eq!(server.get_tool(&tool.name).as_ref(), Some(&tool));
         }
         assert_eq!(server.get_tool("no_such_tool"), None);
+        engine.close().await.unwrap();
+    }
+
+    /// Issue 15: every new job said "waiting for a free slot", even with nothing else
+    /// running.
+    #[tokio::test]
+    async fn a_pending_job_waits_for_a_slot_only_while_every_slot_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.jobs.max_running = 1;
+        let engine = Engine::open(config).await.unwrap();
+        let release = CancellationToken::new();
+        let call = |engine: &Engine, release: &CancellationToken| {
+            let release = release.clone();
+            let engine = engine.clone();
+            async move {
+                let call = ToolCall::new("held", json!({"async_mode": true}));
+                match engine
+                    .call(call, move |_| async move {
+                        release.cancelled().await;
+                        Ok(json!(null))
+                    })
+                    .await
+                    .unwrap()
+                {
+                    CallOutcome::Job { job } => *job,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let first = call(&engine, &release).await;
+        assert!(
+            engine.run_slot_free() || engine.job(first.id).unwrap().status() == JobStatus::Running
+        );
+        assert_eq!(
+            job_summary(&first, first.created_at_ms, true),
+            "pending, starting"
+        );
+        for _ in 0..200 {
+            if !engine.run_slot_free() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = call(&engine, &release).await;
+        assert!(!engine.run_slot_free(), "the one slot is taken");
+        let said = job_summary(
+            &engine.job(second.id).unwrap(),
+            now_ms(),
+            engine.run_slot_free(),
+        );
+        assert!(said.starts_with("waiting for a free slot"), "{said}");
+        release.cancel();
         engine.close().await.unwrap();
     }
 }
