@@ -1228,9 +1228,6 @@ mod tests {
             }
         };
         let first = call(&engine, &release).await;
-        assert!(
-            engine.run_slot_free() || engine.job(first.id).unwrap().status() == JobStatus::Running
-        );
         assert_eq!(
             job_summary(&first, first.created_at_ms, true),
             "pending, starting"
