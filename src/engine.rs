@@ -531,6 +531,42 @@ impl Engine {
         }
     }
 
+    /// What [`Engine::report`] would show, read from the database in `config` without
+    /// opening an engine: no job is marked interrupted, nothing is pruned or written,
+    /// no process is ended (what `smart-async stats` does).
+    pub fn read_report(
+        config: &EngineConfig,
+        tool: Option<&str>,
+    ) -> Result<StatsReport, EngineError> {
+        let store = Store::open(&config.data_dir, config.cache_bytes)?;
+        let (mut tools, pooled) = store.load_records()?;
+        let mut clients = ClientBudgets::new(config.budget_s, &config.client_budgets);
+        for (name, record) in store.load_clients()? {
+            clients.restore(name, record);
+        }
+        tools.retain(|(name, _)| tool.is_none_or(|wanted| wanted == name));
+        tools.sort_by(|a, b| a.0.cmp(&b.0));
+        let pooled = tool.is_none().then(|| {
+            (
+                POOLED_TOOL.to_owned(),
+                pooled.unwrap_or_else(|| ToolRecord::new(false)),
+            )
+        });
+        let stats = tools
+            .into_iter()
+            .chain(pooled)
+            .map(|(name, mut record)| {
+                record.model.set_risk(config.risk);
+                record.stats(&name, config.risk)
+            })
+            .collect();
+        Ok(StatsReport {
+            budget_s: config.budget_s,
+            tools: stats,
+            clients: clients.stats(),
+        })
+    }
+
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).
     pub fn stats(&self, tool: Option<&str>) -> Vec<ToolStats> {
         let risk = self.inner.policy.risk();

@@ -405,11 +405,13 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 
 async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Result<()> {
     let data_dir = data_dir(data)?;
-    let engine = Engine::open(EngineConfig::new(&data_dir))
-        .await
-        .with_context(|| format!("cannot read the statistics in {}", data_dir.display()))?;
-    let report = engine.report(tool.as_deref());
-    engine.close().await?;
+    let config = EngineConfig::new(&data_dir);
+    let wanted = tool.clone();
+    // Read only: an engine would mark jobs, prune and write (and opening blocks).
+    let report =
+        tokio::task::spawn_blocking(move || Engine::read_report(&config, wanted.as_deref()))
+            .await?
+            .with_context(|| format!("cannot read the statistics in {}", data_dir.display()))?;
     if let (Some(tool), true) = (&tool, report.tools.is_empty()) {
         anyhow::bail!(
             "nothing has been learned about tool '{tool}' yet: run it through smart-async first"

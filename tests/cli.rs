@@ -252,3 +252,50 @@ fn serve_with_stdin_closed_before_a_client_exits_cleanly() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+/// Issue 15: `stats` opened the whole engine, which marks unfinished jobs interrupted,
+/// prunes and writes (and now ends what interrupted jobs left running): it only reads.
+#[tokio::test]
+async fn stats_only_reads() {
+    let data = tempfile::tempdir().unwrap();
+    let job_id = {
+        let engine = Engine::open(EngineConfig::new(data.path())).await.unwrap();
+        let outcome = engine
+            .call(ToolCall::new("slow", json!({"async_mode": true})), |_| {
+                std::future::pending::<Result<serde_json::Value, String>>()
+            })
+            .await
+            .unwrap();
+        let smart_async::CallOutcome::Job { job } = outcome else {
+            panic!("async_mode gives a job")
+        };
+        for _ in 0..200 {
+            if engine.job(job.id).unwrap().status() == smart_async::JobStatus::Running {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // As a stop leaves it: running on disk, read as interrupted by the next open.
+        engine.close().await.unwrap();
+        drop(engine);
+        job.id
+    };
+    let stats = smart_async(&[
+        "stats",
+        "--json",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    let store = smart_async::Store::open(data.path(), 1 << 20).unwrap();
+    let job = store.job(job_id).unwrap().expect("the job is still stored");
+    assert_eq!(
+        job.status(),
+        smart_async::JobStatus::Running,
+        "stats changed the job"
+    );
+}
