@@ -408,7 +408,14 @@ impl Engine {
                 budget_s: *budget_s,
             });
         }
-        let store = Store::open(&config.data_dir, config.cache_bytes)?;
+        // Opening waits a moment for a lock just let go, and sled reads its log: off the
+        // runtime's threads.
+        let (data_dir, cache_bytes) = (config.data_dir.clone(), config.cache_bytes);
+        let store =
+            match tokio::task::spawn_blocking(move || Store::open(&data_dir, cache_bytes)).await {
+                Ok(opened) => opened?,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
         let (tools, pooled) = store.load_records()?;
         let mut clients = ClientBudgets::new(config.budget_s, &config.client_budgets);
         for (name, record) in store.load_clients()? {

@@ -743,3 +743,36 @@ async fn break_11_a_job_list_is_one_moment_never_more_running_than_the_limit() {
     let expected: Vec<_> = by_creation.iter().take(3).map(|job| job.id).collect();
     assert_eq!(newest_first, expected);
 }
+
+/// Issue 15: `Engine::open` slept on the runtime's thread while it waited for the
+/// database's lock, so nothing else on a current-thread runtime ran meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn opening_a_locked_database_does_not_block_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let _holder = smart_async::Store::open(dir.path(), 1 << 20).unwrap();
+    let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                ticks.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let opened = Engine::open(EngineConfig::new(dir.path())).await;
+    let ticked = ticks.load(Ordering::SeqCst);
+    ticker.abort();
+    assert!(
+        matches!(
+            opened,
+            Err(EngineError::Store(smart_async::StoreError::InUse { .. }))
+        ),
+        "{:?}",
+        opened.err()
+    );
+    assert!(
+        ticked > 1,
+        "another task ran while the open waited ({ticked} ticks)"
+    );
+}

@@ -108,6 +108,15 @@ pub enum StoreError {
         /// The data directory.
         path: PathBuf,
     },
+    /// A value could not be encoded for the disk: nothing was written, and the
+    /// database is whole. A bug in smart-async, never the user's data.
+    #[error("cannot store {what}: it could not be encoded ({detail}); nothing was written and the database is unharmed: this is a bug in smart-async, please report it")]
+    Unencodable {
+        /// What was being stored.
+        what: &'static str,
+        /// The encoder's error.
+        detail: String,
+    },
     /// Any other I/O failure.
     #[error("database I/O failed in {path}: {source}")]
     Io {
@@ -279,7 +288,7 @@ impl Store {
         for (tool, group) in by_tool {
             match postcard::to_stdvec(&group) {
                 Ok(value) => groups.push((sample_prefix(tool), value)),
-                Err(e) => return self.refused(self.corrupt(&e.to_string())),
+                Err(e) => return self.refused(unencodable("samples", e)),
             }
         }
         self.write(move |trees| {
@@ -404,7 +413,7 @@ impl Store {
         fail::fail_point!("store::save_client", |_| self.refused(self.injected()));
         let bytes = match postcard::to_allocvec(record) {
             Ok(bytes) => bytes,
-            Err(e) => return self.refused(self.corrupt(&e.to_string())),
+            Err(e) => return self.refused(unencodable("a client's record", e)),
         };
         let key = name.as_bytes().to_vec();
         self.write(move |trees| trees.clients.insert(key, bytes).map(drop))
@@ -452,7 +461,7 @@ impl Store {
         for job in jobs {
             match serde_json::to_vec(job) {
                 Ok(value) => values.push((*job.id.as_bytes(), value)),
-                Err(e) => return self.refused(self.corrupt(&e.to_string())),
+                Err(e) => return self.refused(unencodable("a job", e)),
             }
         }
         // Plain inserts: the writer flushes them together, and a sled batch costs a
@@ -523,6 +532,13 @@ impl Store {
 
     fn corrupt(&self, detail: &str) -> StoreError {
         corrupt(&self.shared.path, detail)
+    }
+}
+
+fn unencodable(what: &'static str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unencodable {
+        what,
+        detail: error.to_string(),
     }
 }
 
@@ -661,6 +677,26 @@ fn sample_id(key: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Issue 15: a value that could not be encoded was reported as a corrupt database,
+    /// whose message tells the user to move it aside and lose what was learned.
+    #[test]
+    fn an_encoding_failure_is_not_called_corruption() {
+        let error = unencodable("a job", "a map key must be a string");
+        assert!(matches!(
+            error,
+            StoreError::Unencodable { what: "a job", .. }
+        ));
+        let said = error.to_string();
+        assert!(
+            said.contains("unharmed") && said.contains("a map key must be a string"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("corrupt") && !said.contains("move the directory"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn a_format_2_database_is_upgraded_on_open_and_reads_the_same() {
