@@ -373,6 +373,8 @@ fn search_tree(
     let mut truncated = false;
     let mut cancelled = false;
     let mut unreadable = Vec::new();
+    let mut binary = 0usize;
+    let mut not_utf8 = 0usize;
     let mut skipped = walk(located, |file| {
         if ctx.is_cancelled() {
             cancelled = true;
@@ -388,7 +390,10 @@ fn search_tree(
         };
         let mut reader = BufReader::new(handle);
         match reader.fill_buf() {
-            Ok(head) if head.contains(&0) => return ControlFlow::Continue(()), // binary
+            Ok(head) if head.contains(&0) => {
+                binary += 1;
+                return ControlFlow::Continue(());
+            }
             Ok(_) => {}
             Err(e) => {
                 unreadable.push((relative, e.to_string()));
@@ -396,18 +401,44 @@ fn search_tree(
             }
         }
         searched += 1;
-        for (number, line) in reader.lines().enumerate() {
-            // Not text past this point (invalid UTF-8): the rest of the file is skipped.
-            let Ok(line) = line else { break };
-            if regex.is_match(&line) {
+        let mut line = Vec::new();
+        let mut lossy = false;
+        for number in 1.. {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    unreadable.push((relative.clone(), e.to_string()));
+                    break;
+                }
+            }
+            let ends = if line.ends_with(b"\r\n") {
+                2
+            } else {
+                usize::from(line.ends_with(b"\n"))
+            };
+            let bytes = &line[..line.len() - ends];
+            // A line that is not UTF-8 is searched as decoded with replacement
+            // characters, and the file counted: the rest of the file is still searched.
+            let text = match std::str::from_utf8(bytes) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => {
+                    lossy = true;
+                    String::from_utf8_lossy(bytes)
+                }
+            };
+            if regex.is_match(&text) {
                 if matches.len() == max_matches {
                     truncated = true;
+                    not_utf8 += usize::from(lossy);
                     return ControlFlow::Break(());
                 }
-                let text: String = line.chars().take(MAX_LINE_CHARS).collect();
-                matches.push(json!({"path": relative, "line": number + 1, "text": text}));
+                let text: String = text.chars().take(MAX_LINE_CHARS).collect();
+                matches.push(json!({"path": relative, "line": number, "text": text}));
             }
         }
+        not_utf8 += usize::from(lossy);
         ControlFlow::Continue(())
     })
     .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
@@ -433,10 +464,20 @@ fn search_tree(
             m["text"].as_str().unwrap_or("")
         ));
     }
+    if binary > 0 {
+        text.push_str(&format!("{binary} binary files skipped\n"));
+    }
+    if not_utf8 > 0 {
+        text.push_str(&format!(
+            "{not_utf8} files have lines that are not UTF-8: searched with those bytes shown as U+FFFD\n"
+        ));
+    }
     let unreadable = report_skipped(&skipped, &mut text);
     let structured = json!({
         "path": root.display().to_string(),
         "files_searched": searched,
+        "binary_skipped": binary,
+        "not_utf8_files": not_utf8,
         "matches": matches,
         "truncated": truncated,
         "unreadable": unreadable,
@@ -494,6 +535,8 @@ mod tests {
         .unwrap();
         assert_eq!(out.structured["matches"].as_array().unwrap().len(), 2);
         assert_eq!(out.structured["files_searched"], 2);
+        assert_eq!(out.structured["binary_skipped"], 1);
+        assert!(out.text.contains("1 binary files skipped"), "{}", out.text);
         assert!(
             out.text.contains("src/b.rs:1: // TODO: two"),
             "{}",
@@ -510,6 +553,37 @@ mod tests {
             capped.text.contains("stopped at max_matches=1"),
             "{}",
             capped.text
+        );
+    }
+
+    /// Issue 15: the search of a file stopped at its first line that was not UTF-8.
+    #[tokio::test]
+    async fn search_text_goes_on_past_a_line_that_is_not_utf8_and_says_so() {
+        let (dir, roots) = setup();
+        std::fs::write(
+            dir.path().join("src/latin1.txt"),
+            b"caf\xe9 TODO: three\r\nTODO: four\n",
+        )
+        .unwrap();
+        let out = run(
+            &SearchText::new(roots),
+            json!({"path": ".", "pattern": "TODO: \\w+"}),
+        )
+        .await
+        .unwrap();
+        let texts: Vec<&str> = out.structured["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["path"] == "src/latin1.txt")
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["caf\u{FFFD} TODO: three", "TODO: four"]);
+        assert_eq!(out.structured["not_utf8_files"], 1);
+        assert!(
+            out.text.contains("1 files have lines that are not UTF-8"),
+            "{}",
+            out.text
         );
     }
 
