@@ -6,7 +6,7 @@
 //! running fail with the reason and it is started again with backoff. A call's
 //! progress notifications from upstream become the call's progress; cancelling the
 //! call sends `notifications/cancelled` upstream. Its log messages and resource
-//! updates are relayed to the downstream sessions ([`relay`]).
+//! updates are relayed to the downstream sessions (module `relay`).
 
 use std::collections::VecDeque;
 use std::process::Stdio;
