@@ -252,6 +252,10 @@ fn serve_tools(
     for spec in file.commands.clone() {
         let name = spec.name.clone();
         anyhow::ensure!(
+            !smart_async::mcp::OWN_TOOL_NAMES.contains(&name.as_str()),
+            "command '{name}' has the name of smart-async's own tool, which it would hide: rename it"
+        );
+        anyhow::ensure!(
             tools.iter().all(|t| t.name() != name),
             "command '{name}' is declared twice or clashes with a built-in tool: rename it"
         );

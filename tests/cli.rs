@@ -299,3 +299,28 @@ async fn stats_only_reads() {
         "stats changed the job"
     );
 }
+
+/// Issue 15: a command named like a job tool silently hid it (`list_jobs`).
+#[test]
+fn a_command_named_like_an_own_tool_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[command]]\nname = \"list_jobs\"\ndescription = \"x\"\nargv = [\"true\"]\n",
+    )
+    .unwrap();
+    let refused = smart_async(&[
+        "serve",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("command 'list_jobs' has the name of smart-async's own tool"),
+        "{stderr}"
+    );
+}

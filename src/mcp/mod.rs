@@ -188,7 +188,9 @@ const JOB_STATUS: &str = "job_status";
 const LIST_JOBS: &str = "list_jobs";
 const CANCEL_JOB: &str = "cancel_job";
 const PREDICTOR_STATS: &str = "predictor_stats";
-const OWN_TOOLS: [&str; 4] = [JOB_STATUS, LIST_JOBS, CANCEL_JOB, PREDICTOR_STATS];
+/// The names of the tools every smart-async server offers itself (the job tools and
+/// `predictor_stats`): a configured tool may not take one.
+pub const OWN_TOOL_NAMES: [&str; 4] = [JOB_STATUS, LIST_JOBS, CANCEL_JOB, PREDICTOR_STATS];
 
 impl SmartServer {
     /// A server offering `tools` through `engine`; registers each tool's options.
@@ -214,7 +216,7 @@ impl SmartServer {
     /// A server offering an upstream MCP server's tools through `engine` (the proxy).
     pub fn proxy(engine: Engine, upstream: Upstream) -> SmartServer {
         for tool in upstream.tools().iter() {
-            if OWN_TOOLS.contains(&tool.name.as_ref()) {
+            if OWN_TOOL_NAMES.contains(&tool.name.as_ref()) {
                 tracing::warn!(
                     "the upstream's tool '{}' is shadowed by smart-async's own tool of that name",
                     tool.name
@@ -264,7 +266,7 @@ impl SmartServer {
     fn listed(&self) -> Vec<McpTool> {
         self.backend_tools()
             .iter()
-            .filter(|tool| !OWN_TOOLS.contains(&tool.name.as_ref()))
+            .filter(|tool| !OWN_TOOL_NAMES.contains(&tool.name.as_ref()))
             .chain(self.own_tools.iter())
             .cloned()
             .collect()
@@ -1102,7 +1104,7 @@ impl ServerHandler for SmartServer {
     /// rmcp asks for one tool on every `tools/call` over HTTP (to check `Mcp-Param-*`
     /// headers): found, not listed.
     fn get_tool(&self, name: &str) -> Option<McpTool> {
-        if OWN_TOOLS.contains(&name) {
+        if OWN_TOOL_NAMES.contains(&name) {
             return self.own_tools.iter().find(|t| t.name == name).cloned();
         }
         self.backend_tools()
@@ -1192,7 +1194,7 @@ mod tests {
         let roots = Arc::new(Roots::new(&[dir.path().to_path_buf()]).unwrap());
         let server = SmartServer::new(engine.clone(), vec![Arc::new(HashFiles::new(roots))]);
         let listed = server.listed();
-        assert_eq!(listed.len(), 1 + OWN_TOOLS.len());
+        assert_eq!(listed.len(), 1 + OWN_TOOL_NAMES.len());
         for tool in listed {
             assert_eq!(server.get_tool(&tool.name).as_ref(), Some(&tool));
         }

@@ -94,6 +94,12 @@ impl CommandTool {
         roots: Arc<Roots>,
     ) -> Result<CommandTool, String> {
         let name = &spec.name;
+        if !valid_tool_name(name) {
+            return Err(format!(
+                "command '{}': a tool name is 1 to 128 letters, digits, '_', '.' or '-' (what MCP clients accept): rename it",
+                crate::jsonrpc::excerpt(name)
+            ));
+        }
         if spec.argv.is_empty() || spec.argv[0].is_empty() {
             return Err(format!("command '{name}': argv must name a program"));
         }
@@ -184,6 +190,14 @@ impl CommandTool {
         die_with_the_server(&mut command);
         command
     }
+}
+
+/// Whether `name` is a tool name every MCP client accepts: `[A-Za-z0-9_.-]{1,128}`.
+fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Has the kernel kill the command when the server dies, even by `kill -9` (issue
@@ -479,6 +493,26 @@ async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child) {
 mod tests {
     use super::*;
     use tokio_util::sync::CancellationToken;
+
+    /// Issue 15: tool names were not checked; clients refuse some, and a name with
+    /// spaces or slashes cannot be called by many.
+    #[test]
+    fn a_tool_name_must_be_one_every_client_accepts() {
+        for bad in ["", "has space", "a/b", "ünï", &"x".repeat(129)] {
+            let mut s = spec(&["true"]);
+            s.name = bad.to_owned();
+            let err = CommandTool::new(s, std::path::Path::new("."), roots()).unwrap_err();
+            assert!(err.contains("1 to 128 letters, digits"), "{bad:?}: {err}");
+        }
+        for good in ["build", "run_tests.v2", "a-b", &"x".repeat(128)] {
+            let mut s = spec(&["true"]);
+            s.name = good.to_owned();
+            assert!(
+                CommandTool::new(s, std::path::Path::new("."), roots()).is_ok(),
+                "{good}"
+            );
+        }
+    }
 
     fn spec(argv: &[&str]) -> CommandSpec {
         CommandSpec {
