@@ -153,6 +153,16 @@ pub async fn guard<S: SessionCount>(
     if let Some(refused) = limits.refusal(request.method(), request.headers(), held) {
         return refused;
     }
+    if request.method() == Method::DELETE {
+        // rmcp ends a session with 202 Accepted; clients expect it done (the Python SDK
+        // warns on anything but 200 or 204).
+        let mut response = next.run(request).await;
+        if response.status() == StatusCode::ACCEPTED {
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.body_mut() = axum::body::Body::empty();
+        }
+        return response;
+    }
     if request.method() != Method::POST {
         return next.run(request).await;
     }

@@ -74,3 +74,59 @@ async fn break_10_a_foreign_origin_and_an_empty_host_are_refused_with_403() {
     );
     server.kill().await.unwrap();
 }
+
+/// Issue 15: a DELETE of a session answered 202, where clients expect 200 or 204 (the
+/// Python SDK warns); the session is gone after it.
+#[tokio::test]
+async fn deleting_a_session_answers_204_and_ends_it() {
+    let setup = Setup::new();
+    let addr = free_local_addr();
+    let _server = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .args(setup.args(&["--http", &addr]))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/mcp");
+    let http = reqwest::Client::new();
+    let mut session = None;
+    for _ in 0..100 {
+        let initialize = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+            .send()
+            .await;
+        if let Ok(response) = initialize {
+            session = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let session = session.expect("a session id");
+    let deleted = http
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let again = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 404, "the session is gone");
+}

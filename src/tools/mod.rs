@@ -78,8 +78,60 @@ pub fn parse_args<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, St
 /// The JSON Schema of `T` as an object.
 pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
     match serde_json::to_value(schemars::schema_for!(T)) {
-        Ok(Value::Object(map)) => map,
+        Ok(Value::Object(mut map)) => {
+            optional_without_null(&mut map);
+            map
+        }
         _ => Map::new(),
+    }
+}
+
+/// schemars writes an `Option` as `"type": ["integer", "null"]` (or an `anyOf` with
+/// `{"type": "null"}`), which the Inspector's `--strict` flags as unportable: an
+/// optional property is optional by not being `required`, so its null is dropped.
+fn optional_without_null(schema: &mut Map<String, Value>) {
+    let required: Vec<String> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(Value::Object(properties)) = schema.get_mut("properties") else {
+        return;
+    };
+    for (name, property) in properties.iter_mut() {
+        let Value::Object(property) = property else {
+            continue;
+        };
+        if required.contains(name) {
+            continue;
+        }
+        if let Some(Value::Array(types)) = property.get_mut("type") {
+            types.retain(|t| t != "null");
+            if types.len() == 1 {
+                let only = types.remove(0);
+                property.insert("type".to_owned(), only);
+            }
+        }
+        if let Some(Value::Array(choices)) = property.get_mut("anyOf") {
+            choices.retain(|choice| choice.get("type").is_none_or(|t| t != "null"));
+            if choices.len() == 1 {
+                if let Value::Object(only) = choices.remove(0) {
+                    property.remove("anyOf");
+                    for (key, value) in only {
+                        property.entry(key).or_insert(value);
+                    }
+                }
+            }
+        }
+        if property.get("default") == Some(&Value::Null) {
+            property.remove("default");
+        }
     }
 }
 
@@ -102,4 +154,31 @@ pub fn with_async_mode(mut schema: Map<String, Value>) -> Map<String, Value> {
         );
     }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: optional properties were `["integer", "null"]` unions.
+    #[test]
+    fn an_optional_property_has_one_type_and_is_not_required() {
+        #[derive(schemars::JsonSchema)]
+        #[allow(dead_code)]
+        struct Args {
+            /// Where.
+            path: String,
+            /// How many.
+            limit: Option<u32>,
+            /// Which.
+            status: Option<String>,
+        }
+        let schema = schema_of::<Args>();
+        let properties = schema["properties"].as_object().unwrap();
+        assert_eq!(properties["limit"]["type"], "integer");
+        assert_eq!(properties["status"]["type"], "string");
+        assert_eq!(properties["limit"]["description"], "How many.");
+        assert_eq!(schema["required"], serde_json::json!(["path"]));
+        assert!(!serde_json::to_string(&schema).unwrap().contains("null"));
+    }
 }
