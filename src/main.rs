@@ -93,8 +93,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct DataDirArg {
-    /// Where the database lives [default: the user data directory, e.g.
-    /// ~/.local/share/smart-async on Linux].
+    /// Where the database lives, also read from SMART_ASYNC_DATA_DIR [default: serve
+    /// and stats: smart-async in the user data directory, e.g. ~/.local/share/smart-async
+    /// on Linux; proxy: a folder per upstream command under its proxy/ folder].
     #[arg(long, env = "SMART_ASYNC_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -324,11 +325,19 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let budget_s = config.budget_s;
+    let fresh = !data_dir.exists();
     let engine = open_engine(config).await?;
     let upstream = match Upstream::start(command, engine.clone()).await {
         Ok(upstream) => upstream,
         Err(e) => {
             engine.close().await?;
+            drop(engine);
+            // A start that never came up leaves no empty database behind.
+            if fresh {
+                if let Err(removed) = std::fs::remove_dir_all(&data_dir) {
+                    tracing::warn!("could not remove {}: {removed}", data_dir.display());
+                }
+            }
             return Err(e.into());
         }
     };

@@ -324,3 +324,31 @@ fn a_command_named_like_an_own_tool_is_refused() {
         "{stderr}"
     );
 }
+
+/// Issue 15: a proxy whose upstream never came up left an empty database behind.
+#[test]
+fn a_failed_proxy_start_leaves_no_database_behind() {
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("fresh");
+    let failed = smart_async(&[
+        "proxy",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--",
+        "/no/such/upstream-server",
+    ]);
+    assert!(!failed.status.success());
+    assert!(!data.exists(), "the database it created is removed");
+    // One that existed before is kept, with what it held.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("keep"), "x").unwrap();
+    let failed = smart_async(&[
+        "proxy",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--",
+        "/no/such/upstream-server",
+    ]);
+    assert!(!failed.status.success());
+    assert!(data.join("keep").exists());
+}
