@@ -66,6 +66,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented config file where `serve` looks for one, and print how to
+    /// connect a client to it.
+    Init {
+        /// Where to write it [default: smart-async/config.toml in the user config
+        /// directory, e.g. ~/.config/smart-async/config.toml on Linux].
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Replace a file that is already there.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write the stored runtime samples as a trace (JSON Lines) to stdout, for
     /// `smart-async replay -` with other budgets and risks.
     Export {
@@ -146,9 +157,54 @@ struct ServerArgs {
     #[arg(long, allow_negative_numbers = true)]
     deadline_s: Option<f64>,
     /// A TOML config file: settings and command tools (see
-    /// data/smart-async.example.toml).
+    /// data/smart-async.example.toml) [default: the one `smart-async init` wrote, if
+    /// there is one].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// Where `init` writes the config and `serve` looks for it.
+fn default_config_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|dir| dir.join("smart-async").join("config.toml"))
+}
+
+/// What `init` writes.
+const CONFIG_TEMPLATE: &str = include_str!("../data/config.template.toml");
+
+fn init(path: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    let path = match path {
+        Some(path) => path,
+        None => default_config_path()
+            .context("this platform has no user config directory: pass --path")?,
+    };
+    anyhow::ensure!(
+        force || !path.exists(),
+        "{} exists already: edit it, or pass --force to replace it",
+        path.display()
+    );
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(&path, CONFIG_TEMPLATE)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let shown = path.display();
+    println!("wrote {shown}: edit it to add roots and command tools.");
+    let config_args = if Some(&path) == default_config_path().as_ref() {
+        String::new()
+    } else {
+        format!(", \"--config\", {:?}", path.display().to_string())
+    };
+    println!(
+        "\nClaude Desktop (claude_desktop_config.json):\n  \"smart-async\": {{ \"command\": \"smart-async\", \"args\": [\"serve\"{config_args}] }}"
+    );
+    let flag = if config_args.is_empty() {
+        String::new()
+    } else {
+        format!(" --config {:?}", path.display().to_string())
+    };
+    println!("Claude Code:\n  claude mcp add smart-async -- smart-async serve{flag}");
+    Ok(())
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -180,8 +236,14 @@ fn server_settings(
     args: ServerArgs,
     default_dir: impl FnOnce() -> anyhow::Result<PathBuf>,
 ) -> anyhow::Result<(EngineConfig, FileConfig, Option<HttpListen>)> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
+    let file = match args
+        .config
+        .or_else(|| default_config_path().filter(|path| path.is_file()))
+    {
+        Some(path) => {
+            tracing::info!("config: {}", path.display());
+            FileConfig::load(&path)?
+        }
         None => FileConfig::default(),
     };
     let data_dir = match args
@@ -443,6 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Proxy(args) => proxy(args).await,
         Command::Stats { tool, json, data } => stats(tool, json, data).await,
+        Command::Init { path, force } => init(path, force),
         Command::Replay {
             trace,
             budget_s,

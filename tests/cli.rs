@@ -352,3 +352,45 @@ fn a_failed_proxy_start_leaves_no_database_behind() {
     assert!(!failed.status.success());
     assert!(data.join("keep").exists());
 }
+
+/// Issue 15: the README's client snippets pointed at a config nobody had. `init` writes
+/// a commented one where `serve` looks, refuses to overwrite it, and `serve` reads it.
+#[test]
+fn init_writes_a_config_that_serve_reads_by_default() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_smart-async"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let written = run(&["init"]);
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let config = home.path().join("smart-async/config.toml");
+    assert!(config.is_file());
+    let said = String::from_utf8_lossy(&written.stdout);
+    assert!(
+        said.contains("claude mcp add smart-async -- smart-async serve"),
+        "{said}"
+    );
+
+    let again = run(&["init"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(run(&["init", "--force"]).status.success());
+
+    let data = home.path().join("data");
+    let served = run(&["serve", "--data-dir", data.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&served.stderr);
+    assert!(served.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("config: {}", config.display())),
+        "{stderr}"
+    );
+}
