@@ -53,7 +53,7 @@ use crate::policy::{Seconds, Source};
 use crate::proxy::{
     upstream_error, upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT,
 };
-use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
+use crate::tools::{output_schema_of, parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 mod stdio;
 
@@ -138,7 +138,7 @@ struct JobAnswer {
 /// A tool's output schema that also admits the job answer, for a tool whose calls can
 /// come back as jobs: strict clients check structured content against it.
 pub(crate) fn or_job_answer(schema: &JsonObject) -> JsonObject {
-    let mut job_answer = schema_of::<JobAnswer>();
+    let mut job_answer = output_schema_of::<JobAnswer>();
     job_answer.remove("$schema");
     let mut widened = JsonObject::new();
     widened.insert("type".to_owned(), json!("object"));

@@ -75,13 +75,19 @@ pub fn parse_args<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, St
     })
 }
 
-/// The JSON Schema of `T` as an object.
+/// The JSON Schema of a tool's arguments `T` as an object, its optional properties
+/// without null unions.
 pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
+    let mut schema = output_schema_of::<T>();
+    optional_without_null(&mut schema);
+    schema
+}
+
+/// The JSON Schema of a result `T` as an object, as schemars writes it: an optional
+/// field sent as `null` must validate.
+pub fn output_schema_of<T: JsonSchema>() -> Map<String, Value> {
     match serde_json::to_value(schemars::schema_for!(T)) {
-        Ok(Value::Object(mut map)) => {
-            optional_without_null(&mut map);
-            map
-        }
+        Ok(Value::Object(map)) => map,
         _ => Map::new(),
     }
 }
@@ -180,5 +186,12 @@ mod tests {
         assert_eq!(properties["limit"]["description"], "How many.");
         assert_eq!(schema["required"], serde_json::json!(["path"]));
         assert!(!serde_json::to_string(&schema).unwrap().contains("null"));
+        // A result's optional field may be sent as null: its schema keeps the union
+        // (the Python SDK validates job answers against it).
+        let output = output_schema_of::<Args>();
+        assert_eq!(
+            output["properties"]["limit"]["type"],
+            serde_json::json!(["integer", "null"])
+        );
     }
 }
