@@ -14,7 +14,7 @@ use smart_async::config::FileConfig;
 use smart_async::http::HttpLimits;
 use smart_async::mcp::SmartServer;
 use smart_async::proxy::{Upstream, UpstreamCommand};
-use smart_async::replay::{Replay, ReplayConfig, TraceRecord};
+use smart_async::replay::{Replay, ReplayConfig, ReplayReport, TraceRecord};
 use smart_async::tools::command::CommandTool;
 use smart_async::tools::files::{HashFiles, SearchText};
 use smart_async::tools::roots::Roots;
@@ -51,8 +51,11 @@ enum Command {
     /// table (or JSON) of sync and background decisions, late and needless calls,
     /// accuracy, wasted seconds and bound coverage per policy.
     Replay {
-        /// The trace: one {"tool", "args", "runtime_s", "ok"} object per line.
-        trace: PathBuf,
+        /// The traces: one {"tool", "args", "runtime_s", "ok"} object per line, `-` for
+        /// stdin, gzip when the name ends in .gz. Each is replayed on its own (a table
+        /// each), then all are scored together (a total).
+        #[arg(required = true, value_name = "TRACE")]
+        traces: Vec<PathBuf>,
         /// Seconds a call may take inline.
         #[arg(long, default_value_t = smart_async::DEFAULT_BUDGET_S)]
         budget_s: f64,
@@ -507,7 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { tool, json, data } => stats(tool, json, data).await,
         Command::Init { path, force } => init(path, force),
         Command::Replay {
-            trace,
+            traces,
             budget_s,
             risk,
             poll_cost_s,
@@ -518,9 +521,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 poll_cost_s.is_finite() && poll_cost_s >= 0.0,
                 "--poll-cost-s must be a number of seconds ≥ 0"
             );
-            replay(
-                &trace,
-                ReplayConfig {
+            replay_all(
+                &traces,
+                &ReplayConfig {
                     policy,
                     poll_cost_s,
                 },
@@ -539,18 +542,63 @@ fn data_dir(data: DataDirArg) -> anyhow::Result<PathBuf> {
 }
 
 /// Replays a trace file, or stdin for `-`, with a progress bar on stderr.
-fn replay(trace: &std::path::Path, config: ReplayConfig, json: bool) -> anyhow::Result<()> {
+/// Replays each trace on its own, then scores them together when there are several.
+fn replay_all(traces: &[PathBuf], config: &ReplayConfig, json: bool) -> anyhow::Result<()> {
+    let mut replays = Vec::with_capacity(traces.len());
+    for trace in traces {
+        replays.push(replay(trace, config.clone())?);
+    }
+    let reports: Vec<ReplayReport> = replays.iter().map(Replay::report).collect();
+    let total = Replay::total(&replays).context("no trace given")?;
+    if let [report] = reports.as_slice() {
+        if json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(());
+    }
+    if json {
+        let traces: Vec<serde_json::Value> = traces
+            .iter()
+            .zip(&reports)
+            .map(|(trace, report)| serde_json::json!({"trace": trace.display().to_string(), "report": report}))
+            .collect();
+        println!("{}", serde_json::json!({"traces": traces, "total": total}));
+    } else {
+        for (trace, report) in traces.iter().zip(&reports) {
+            println!("== {}", trace.display());
+            print!("{report}");
+            println!();
+        }
+        println!("== total of {} traces", traces.len());
+        print!("{total}");
+    }
+    Ok(())
+}
+
+/// Replays one trace (gzip when its name ends in .gz).
+fn replay(trace: &std::path::Path, config: ReplayConfig) -> anyhow::Result<Replay> {
     use std::io::BufRead;
     let (reader, size): (Box<dyn BufRead>, Option<u64>) = if trace.as_os_str() == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {
         let file = std::fs::File::open(trace)
             .with_context(|| format!("cannot open the trace {}", trace.display()))?;
-        let size = file.metadata().ok().map(|m| m.len());
-        (
-            Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
-            size,
-        )
+        if trace.extension().is_some_and(|ext| ext == "gz") {
+            let lines = flate2::read::MultiGzDecoder::new(file);
+            // The bar counts decompressed bytes: no total to show against.
+            (
+                Box::new(std::io::BufReader::with_capacity(1 << 16, lines)),
+                None,
+            )
+        } else {
+            let size = file.metadata().ok().map(|m| m.len());
+            (
+                Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
+                size,
+            )
+        }
     };
     let progress = match size {
         Some(size) => ProgressBar::new(size).with_style(
@@ -564,7 +612,13 @@ fn replay(trace: &std::path::Path, config: ReplayConfig, json: bool) -> anyhow::
     let mut replay = Replay::new(config);
     let mut skipped = 0u64;
     for (index, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read line {} of the trace", index + 1))?;
+        let line = line.with_context(|| {
+            format!(
+                "cannot read line {} of the trace {}",
+                index + 1,
+                trace.display()
+            )
+        })?;
         progress.inc(line.len() as u64 + 1);
         if line.trim().is_empty() {
             continue;
@@ -580,22 +634,17 @@ fn replay(trace: &std::path::Path, config: ReplayConfig, json: bool) -> anyhow::
         }
     }
     progress.finish_and_clear();
-    let report = replay.report();
+    let calls = replay.report().calls;
     let elapsed_s = started.elapsed().as_secs_f64();
     if skipped > 0 {
-        eprintln!("{skipped} bad lines skipped");
+        eprintln!("{}: {skipped} bad lines skipped", trace.display());
     }
     eprintln!(
-        "replayed {} calls in {elapsed_s:.2} s ({:.0} calls/s)",
-        report.calls,
-        report.calls as f64 / elapsed_s.max(1e-9)
+        "{}: replayed {calls} calls in {elapsed_s:.2} s ({:.0} calls/s)",
+        trace.display(),
+        calls as f64 / elapsed_s.max(1e-9)
     );
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{report}");
-    }
-    Ok(())
+    Ok(replay)
 }
 
 /// Writes stored samples as trace lines. Features stand in for arguments (the

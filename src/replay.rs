@@ -329,6 +329,15 @@ impl Tally {
             }
         }
     }
+
+    fn add(&mut self, other: &Tally) {
+        self.sync += other.sync;
+        self.background += other.background;
+        self.late += other.late;
+        self.needless += other.needless;
+        self.bounds += other.bounds;
+        self.covered += other.covered;
+    }
 }
 
 /// A replay in progress: feed it records, then read the report.
@@ -407,29 +416,51 @@ impl Replay {
 
     /// The scores so far.
     pub fn report(&self) -> ReplayReport {
-        let calls = self.calls.max(1) as f64;
+        self.scored(&self.tallies, &self.oracle, self.calls)
+    }
+
+    /// The scores of several replays (of several traces, with one config) together:
+    /// every count summed, each rate and coverage taken over all their calls; `None`
+    /// for none.
+    pub fn total(replays: &[Replay]) -> Option<ReplayReport> {
+        let (first, rest) = replays.split_first()?;
+        let mut tallies = first.tallies.clone();
+        let mut oracle = first.oracle.clone();
+        let mut calls = first.calls;
+        for replay in rest {
+            for (tally, theirs) in tallies.iter_mut().zip(&replay.tallies) {
+                tally.add(theirs);
+            }
+            oracle.add(&replay.oracle);
+            calls += replay.calls;
+        }
+        Some(first.scored(&tallies, &oracle, calls))
+    }
+
+    fn scored(&self, tallies: &[Tally], oracle: &Tally, calls: u64) -> ReplayReport {
+        let calls_f = calls.max(1) as f64;
         let policies = self
             .contenders
             .iter()
             .map(|contender| contender.name())
             .chain(["oracle"])
-            .zip(self.tallies.iter().chain([&self.oracle]))
+            .zip(tallies.iter().chain([oracle]))
             .map(|(name, t)| PolicyScore {
                 name: name.to_owned(),
                 sync: t.sync,
                 background: t.background,
                 late: t.late,
                 needless: t.needless,
-                late_rate: t.late as f64 / calls,
-                needless_rate: t.needless as f64 / calls,
-                accuracy: 1.0 - (t.late + t.needless) as f64 / calls,
+                late_rate: t.late as f64 / calls_f,
+                needless_rate: t.needless as f64 / calls_f,
+                accuracy: 1.0 - (t.late + t.needless) as f64 / calls_f,
                 wasted_s: t.late as f64 * self.budget_s + t.needless as f64 * self.poll_cost_s,
                 coverage: (t.bounds > 0).then(|| t.covered as f64 / t.bounds as f64),
             })
             .collect();
         ReplayReport {
             budget_s: self.budget_s,
-            calls: self.calls,
+            calls,
             policies,
         }
     }

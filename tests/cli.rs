@@ -394,3 +394,73 @@ fn init_writes_a_config_that_serve_reads_by_default() {
         "{stderr}"
     );
 }
+
+/// Issue 15: `replay` took one trace and could not read gzip. Several traces give one
+/// report each (the same as replaying each alone) and a total whose counts are their
+/// sums; a `.gz` trace reads as the same trace uncompressed.
+#[test]
+fn replay_takes_several_traces_gzip_too_and_totals_them() {
+    use std::io::Write;
+    let traces = traces();
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("first.jsonl.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    encoder
+        .write_all(&std::fs::read(&traces[0]).unwrap())
+        .unwrap();
+    encoder.finish().unwrap();
+    let alone = |trace: &std::path::Path| -> serde_json::Value {
+        let out = smart_async(&["replay", trace.to_str().unwrap(), "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let out = smart_async(&[
+        "replay",
+        traces[0].to_str().unwrap(),
+        traces[1].to_str().unwrap(),
+        gz.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports: Vec<&serde_json::Value> = all["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["report"])
+        .collect();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(reports[0], &alone(&traces[0]));
+    assert_eq!(reports[1], &alone(&traces[1]));
+    assert_eq!(
+        reports[2], reports[0],
+        "the gzip trace reads as the plain one"
+    );
+    let total = &all["total"];
+    assert_eq!(total["calls"], 9000);
+    for (index, policy) in total["policies"].as_array().unwrap().iter().enumerate() {
+        for count in ["sync", "background", "late", "needless"] {
+            let summed: u64 = reports
+                .iter()
+                .map(|r| r["policies"][index][count].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                policy[count].as_u64(),
+                Some(summed),
+                "{} {count}",
+                policy["name"]
+            );
+        }
+    }
+}
