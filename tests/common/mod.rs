@@ -183,11 +183,21 @@ pub async fn wait_until(condition: impl Fn() -> bool, what: &str) {
     panic!("timed out waiting: {what}");
 }
 
-/// A loopback address with a port nobody listens on.
+/// A loopback address with a port nobody listens on, and none handed out before in this
+/// test binary: the kernel can give the port just let go to the next caller, and two
+/// tests running at once then start their servers on one port (one fails to bind, and
+/// its test talks to the other's server as it stops).
 pub fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().expect("its address").port();
-    format!("127.0.0.1:{port}")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 /// Connects over Streamable HTTP to `http://ADDR/mcp`, waiting (up to 5 s) for the
