@@ -293,10 +293,11 @@ async fn stats_only_reads() {
     );
     let store = smart_async::Store::open(data.path(), 1 << 20).unwrap();
     let job = store.job(job_id).unwrap().expect("the job is still stored");
-    assert_eq!(
-        job.status(),
-        smart_async::JobStatus::Running,
-        "stats changed the job"
+    // Pending or running as the stop left it; an engine's open would have failed it.
+    assert!(
+        !job.status().is_terminal(),
+        "stats marked the job {:?}",
+        job.status()
     );
 }
 

@@ -1234,7 +1234,7 @@ mod tests {
             job_summary(&first, first.created_at_ms, true),
             "pending, starting"
         );
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if !engine.run_slot_free() {
                 break;
             }
