@@ -551,25 +551,18 @@ impl Engine {
         for (name, record) in store.load_clients()? {
             clients.restore(name, record);
         }
-        tools.retain(|(name, _)| tool.is_none_or(|wanted| wanted == name));
-        tools.sort_by(|a, b| a.0.cmp(&b.0));
-        let pooled = tool.is_none().then(|| {
-            (
-                POOLED_TOOL.to_owned(),
-                pooled.unwrap_or_else(|| ToolRecord::new(false)),
-            )
-        });
-        let stats = tools
-            .into_iter()
-            .chain(pooled)
-            .map(|(name, mut record)| {
-                record.model.set_risk(config.risk);
-                record.stats(&name, config.risk)
-            })
-            .collect();
+        let mut pooled = pooled.unwrap_or_else(|| ToolRecord::new(false));
+        for record in tools
+            .iter_mut()
+            .map(|(_, record)| record)
+            .chain([&mut pooled])
+        {
+            record.model.set_risk(config.risk);
+        }
+        let named = tools.iter().map(|(name, record)| (name.as_str(), record));
         Ok(StatsReport {
             budget_s: config.budget_s,
-            tools: stats,
+            tools: stats_rows(named, &pooled, tool, config.risk),
             clients: clients.stats(),
         })
     }
@@ -579,24 +572,14 @@ impl Engine {
         let risk = self.inner.policy.risk();
         let mut learned = lock(&self.inner.learned);
         let learned = &mut *learned;
-        match tool {
-            Some(tool) => learned
-                .tools
-                .get(tool)
-                .map(|learning| learning.record.stats(tool, risk))
-                .into_iter()
-                .collect(),
-            None => {
-                learned.pooled.catch_up(&learned.samples, risk);
-                let mut names: Vec<&String> = learned.tools.keys().collect();
-                names.sort();
-                names
-                    .into_iter()
-                    .map(|name| learned.tools[name].record.stats(name, risk))
-                    .chain([learned.pooled.record.stats(POOLED_TOOL, risk)])
-                    .collect()
-            }
+        if tool.is_none() {
+            learned.pooled.catch_up(&learned.samples, risk);
         }
+        let named = learned
+            .tools
+            .iter()
+            .map(|(name, learning)| (name.as_str(), &learning.record));
+        stats_rows(named, &learned.pooled.record, tool, risk)
     }
 
     /// Whether a job started in the background now would run at once (fewer than
@@ -1264,6 +1247,25 @@ fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64, run_id: Uuid)
         run_id,
         progress: None,
     }
+}
+
+/// The rows of a stats report: `tool` alone, or every tool in name order and the
+/// pooled model last (as [`POOLED_TOOL`]).
+fn stats_rows<'a>(
+    named: impl Iterator<Item = (&'a str, &'a ToolRecord)>,
+    pooled: &'a ToolRecord,
+    tool: Option<&str>,
+    risk: f64,
+) -> Vec<ToolStats> {
+    let mut rows: Vec<(&str, &ToolRecord)> = named
+        .filter(|(name, _)| tool.is_none_or(|wanted| wanted == *name))
+        .collect();
+    rows.sort_by_key(|(name, _)| *name);
+    let pooled = tool.is_none().then_some((POOLED_TOOL, pooled));
+    rows.into_iter()
+        .chain(pooled)
+        .map(|(name, record)| record.stats(name, risk))
+        .collect()
 }
 
 fn panic_error(message: &str) -> String {

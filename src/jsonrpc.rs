@@ -199,7 +199,7 @@ pub fn sift(bytes: &[u8]) -> Sifted {
         Err(e) => {
             return refuse(
                 INVALID_REQUEST,
-                format!("invalid request: {}", cut(&e.to_string())),
+                format!("invalid request: {}", cut(&e.to_string(), ERROR_CHARS)),
             )
         }
     };
@@ -215,7 +215,7 @@ pub fn sift(bytes: &[u8]) -> Sifted {
                     format!(
                         "invalid params for {}: {}",
                         quoted(custom.method.as_bytes()),
-                        cut(&error.to_string())
+                        cut(&error.to_string(), ERROR_CHARS)
                     ),
                 );
             }
@@ -422,10 +422,12 @@ pub(crate) fn excerpt(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A serde error cut to a few hundred characters (it can quote an input).
-pub(crate) fn cut(text: &str) -> String {
-    const MAX_CHARS: usize = 300;
-    match text.char_indices().nth(MAX_CHARS) {
+/// How much of a serde error a message keeps (it can quote an input).
+pub(crate) const ERROR_CHARS: usize = 300;
+
+/// `text` cut to its first `max_chars` characters, with `…` where it was cut.
+pub(crate) fn cut(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
     }

@@ -100,18 +100,23 @@ async fn break_7_a_command_dies_with_a_server_killed_by_sigkill() {
         "the command runs",
     )
     .await;
-    let server = server_pid(&setup).expect("the server's pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_server(&setup);
     common::wait_until(
         || common::pids_running(&command).is_empty(),
         "the command died with the server",
     )
     .await;
     drop(client);
+}
+
+/// `kill -9` of the `serve` process using this setup's data directory.
+fn kill_server(setup: &Setup) {
+    let server = server_pid(setup).expect("the server's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 /// The pid of the `serve` process using this setup's data directory.
@@ -199,12 +204,7 @@ async fn break_7_the_next_start_ends_what_a_killed_server_s_jobs_left_running() 
         "both grandchildren run",
     )
     .await;
-    let server = server_pid(&setup).expect("the server's pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_server(&setup);
     drop(client);
     common::wait_until(|| server_pid(&setup).is_none(), "the server is gone").await;
     // The kernel ended the commands; their children were left to init.

@@ -132,32 +132,15 @@ impl Listing {
 mod tests {
     use super::*;
     use crate::jobs::JobState;
-    use crate::policy::{Decision, Mode, Source};
     use proptest::prelude::*;
     use serde_json::Value;
 
     fn job(n: u128, created_at_ms: u64, tool: &str, state: JobState) -> Job {
-        Job {
-            id: Uuid::from_u128(n),
-            tool: tool.to_owned(),
-            label: String::new(),
-            state,
-            created_at_ms,
-            started_at_ms: None,
-            finished_at_ms: None,
-            decision: Decision {
-                mode: Mode::Background,
-                source: Source::Explicit,
-                predicted_s: None,
-                upper_bound_s: None,
-                budget_s: 50.0,
-                risk: 0.05,
-                rule: None,
-            },
-            promoted: false,
-            run_id: Uuid::nil(),
-            progress: None,
-        }
+        let mut job = super::super::tests::job(state, None, None);
+        job.id = Uuid::from_u128(n);
+        job.created_at_ms = created_at_ms;
+        job.tool = tool.to_owned();
+        job
     }
 
     fn ids(listed: &[Listed]) -> Vec<u128> {

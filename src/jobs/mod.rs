@@ -768,7 +768,12 @@ mod tests {
     use super::*;
     use crate::policy::{Mode, Source};
 
-    fn job(status: JobState, finished_at_ms: Option<u64>, predicted_s: Option<f64>) -> Job {
+    /// A job in `status`, for tests here and in the listing's.
+    pub(super) fn job(
+        status: JobState,
+        finished_at_ms: Option<u64>,
+        predicted_s: Option<f64>,
+    ) -> Job {
         Job {
             id: Uuid::new_v4(),
             tool: "t".into(),

@@ -352,11 +352,7 @@ fn compile_pattern(pattern: &str) -> Result<Regex, String> {
         .nest_limit(MAX_PATTERN_NESTING)
         .build()
         .map_err(|e| {
-            let message = e.to_string();
-            let mut short: String = message.chars().take(MAX_PATTERN_ERROR_CHARS).collect();
-            if short.len() < message.len() {
-                short.push('…');
-            }
+            let short = crate::jsonrpc::cut(&e.to_string(), MAX_PATTERN_ERROR_CHARS);
             format!("pattern is not a valid regex, or too large once compiled: {short}")
         })
 }

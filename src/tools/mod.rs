@@ -70,7 +70,7 @@ pub fn parse_args<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, St
     serde_json::from_value(Value::Object(args)).map_err(|e| {
         format!(
             "{tool}: invalid arguments: {}",
-            crate::jsonrpc::cut(&e.to_string())
+            crate::jsonrpc::cut(&e.to_string(), crate::jsonrpc::ERROR_CHARS)
         )
     })
 }
