@@ -44,6 +44,10 @@ const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an inline call's watcher hears how it is going: well inside the 2 s
 /// idle timeouts some clients reset on progress.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A tool's own progress report reaches an inline call's watcher at once, but not
+/// sooner than this after the last it heard: a tool that reports in a tight loop
+/// does not flood the client.
+pub const PROGRESS_MIN_GAP: Duration = Duration::from_millis(100);
 /// The name the pooled model is reported under.
 pub const POOLED_TOOL: &str = "*";
 
@@ -108,7 +112,8 @@ impl std::fmt::Debug for ToolOptions {
     }
 }
 
-/// What an inline call's watcher hears every [`PROGRESS_INTERVAL`] while it runs.
+/// What an inline call's watcher hears every [`PROGRESS_INTERVAL`] while it runs, and
+/// when the tool reports (at most every [`PROGRESS_MIN_GAP`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InlineProgress {
     /// Seconds the call has run.
@@ -122,7 +127,8 @@ pub struct InlineProgress {
 /// Hears an inline call's progress (see [`ToolCall::on_progress`]); any
 /// `Fn(InlineProgress)` closure is one.
 pub trait HearProgress: Send + Sync {
-    /// The call's progress, every [`PROGRESS_INTERVAL`] while it runs.
+    /// The call's progress, every [`PROGRESS_INTERVAL`] while it runs and when the tool
+    /// reports.
     fn hear(&self, progress: InlineProgress);
 }
 
@@ -150,7 +156,8 @@ pub struct ToolCall {
     /// Fires when the caller gives up on an inline call (`notifications/cancelled`):
     /// the work stops and the call answers [`CallOutcome::Cancelled`].
     pub cancel: Option<CancellationToken>,
-    /// Hears how an inline call is going, every [`PROGRESS_INTERVAL`].
+    /// Hears how an inline call is going, every [`PROGRESS_INTERVAL`] and when the tool
+    /// reports.
     pub on_progress: Option<ProgressSink>,
 }
 
@@ -771,11 +778,17 @@ impl Engine {
         let caller_cancel = call.cancel.take().unwrap_or_default();
         let on_progress = call.on_progress.take();
         let mut next_tick = started + PROGRESS_INTERVAL;
+        // When the watcher last heard, and whether the tool has reported since.
+        let mut last_heard = started;
+        let mut tool_reported = false;
         // If this call is dropped (its caller went away), the work is dropped with it
         // and its token fires for anything it handed the token to.
         let caller_gone = cancel.clone().drop_guard();
         loop {
             let wake = match on_progress {
+                Some(_) if tool_reported => {
+                    deadline.min(next_tick.min(last_heard + PROGRESS_MIN_GAP))
+                }
                 Some(_) => deadline.min(next_tick),
                 None => deadline,
             };
@@ -802,8 +815,12 @@ impl Engine {
                     drop(work);
                     return Ok(CallOutcome::Cancelled { decision, runtime_s });
                 }
+                _ = ctx.progress().reported(), if on_progress.is_some() && !tool_reported => {
+                    tool_reported = true;
+                }
                 _ = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if now >= deadline {
                         break;
                     }
                     if let Some(on_progress) = &on_progress {
@@ -813,7 +830,9 @@ impl Engine {
                             tool: ctx.progress().get(),
                         });
                     }
-                    next_tick += PROGRESS_INTERVAL;
+                    last_heard = now;
+                    tool_reported = false;
+                    next_tick = now + PROGRESS_INTERVAL;
                 }
             }
         }

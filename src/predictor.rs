@@ -40,8 +40,11 @@
 //! # Features that come and go
 //! A model has one slot per feature name, in order of first appearance, up to
 //! [`MAX_SLOTS`]. A new name grows the model with the prior (past samples count as 0
-//! for it); a name absent from a call counts as 0 (`ln(1+0) = 0`); names past the cap
-//! are ignored.
+//! for it, that is, at the slot's center); a name absent from a call is unknown and
+//! counts at the center too, so it neither teaches nor moves a prediction; names past
+//! the cap are ignored. Counting an absent name as `ln(1+0) = 0` put every call of one
+//! tool far out along the other tools' arguments in the model pooled over all tools:
+//! a cold tool's first call got a bound of 10¹⁹ s and went to the background.
 
 use std::cell::{Cell, OnceCell};
 
@@ -654,12 +657,15 @@ impl RuntimeModel {
                 *u = transform(feature.value, scale);
             }
         } else {
-            for ((u, name), &scale) in inputs
-                .iter_mut()
-                .zip(&state.feature_names)
-                .zip(&state.scales)
+            let slots = state.feature_names.iter().zip(&state.scales);
+            for ((u, (name, &scale)), &center) in
+                inputs.iter_mut().zip(slots).zip(&state.centers_ln)
             {
-                *u = transform(features.get(name).unwrap_or(0.0), scale);
+                // Absent is unknown, not 0: the call sits at the center, as samples
+                // from before the slot existed do (see the module docs).
+                *u = features
+                    .get(name)
+                    .map_or(center, |value| transform(value, scale));
             }
         }
         inputs
@@ -880,6 +886,36 @@ mod tests {
             (10.0..=90.0).contains(&predicted),
             "predicted {predicted} s for a 30 s call"
         );
+    }
+
+    /// Found by the conformance fixture: in the model pooled over all tools, a call of
+    /// `test_elicitation {message}` counted the `prompt` another tool had once been
+    /// called with as 0, far from the one value seen; the bound came out at 10¹⁹ s and
+    /// a 10 ms call went to the background.
+    #[test]
+    fn a_name_absent_from_a_call_is_unknown_not_zero() {
+        let mut model = RuntimeModel::new(true);
+        let calls = [
+            (json!({}), 0.0005),
+            (json!({}), 0.0004),
+            (json!({}), 0.0004),
+            (json!({}), 0.0005),
+            (json!({}), 0.16),
+            (json!({}), 3.3),
+            (json!({ "prompt": "Test prompt for sampling" }), 0.01),
+        ];
+        for (args, runtime_s) in &calls {
+            model.observe(&Features::from_args(args), *runtime_s, 0.05);
+        }
+        let other_tool = Features::from_args(&json!({ "message": "Please provide your name" }));
+        let without = model.predict(&other_tool).unwrap();
+        let none = model.predict(&Features::from_args(&json!({}))).unwrap();
+        assert!(without.upper_bound_s < 50.0, "{without:?}");
+        // Absent, the argument moves nothing: the call is predicted as one without it.
+        assert!((without.upper_bound_s - none.upper_bound_s).abs() < 1e-9 * none.upper_bound_s);
+        // Present, it still speaks.
+        let longer = Features::from_args(&json!({ "prompt": "x".repeat(5000) }));
+        assert!(model.predict(&longer).unwrap().upper_bound_s > without.upper_bound_s);
     }
 
     #[test]

@@ -667,13 +667,19 @@ async fn a_configured_client_budget_decides_its_calls() {
     );
 }
 
+/// A call of `tool` whose progress is kept in the list returned beside it.
+fn listened_call(tool: &str) -> (ToolCall, Arc<Mutex<Vec<InlineProgress>>>) {
+    let heard = Arc::new(Mutex::new(Vec::<InlineProgress>::new()));
+    let mut call = ToolCall::new(tool, json!({}));
+    let sink = heard.clone();
+    call.on_progress = Some(Arc::new(move |p| sink.lock().unwrap().push(p)));
+    (call, heard)
+}
+
 #[tokio::test]
 async fn an_inline_call_reports_progress_while_it_runs() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let heard = Arc::new(Mutex::new(Vec::<InlineProgress>::new()));
-    let mut call = ToolCall::new("t", json!({}));
-    let sink = heard.clone();
-    call.on_progress = Some(Arc::new(move |p| sink.lock().unwrap().push(p)));
+    let (call, heard) = listened_call("t");
     let outcome = engine
         .call(call, |ctx| async move {
             ctx.report_progress(Progress {
@@ -691,6 +697,62 @@ async fn an_inline_call_reports_progress_while_it_runs() {
     assert!(heard.len() >= 2, "one report a second: {heard:?}");
     assert!(heard.windows(2).all(|w| w[1].elapsed_s > w[0].elapsed_s));
     assert_eq!(heard[0].tool.as_ref().unwrap().to_string(), "1 of 4");
+}
+
+/// Issue 15: a tool's report waited for the next second's tick, so a tool that reports
+/// three steps in half a second sent its client one notification, or none. Now each
+/// report is passed on as it comes, but not sooner than 100 ms after the last.
+#[tokio::test]
+async fn a_tools_report_reaches_the_caller_at_once_and_a_flood_of_them_does_not() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let (call, heard) = listened_call("steps");
+    let outcome = engine
+        .call(call, |ctx| async move {
+            for step in 0..3 {
+                ctx.report_progress(Progress {
+                    done: f64::from(step),
+                    total: Some(3.0),
+                    message: None,
+                });
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    assert_eq!(expect_done(outcome).0, Ok(Value::Null));
+    let steps: Vec<String> = heard
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.tool.as_ref().map(ToString::to_string))
+        .collect();
+    assert_eq!(steps, ["0 of 3", "1 of 3", "2 of 3"], "each step, in 0.6 s");
+
+    let (call, heard) = listened_call("flood");
+    let started = std::time::Instant::now();
+    engine
+        .call(call, |ctx| async move {
+            for step in 0..500 {
+                ctx.report_progress(Progress {
+                    done: f64::from(step),
+                    total: None,
+                    message: None,
+                });
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    let elapsed_ms = started.elapsed().as_millis();
+    let heard = heard.lock().unwrap();
+    assert!(
+        heard.len() as u128 <= elapsed_ms / 100 + 1,
+        "{} notifications in {elapsed_ms} ms",
+        heard.len()
+    );
+    assert!(heard.windows(2).all(|w| w[1].elapsed_s > w[0].elapsed_s));
 }
 
 /// Regression (issue 14, break 11): `list_jobs` read every stored job while their states

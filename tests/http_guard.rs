@@ -40,11 +40,15 @@ async fn break_10_a_foreign_origin_and_an_empty_host_are_refused_with_403() {
         .spawn()
         .unwrap();
     let host = format!("Host: {addr}\r\n");
+    // Up until the server answers at all: an empty answer is a connection closed before
+    // the server listened (seen once in a loaded run), not a refusal.
     let mut served = String::new();
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(&addr).await.is_ok() {
             served = post(&addr, &host).await.0;
-            break;
+            if !served.is_empty() {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

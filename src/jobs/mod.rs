@@ -238,6 +238,8 @@ impl std::fmt::Display for Progress {
 struct RunShared {
     cancel: CancellationToken,
     progress: Mutex<Option<Progress>>,
+    /// Rung on every report, for an inline call's watcher to pass it on at once.
+    reported: tokio::sync::Notify,
     run_id: Uuid,
 }
 
@@ -253,6 +255,12 @@ impl ProgressCell {
 
     fn set(&self, progress: Progress) {
         *lock(&self.0.progress) = Some(progress);
+        self.0.reported.notify_one();
+    }
+
+    /// Resolves at the next report (or at once, for one made since the last wait).
+    pub(crate) async fn reported(&self) {
+        self.0.reported.notified().await;
     }
 }
 
@@ -284,6 +292,7 @@ impl JobContext {
             run: ProgressCell(Arc::new(RunShared {
                 cancel,
                 progress: Mutex::new(None),
+                reported: tokio::sync::Notify::new(),
                 run_id: Uuid::new_v4(),
             })),
         }

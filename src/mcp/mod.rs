@@ -31,10 +31,10 @@ use rmcp::model::{
 // Logging is deprecated in MCP, and still sent by the clients the proxy serves.
 #[allow(deprecated)]
 use rmcp::model::SetLevelRequestParams;
-use rmcp::service::{NotificationContext, Peer, RequestContext, ServiceError, SubscriptionContext};
+use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,12 +50,15 @@ use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRU
 use crate::jsonrpc::excerpt;
 use crate::lock;
 use crate::policy::{Seconds, Source};
-use crate::proxy::{
-    upstream_error, upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT,
-};
+use crate::proxy::{upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
 use crate::tools::{output_schema_of, parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
+mod behind;
 mod stdio;
+mod wrapped;
+
+use behind::Behind;
+use wrapped::{Handled, Handler, Wrapped};
 
 /// The share of the budget `job_status` may wait, so its own answer stays in time.
 pub const WAIT_SHARE_OF_BUDGET: f64 = 0.8;
@@ -83,13 +86,15 @@ enum Backend {
     },
     /// An upstream MCP server's tools, through the proxy.
     Upstream(Upstream),
+    /// The tools of an rmcp handler in this process ([`SmartServer::wrap`]).
+    Wrapped(Arc<dyn Handler>),
 }
 
 /// What a backend's work returns, as the engine carries it: turned into the call's
 /// result when it answers inline, kept as JSON (read back by [`stored_result`]) when
 /// it runs as a job.
 trait Answer: WorkOutput {
-    fn into_result(self) -> CallToolResult;
+    fn into_response(self) -> CallToolResponse;
 }
 
 impl WorkOutput for ToolOutput {
@@ -103,14 +108,20 @@ impl WorkOutput for ToolOutput {
 }
 
 impl Answer for ToolOutput {
-    fn into_result(self) -> CallToolResult {
-        text_and_structured(self.text, self.structured)
+    fn into_response(self) -> CallToolResponse {
+        text_and_structured(self.text, self.structured).into()
     }
 }
 
 impl Answer for Proxied {
-    fn into_result(self) -> CallToolResult {
-        self.0.complete()
+    fn into_response(self) -> CallToolResponse {
+        self.0.complete().into()
+    }
+}
+
+impl Answer for Handled {
+    fn into_response(self) -> CallToolResponse {
+        Handled::into_response(self)
     }
 }
 
@@ -226,6 +237,17 @@ impl SmartServer {
         SmartServer::with_backend(engine, Backend::Upstream(upstream))
     }
 
+    /// A server offering the tools of `handler`, an rmcp server of your own, through
+    /// `engine`: a tool call that would run too long answers with a job (or a task)
+    /// instead. Everything else the handler serves (prompts, resources, completions,
+    /// logging) is passed on as it is. Its tools run with their request's context, but
+    /// for the progress token, which smart-async's progress uses (report a tool's own
+    /// through the [`JobContext`](crate::JobContext) in the context's extensions), and
+    /// the cancellation token, which fires when the call or its job is cancelled.
+    pub fn wrap<H: ServerHandler>(engine: Engine, handler: H) -> SmartServer {
+        SmartServer::with_backend(engine, Backend::Wrapped(Arc::new(Wrapped(handler))))
+    }
+
     fn with_backend(engine: Engine, backend: Backend) -> SmartServer {
         let own = |name: &'static str, description: &'static str, schema: JsonObject| {
             McpTool::new(name, description, Arc::new(schema))
@@ -262,52 +284,83 @@ impl SmartServer {
         }
     }
 
-    /// Every tool a client sees: the backend's, then smart-async's own.
-    fn listed(&self) -> Vec<McpTool> {
-        self.backend_tools()
-            .iter()
-            .filter(|tool| !OWN_TOOL_NAMES.contains(&tool.name.as_ref()))
-            .chain(self.own_tools.iter())
-            .cloned()
-            .collect()
+    /// Every tool a client sees: the backend's, then smart-async's own (ours shadow
+    /// any of the same name). A wrapped handler's list may come in pages: ours follow
+    /// its first.
+    async fn listed(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let first_page = request.as_ref().is_none_or(|r| r.cursor.is_none());
+        let (theirs, next_cursor) = match &self.backend {
+            Backend::Local { listed, .. } => (listed.to_vec(), None),
+            Backend::Upstream(upstream) => (upstream.tools().to_vec(), None),
+            Backend::Wrapped(handler) => {
+                let page = handler.list_tools(request, ctx).await?;
+                let tools = page.tools.into_iter().map(with_async_mode_listed).collect();
+                (tools, page.next_cursor)
+            }
+        };
+        let mut listed = ListToolsResult::with_all_items(self.with_own_tools(theirs, first_page));
+        listed.next_cursor = next_cursor;
+        Ok(listed)
     }
 
-    /// The backend's tools as it lists them (ours shadow any of the same name).
-    fn backend_tools(&self) -> Arc<Vec<McpTool>> {
+    /// `theirs` without those ours shadow, then ours when this is the first page.
+    fn with_own_tools(&self, theirs: Vec<McpTool>, first_page: bool) -> Vec<McpTool> {
+        let mut tools: Vec<McpTool> = theirs
+            .into_iter()
+            .filter(|tool| !OWN_TOOL_NAMES.contains(&tool.name.as_ref()))
+            .collect();
+        if first_page {
+            tools.extend(self.own_tools.iter().cloned());
+        }
+        tools
+    }
+
+    /// Whether the backend offers `name`: a wrapped handler is asked for it, and when it
+    /// does not look tools up by name, its list is.
+    async fn offers(&self, name: &str, ctx: &RequestContext<RoleServer>) -> bool {
         match &self.backend {
-            Backend::Local { listed, .. } => listed.clone(),
-            Backend::Upstream(upstream) => upstream.tools(),
+            Backend::Local { tools, .. } => tools.contains_key(name),
+            Backend::Upstream(upstream) => upstream.has_tool(name),
+            Backend::Wrapped(handler) => {
+                if handler.get_tool(name).is_some() {
+                    return true;
+                }
+                let mut cursor = None;
+                loop {
+                    let request = cursor
+                        .map(|cursor| PaginatedRequestParams::default().with_cursor(Some(cursor)));
+                    let Ok(page) = handler.list_tools(request, ctx.clone()).await else {
+                        return false;
+                    };
+                    if page.tools.iter().any(|tool| tool.name == name) {
+                        return true;
+                    }
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => return false,
+                    }
+                }
+            }
         }
     }
 
-    /// Passes a request on to the upstream (the proxy), its answer marked complete for
-    /// 2026-07-28 clients; a server of its own tools answers `missing`.
-    async fn forward<T, Fut>(
-        &self,
-        missing: ErrorData,
-        request: impl FnOnce(Peer<RoleClient>) -> Fut,
-    ) -> Result<T, ErrorData>
-    where
-        T: MarkComplete,
-        Fut: Future<Output = Result<T, ServiceError>>,
-    {
-        let upstream = self.upstream().ok_or(missing)?;
-        // Boxed, as every rarely used handler that awaits something big: rmcp's request
-        // future (moved and copied for every request, tool calls included) is as big as
-        // the biggest handler's.
-        Box::pin(async move {
-            request(upstream.peer().await?)
-                .await
-                .map(MarkComplete::complete)
-                .map_err(upstream_error)
-        })
-        .await
+    /// The server behind this one, which answers what is not a tool call.
+    fn behind(&self) -> Option<&dyn Behind> {
+        match &self.backend {
+            Backend::Upstream(upstream) => Some(upstream),
+            Backend::Wrapped(handler) => Some(&**handler as &dyn Behind),
+            Backend::Local { .. } => None,
+        }
     }
 
     fn upstream(&self) -> Option<&Upstream> {
         match &self.backend {
             Backend::Upstream(upstream) => Some(upstream),
-            Backend::Local { .. } => None,
+            Backend::Local { .. } | Backend::Wrapped(_) => None,
         }
     }
 
@@ -434,7 +487,7 @@ impl SmartServer {
         Ok(match outcome {
             Ok(CallOutcome::Done {
                 result: Ok(answer), ..
-            }) => answer.into_result().into(),
+            }) => answer.into_response(),
             Ok(CallOutcome::Done {
                 result: Err(message),
                 ..
@@ -831,6 +884,12 @@ fn unknown_tool(name: &str) -> ErrorData {
     )
 }
 
+/// A wrapped handler's tool as smart-async lists it: with `async_mode`.
+fn with_async_mode_listed(mut tool: McpTool) -> McpTool {
+    tool.input_schema = Arc::new(with_async_mode((*tool.input_schema).clone()));
+    tool
+}
+
 fn text_and_structured(text: String, structured: Value) -> CallToolResult {
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(structured);
@@ -930,9 +989,9 @@ impl ServerHandler for SmartServer {
             .enable_tasks()
             .build();
         let mut instructions = INSTRUCTIONS.to_owned();
-        // The proxy offers the upstream's prompts, resources, completions and logging
-        // as they are.
-        if let Some(info) = self.upstream().and_then(Upstream::info) {
+        // The proxy, or a wrapped handler, offers its prompts, resources, completions
+        // and logging as they are.
+        if let Some(info) = self.behind().and_then(Behind::info) {
             capabilities.prompts = info.capabilities.prompts.clone();
             capabilities.resources = info.capabilities.resources.clone();
             capabilities.completions = info.capabilities.completions.clone();
@@ -981,14 +1040,12 @@ impl ServerHandler for SmartServer {
     async fn list_prompts(
         &self,
         request: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let missing = method_not_found::<ListPromptsRequestMethod>();
-        self.forward(
-            missing,
-            |peer| async move { peer.list_prompts(request).await },
-        )
-        .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<ListPromptsRequestMethod>)?;
+        behind.list_prompts(request, ctx).await
     }
 
     async fn on_custom_request(
@@ -1002,22 +1059,24 @@ impl ServerHandler for SmartServer {
     async fn complete(
         &self,
         request: CompleteRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
-        let missing = method_not_found::<CompleteRequestMethod>();
-        self.forward(missing, |peer| async move { peer.complete(request).await })
-            .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<CompleteRequestMethod>)?;
+        behind.complete(request, ctx).await
     }
 
     #[allow(deprecated)] // logging/setLevel: deprecated in MCP, still sent by clients
     async fn set_level(
         &self,
         request: SetLevelRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let missing = method_not_found::<SetLevelRequestMethod>();
-        self.forward(missing, |peer| async move { peer.set_level(request).await })
-            .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<SetLevelRequestMethod>)?;
+        behind.set_level(request, ctx).await
     }
 
     #[allow(deprecated)] // resources/subscribe: the legacy lifecycle's, served there
@@ -1026,10 +1085,10 @@ impl ServerHandler for SmartServer {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let upstream = self
-            .upstream()
+        let behind = self
+            .behind()
             .ok_or_else(method_not_found::<SubscribeRequestMethod>)?;
-        Box::pin(upstream.subscribe(request.uri, ctx.peer)).await
+        behind.subscribe(request, ctx).await
     }
 
     #[allow(deprecated)] // as `subscribe`
@@ -1038,67 +1097,64 @@ impl ServerHandler for SmartServer {
         request: UnsubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let upstream = self
-            .upstream()
+        let behind = self
+            .behind()
             .ok_or_else(method_not_found::<UnsubscribeRequestMethod>)?;
-        Box::pin(upstream.unsubscribe(request.uri, &ctx.peer)).await
+        behind.unsubscribe(request, ctx).await
     }
 
     async fn get_prompt(
         &self,
         request: GetPromptRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let missing = method_not_found::<GetPromptRequestMethod>();
-        self.forward(missing, |peer| async move {
-            peer.get_prompt_once(request).await
-        })
-        .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<GetPromptRequestMethod>)?;
+        behind.get_prompt(request, ctx).await
     }
 
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let missing = method_not_found::<ListResourcesRequestMethod>();
-        self.forward(
-            missing,
-            |peer| async move { peer.list_resources(request).await },
-        )
-        .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<ListResourcesRequestMethod>)?;
+        behind.list_resources(request, ctx).await
     }
 
     async fn list_resource_templates(
         &self,
         request: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let missing = method_not_found::<ListResourceTemplatesRequestMethod>();
-        self.forward(missing, |peer| async move {
-            peer.list_resource_templates(request).await
-        })
-        .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<ListResourceTemplatesRequestMethod>)?;
+        behind.list_resource_templates(request, ctx).await
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let missing = method_not_found::<ReadResourceRequestMethod>();
-        self.forward(missing, |peer| async move {
-            peer.read_resource_once(request).await
-        })
-        .await
+        let behind = self
+            .behind()
+            .ok_or_else(method_not_found::<ReadResourceRequestMethod>)?;
+        behind.read_resource(request, ctx).await
     }
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.listed()))
+        // Boxed: a wrapped handler's list is awaited, and rmcp's request future is as
+        // big as its biggest handler's.
+        Box::pin(self.listed(request, ctx)).await
     }
 
     /// rmcp asks for one tool on every `tools/call` over HTTP (to check `Mcp-Param-*`
@@ -1107,20 +1163,23 @@ impl ServerHandler for SmartServer {
         if OWN_TOOL_NAMES.contains(&name) {
             return self.own_tools.iter().find(|t| t.name == name).cloned();
         }
-        self.backend_tools()
-            .iter()
-            .find(|t| t.name == name)
-            .cloned()
+        match &self.backend {
+            Backend::Local { listed, .. } => listed.iter().find(|t| t.name == name).cloned(),
+            Backend::Upstream(upstream) => {
+                upstream.tools().iter().find(|t| t.name == name).cloned()
+            }
+            Backend::Wrapped(handler) => handler.get_tool(name).map(with_async_mode_listed),
+        }
     }
 
     /// Not an `async fn`, for the reason `call_configured` gives.
     fn call_tool(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + Send + '_ {
-        let name = request.name;
-        let args = Value::Object(request.arguments.unwrap_or_default());
+        let name = std::mem::take(&mut request.name);
+        let args = Value::Object(request.arguments.take().unwrap_or_default());
         async move {
             let answer = match name.as_ref() {
                 JOB_STATUS => Box::pin(self.job_status(&args, &ctx)).await,
@@ -1142,7 +1201,13 @@ impl ServerHandler for SmartServer {
                         let work = upstream.call(name, &args);
                         return self.call_configured(name.into(), args, work, &ctx).await;
                     }
-                    Backend::Upstream(_) => return Err(unknown_tool(name)),
+                    Backend::Wrapped(handler) if Box::pin(self.offers(name, &ctx)).await => {
+                        request.name = name.to_owned().into();
+                        request.arguments = args.as_object().cloned();
+                        let work = wrapped::call(handler.clone(), request, ctx.clone());
+                        return self.call_configured(name.into(), args, work, &ctx).await;
+                    }
+                    Backend::Upstream(_) | Backend::Wrapped(_) => return Err(unknown_tool(name)),
                 },
             };
             Ok(answer.unwrap_or_else(error_result).into())
@@ -1193,7 +1258,10 @@ mod tests {
         let engine = Engine::open(EngineConfig::new(dir.path())).await.unwrap();
         let roots = Arc::new(Roots::new(&[dir.path().to_path_buf()]).unwrap());
         let server = SmartServer::new(engine.clone(), vec![Arc::new(HashFiles::new(roots))]);
-        let listed = server.listed();
+        let Backend::Local { listed, .. } = &server.backend else {
+            unreachable!("SmartServer::new serves its own tools")
+        };
+        let listed = server.with_own_tools(listed.to_vec(), true);
         assert_eq!(listed.len(), 1 + OWN_TOOL_NAMES.len());
         for tool in listed {
             assert_eq!(server.get_tool(&tool.name).as_ref(), Some(&tool));

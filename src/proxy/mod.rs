@@ -65,7 +65,7 @@ const STDERR_LINES: usize = 20;
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// How an upstream JSON-RPC error reads in a job's error, so it can be told apart
 /// from a tool's own error and given back with its code.
-const RPC_ERROR_PREFIX: &str = "the upstream server answered with JSON-RPC error ";
+const RPC_ERROR_PREFIX: &str = "the tool's server answered with JSON-RPC error ";
 
 /// The upstream server's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,7 +418,7 @@ impl WorkOutput for Proxied {
 
 /// The upstream's answer as the engine carries it; an `isError` result is the call's
 /// error (counted as failed, not taught), with the result's text.
-fn carried(result: CallToolResult) -> Result<Proxied, String> {
+pub(crate) fn carried(result: CallToolResult) -> Result<Proxied, String> {
     if result.is_error == Some(true) {
         let text: Vec<String> = result
             .content
@@ -487,7 +487,8 @@ impl MarkComplete for ReadResourceResponse {
 /// The key under which a proxied result travels through the engine and the job store.
 pub const UPSTREAM_RESULT: &str = "upstream_result";
 
-fn rpc_error_message(error: &ErrorData) -> String {
+/// A JSON-RPC error as a call's error message, read back by [`upstream_rpc_error`].
+pub(crate) fn rpc_error_message(error: &ErrorData) -> String {
     format!("{RPC_ERROR_PREFIX}{}: {}", error.code.0, error.message)
 }
 
@@ -500,7 +501,7 @@ pub fn upstream_error(error: ServiceError) -> ErrorData {
 }
 
 /// The upstream JSON-RPC error a call's error message carries, if it is one: the
-/// proxy writes such errors as "the upstream server answered with JSON-RPC error CODE:
+/// proxy writes such errors as "the tool's server answered with JSON-RPC error CODE:
 /// MESSAGE", so a job's error can give back the code.
 pub fn upstream_rpc_error(message: &str) -> Option<ErrorData> {
     let rest = message.strip_prefix(RPC_ERROR_PREFIX)?;
