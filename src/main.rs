@@ -636,6 +636,15 @@ fn replay(trace: &std::path::Path, config: ReplayConfig) -> anyhow::Result<Repla
     progress.finish_and_clear();
     let calls = replay.report().calls;
     let elapsed_s = started.elapsed().as_secs_f64();
+    if calls == 0 && skipped > 0 {
+        anyhow::bail!(
+            "no line of the trace {} is a call ({skipped} skipped): a trace has one JSON object \
+             a line, {{\"tool\": NAME, \"args\": {{…}}, \"runtime_s\": SECONDS, \"ok\": true}}; \
+             `smart-async export` writes one from what a server has learned, \
+             examples/make_traces.rs synthetic ones",
+            trace.display()
+        );
+    }
     if skipped > 0 {
         eprintln!("{}: {skipped} bad lines skipped", trace.display());
     }

@@ -170,6 +170,25 @@ fn replay_json_has_exactly_the_documented_shape_on_every_shipped_trace() {
     }
 }
 
+/// Issue 15: a trace in another format (the archive's SWF) replayed "0 calls" and
+/// printed an empty table; it is an error that says what a trace is.
+#[test]
+fn a_trace_of_which_no_line_is_a_call_is_an_error_that_says_what_a_trace_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("jobs.swf");
+    std::fs::write(
+        &trace,
+        "; Version: 2.2\n1 0 10 1475 32 -1 -1 32 -1 -1 1 1 1 1 1 -1 -1 -1\n",
+    )
+    .unwrap();
+    let out = smart_async(&["replay", trace.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is a call (2 skipped)"), "{stderr}");
+    assert!(stderr.contains("one JSON object a line"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn replay_reports_bad_lines_by_number_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();

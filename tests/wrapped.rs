@@ -46,6 +46,7 @@ impl ServerHandler for Mine {
             tool("picture"),
             tool("context"),
             tool("wait_for_cancel"),
+            tool("explode"),
         ]))
     }
 
@@ -87,6 +88,7 @@ impl ServerHandler for Mine {
                 self.cancelled.store(true, Ordering::SeqCst);
                 CallToolResult::success(vec![ContentBlock::text("stopped")])
             }
+            "explode" => panic!("the handler's tool panicked"),
             other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         }
         .into())
@@ -161,6 +163,7 @@ async fn the_handlers_tools_list_with_async_mode_beside_the_job_tools_and_its_pr
             "picture",
             "context",
             "wait_for_cancel",
+            "explode",
             "job_status",
             "list_jobs",
             "cancel_job",
@@ -250,5 +253,17 @@ async fn an_unknown_tool_is_invalid_params_and_teaches_nothing() {
         "{error}"
     );
     assert!(served.engine.report(Some("no_such_tool")).tools.is_empty());
+    served.engine.close().await.unwrap();
+}
+
+/// A handler's tool that panics is a failed call the model can read, and the server
+/// goes on serving.
+#[tokio::test]
+async fn a_tool_that_panics_fails_its_call_and_nothing_else() {
+    let served = serve().await;
+    let answer = call(&served.client, "explode", json!({})).await;
+    assert!(common::is_error(&answer), "{answer:?}");
+    assert!(text(&answer).contains("panicked"), "{}", text(&answer));
+    assert_eq!(served.client.list_all_tools().await.unwrap().len(), 8);
     served.engine.close().await.unwrap();
 }
