@@ -92,7 +92,7 @@ impl ServerHandler for Plain {
             .map_err(|e| ErrorData::invalid_params(e, None))?;
         let output = work(JobContext::new(Default::default()))
             .await
-            .map_err(|e| ErrorData::internal_error(e, None))?;
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let mut result = CallToolResult::success(vec![ContentBlock::text(output.text)]);
         result.structured_content = Some(output.structured);
         Ok(result.into())

@@ -5,18 +5,21 @@
 //! completions and logging are the handler's own. `scripts/conformance.sh` runs it.
 //!
 //! Run: `cargo run --example conformance_fixture -- 127.0.0.1:3000 DATA_DIR`, then
-//! point the suite at `http://127.0.0.1:3000/mcp`.
+//! point the suite at `http://127.0.0.1:3000/mcp`; with `--stdio` for the address it
+//! serves stdio, as an upstream behind `smart-async proxy`.
 //!
 //! Its engine promotes a call to a job after 0.8 s: one that runs longer (the suite's
 //! `slow_compute` of a second or more) answers with a task, as the tasks scenarios
 //! want; `slow_compute` of 0 seconds answers inline.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 // Logging is deprecated in MCP (SEP-2577), and still tested by the suite.
 use rmcp::model::ErrorCode;
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult, InputRequests,
@@ -27,7 +30,7 @@ use rmcp::model::{
 };
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam, SetLevelRequestParams};
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext, SubscriptionSink};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -175,6 +178,16 @@ const TOOLS: &[(&str, &str, &[&str])] = &[
         "Echoes a region also sent as a header (SEP-2243).",
         &[],
     ),
+    (
+        "test_trigger_tool_change",
+        "Adds or removes test_dynamic_tool (SEP-2575).",
+        &[],
+    ),
+    (
+        "test_error_with_details",
+        "After `seconds`, fails with an error result of text, an image and structured content.",
+        &["seconds"],
+    ),
 ];
 
 /// What a prompt of the fixture takes: name, description, arguments (all required).
@@ -202,7 +215,14 @@ const PROMPTS: &[(&str, &str, &[&str])] = &[
 #[derive(Default)]
 struct Fixture {
     subscriptions: Mutex<BTreeSet<String>>,
+    /// Open `subscriptions/listen` streams, told when the tool list changes.
+    listeners: Mutex<Vec<SubscriptionSink>>,
+    /// Whether `test_trigger_tool_change` has added `test_dynamic_tool` (it toggles).
+    dynamic_tool: AtomicBool,
 }
+
+/// The tool `test_trigger_tool_change` adds and removes.
+const DYNAMIC_TOOL: (&str, &str, &[&str]) = ("test_dynamic_tool", "Comes and goes.", &[]);
 
 /// Reads the wire shape of `T` from JSON written in this file.
 fn wire<T: DeserializeOwned>(value: Value) -> Result<T, ErrorData> {
@@ -653,6 +673,39 @@ impl Fixture {
                 text("logged only if asked")
             }
             "json_schema_2020_12_tool" => text("ok"),
+            // Not the suite's: for the proxy's tests, an error result that is more than text.
+            "test_error_with_details" => {
+                let seconds = argument(&request, "seconds")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+                    .clamp(0.0, 60.0);
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                wire(json!({
+                    "isError": true,
+                    "content": [
+                        { "type": "text", "text": "over quota" },
+                        { "type": "image", "data": PNG, "mimeType": "image/png" },
+                    ],
+                    "structuredContent": { "reason": "quota", "retry_after_s": 60 },
+                }))?
+            }
+            "test_trigger_tool_change" | "test_dynamic_tool" => {
+                let added = !self.dynamic_tool.fetch_xor(true, Ordering::SeqCst);
+                // Streams that can no longer be told are dropped.
+                let listeners = std::mem::take(&mut *smart_async_lock(&self.listeners));
+                let mut open = Vec::with_capacity(listeners.len());
+                for listener in listeners {
+                    if listener.notify_tool_list_changed().await.is_ok() {
+                        open.push(listener);
+                    }
+                }
+                smart_async_lock(&self.listeners).extend(open);
+                text(if added {
+                    "test_dynamic_tool added"
+                } else {
+                    "test_dynamic_tool removed"
+                })
+            }
             "test_custom_header" => text(format!(
                 "region: {}",
                 argument(&request, "region")
@@ -815,8 +868,13 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let dynamic = self
+            .dynamic_tool
+            .load(Ordering::SeqCst)
+            .then_some(&DYNAMIC_TOOL);
         let tools = TOOLS
             .iter()
+            .chain(dynamic)
             .map(|(name, description, required)| tool(name, description, required));
         Ok(ListToolsResult::with_all_items(
             tools.collect::<Result<_, _>>()?,
@@ -824,8 +882,30 @@ impl ServerHandler for Fixture {
     }
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
-        let (name, description, required) = TOOLS.iter().find(|(tool, ..)| *tool == name)?;
+        let dynamic = self
+            .dynamic_tool
+            .load(Ordering::SeqCst)
+            .then_some(&DYNAMIC_TOOL);
+        let (name, description, required) = TOOLS
+            .iter()
+            .chain(dynamic)
+            .find(|(tool, ..)| *tool == name)?;
         tool(name, description, required).ok()
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed;
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        smart_async_lock(&self.listeners).push(context.sink().clone());
+        context.cancelled().await;
+        Ok(())
     }
 
     async fn call_tool(
@@ -955,19 +1035,29 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(addr), Some(data_dir)) = (args.next(), args.next()) else {
         anyhow::bail!(
-            "usage: conformance_fixture ADDR DATA_DIR (e.g. 127.0.0.1:3000 /tmp/fixture)"
+            "usage: conformance_fixture ADDR|--stdio DATA_DIR (e.g. 127.0.0.1:3000 /tmp/fixture)"
         );
     };
     let mut config = EngineConfig::new(data_dir);
-    // Calls are promoted to jobs (tasks) after 0.8 s, where a server for real clients
-    // waits most of their budget: the suite's `slow_compute` of a second becomes a
-    // task, as the tasks scenarios want, and all else answers inline.
-    config.deadline_s = Some(0.8);
+    // Over HTTP, calls are promoted to jobs (tasks) after 0.8 s, where a server for
+    // real clients waits most of their budget: the suite's `slow_compute` of a second
+    // becomes a task, as the tasks scenarios want, and all else answers inline. On
+    // stdio, behind a proxy, the proxy decides.
+    if addr != "--stdio" {
+        config.deadline_s = Some(0.8);
+    }
     // No tool here is expensive: the built-in table takes a name containing "embed"
     // for embeddings work, and would send `test_embedded_resource` to the background
     // until its runtime is learned.
     config.static_table = StaticTable::from_toml("")?;
     let engine = Engine::open(config).await?;
+    let server = SmartServer::wrap(engine.clone(), Fixture::default());
+    if addr == "--stdio" {
+        // As an upstream behind `smart-async proxy` (tests/proxy_e2e.rs).
+        server.serve_stdio().await?;
+        engine.close().await?;
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let limits = HttpLimits::loopback(listener.local_addr()?.ip());
     let shutdown = CancellationToken::new();
@@ -977,7 +1067,6 @@ async fn main() -> anyhow::Result<()> {
             stop.cancel();
         }
     });
-    let server = SmartServer::wrap(engine.clone(), Fixture::default());
     server.serve_http(listener, shutdown, limits).await?;
     engine.close().await?;
     Ok(())

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use smart_async::mcp::SmartServer;
 use smart_async::tools::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
-use smart_async::{Engine, EngineConfig, JobContext};
+use smart_async::{Engine, EngineConfig, JobContext, RunError};
 
 /// Renders a report: 0.2 s per page, so a 500-page report would time a client out.
 struct RenderReport;
@@ -42,7 +42,7 @@ impl Tool for RenderReport {
                 for _ in 0..args.pages {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        _ = ctx.cancelled() => return Err("cancelled".to_owned()),
+                        _ = ctx.cancelled() => return Err(RunError::Cancelled),
                     }
                 }
                 Ok(ToolOutput {

@@ -6,16 +6,16 @@
 use std::time::Duration;
 
 use serde_json::json;
-use smart_async::{CallOutcome, Engine, EngineConfig, JobState, ToolCall};
+use smart_async::{CallOutcome, Engine, EngineConfig, JobState, RunError, ToolCall};
 
 /// The tool: 50 ms per image, and it stops early when cancelled.
 async fn resize_images(
     count: u64,
     ctx: smart_async::JobContext,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, RunError> {
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50 * count)) => Ok(json!({ "resized": count })),
-        _ = ctx.cancelled() => Err("cancelled".to_owned()),
+        _ = ctx.cancelled() => Err(RunError::Cancelled),
     }
 }
 

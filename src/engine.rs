@@ -32,6 +32,7 @@ use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
 use crate::predictor::RuntimeModel;
+use crate::run_error::RunError;
 use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
 use crate::store::{PendingWrite, Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
@@ -206,8 +207,8 @@ impl WorkOutput for Value {
 pub enum CallOutcome<T = Value> {
     /// It ran inline and finished within the deadline.
     Done {
-        /// The work's result or its error message.
-        result: Result<T, String>,
+        /// The work's result or why it failed.
+        result: Result<T, RunError>,
         /// Why it ran inline.
         decision: Decision,
         /// How long it took.
@@ -499,7 +500,7 @@ impl Engine {
     ) -> impl Future<Output = Result<CallOutcome<T>, EngineError>> + Send + '_
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, String>> + Send + 'static,
+        Fut: Future<Output = Result<T, RunError>> + Send + 'static,
         T: WorkOutput,
     {
         let work: BoxedWork<T> = Box::new(move |ctx| Box::pin(work(ctx)));
@@ -877,13 +878,18 @@ impl Engine {
         features: Features,
         decision: Decision,
         started: Instant,
-        ended: std::thread::Result<Result<T, String>>,
+        ended: std::thread::Result<Result<T, RunError>>,
     ) -> CallOutcome<T> {
         let runtime_s = started.elapsed().as_secs_f64();
         let (result, outcome) = match ended {
             Ok(Ok(value)) => (Ok(value), Outcome::Completed),
             Ok(Err(error)) => (Err(error), Outcome::Failed),
-            Err(panic) => (Err(panic_error(&panic_message(&*panic))), Outcome::Failed),
+            Err(panic) => (
+                Err(RunError::Panicked {
+                    message: panic_message(&*panic),
+                }),
+                Outcome::Failed,
+            ),
         };
         self.record(&call.tool, features, runtime_s, outcome, &decision);
         if let Some(client) = &call.client {
@@ -983,7 +989,7 @@ impl Engine {
             RunEnd::Returned(Err(error)) => (JobState::Failed { error }, Outcome::Failed),
             RunEnd::Panicked(message) => (
                 JobState::Failed {
-                    error: panic_error(&message),
+                    error: RunError::Panicked { message },
                 },
                 Outcome::Failed,
             ),
@@ -1161,13 +1167,13 @@ impl Learned {
 }
 
 /// A call's running work.
-type WorkFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send>>;
+type WorkFuture<T> = Pin<Box<dyn Future<Output = Result<T, RunError>> + Send>>;
 
 /// A call's work, boxed once at the door so the paths inside are not generic in it.
 pub(crate) type BoxedWork<T> = Box<dyn FnOnce(JobContext) -> WorkFuture<T> + Send>;
 
 /// Work run as a job: its output is kept as JSON.
-async fn job_work<T: WorkOutput>(work: WorkFuture<T>) -> Result<Value, String> {
+async fn job_work<T: WorkOutput>(work: WorkFuture<T>) -> Result<Value, RunError> {
     work.await.map(WorkOutput::into_json)
 }
 
@@ -1285,10 +1291,6 @@ fn stats_rows<'a>(
         .chain(pooled)
         .map(|(name, record)| record.stats(name, risk))
         .collect()
-}
-
-fn panic_error(message: &str) -> String {
-    format!("the tool panicked: {message}")
 }
 
 /// Writes changed models every [`PERSIST_INTERVAL`], and prunes jobs and samples

@@ -35,6 +35,7 @@ pub mod predictor;
 pub mod proxy;
 mod reap;
 pub mod replay;
+mod run_error;
 pub mod stats;
 pub mod store;
 pub mod tools;
@@ -47,13 +48,13 @@ pub use engine::{
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
 pub use jobs::{
     Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, Progress, ProgressCell,
-    INTERRUPTED,
 };
 pub use policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable, StaticTableError,
     DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
 pub use predictor::{Calibration, FeatureEffect, Prediction, RuntimeModel};
+pub use run_error::RunError;
 pub use stats::{Counters, Outcome, StatsReport, ToolRecord, ToolStats};
 pub use store::{Sample, Store, StoreError};
 

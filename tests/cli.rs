@@ -281,7 +281,7 @@ async fn stats_only_reads() {
         let engine = Engine::open(EngineConfig::new(data.path())).await.unwrap();
         let outcome = engine
             .call(ToolCall::new("slow", json!({"async_mode": true})), |_| {
-                std::future::pending::<Result<serde_json::Value, String>>()
+                std::future::pending::<Result<serde_json::Value, smart_async::RunError>>()
             })
             .await
             .unwrap();

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use smart_async::{
     BudgetSource, CallOutcome, Engine, EngineConfig, EngineError, Features, InlineProgress, Job,
-    JobError, JobFilter, JobSettings, JobState, JobStatus, Mode, Progress, RuntimeModel, Source,
-    ToolCall, ToolOptions, DEFAULT_RISK,
+    JobError, JobFilter, JobSettings, JobState, JobStatus, Mode, Progress, RunError, RuntimeModel,
+    Source, ToolCall, ToolOptions, DEFAULT_RISK,
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ fn sleeper(
     seconds: f64,
 ) -> impl FnOnce(
     smart_async::JobContext,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, RunError>> + Send>> {
     move |_ctx| {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -47,7 +47,7 @@ fn expect_job(outcome: CallOutcome) -> Job {
     }
 }
 
-fn expect_done(outcome: CallOutcome) -> (Result<Value, String>, f64) {
+fn expect_done(outcome: CallOutcome) -> (Result<Value, RunError>, f64) {
     match outcome {
         CallOutcome::Done {
             result, runtime_s, ..
@@ -279,7 +279,7 @@ async fn cancelling_a_running_job_stops_its_work_and_teaches_nothing() {
                 move |ctx| async move {
                     ctx.cancelled().await;
                     flag.store(true, Ordering::SeqCst);
-                    Err("stopped".to_owned())
+                    Err(RunError::Cancelled)
                 },
             )
             .await
@@ -423,12 +423,12 @@ async fn failures_and_panics_are_reported_counted_and_not_taught() {
     let (result, _) = expect_done(
         engine
             .call(ToolCall::new("flaky", json!({})), |_| async {
-                Err("disk full".to_owned())
+                Err("disk full".into())
             })
             .await
             .unwrap(),
     );
-    assert_eq!(result, Err("disk full".to_owned()));
+    assert_eq!(result, Err(RunError::tool("disk full")));
     let job = expect_job(
         engine
             .call(
@@ -445,7 +445,9 @@ async fn failures_and_panics_are_reported_counted_and_not_taught() {
     assert_eq!(
         done.state,
         JobState::Failed {
-            error: "the tool panicked: bad index".into()
+            error: RunError::Panicked {
+                message: "bad index".into()
+            }
         }
     );
     let stats = &engine.stats(Some("flaky"))[0];

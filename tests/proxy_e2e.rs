@@ -358,3 +358,65 @@ fn a_wrong_upstream_command_fails_fast_with_the_reason() {
         "{err}"
     );
 }
+
+/// The conformance fixture (`examples/conformance_fixture.rs`, which `cargo test`
+/// builds with the tests), built here when a single test binary runs alone.
+fn fixture_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().expect("the test binary's path");
+    let profile = deps
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/PROFILE/deps");
+    let fixture = profile.join("examples").join("conformance_fixture");
+    if !fixture.exists() {
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "conformance_fixture"])
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "cargo build --example conformance_fixture");
+    }
+    fixture
+}
+
+/// Issue 16: an upstream's `isError` result was reduced to its text (in a job, even
+/// that only as the error message): its image and structured content were lost.
+#[tokio::test]
+async fn an_upstream_error_result_reaches_the_client_whole_inline_and_in_job_status() {
+    let setup = Setup::new();
+    let upstream_data = tempfile::tempdir().unwrap();
+    let fixture = fixture_binary();
+    let args = [
+        "--data-dir",
+        path_str(setup.data.path()),
+        "--deadline-s",
+        "0.5",
+        "--",
+        fixture.to_str().unwrap(),
+        "--stdio",
+        path_str(upstream_data.path()),
+    ];
+    let client = connect_proxy((), &args).await;
+    let inline = call(&client, "test_error_with_details", json!({ "seconds": 0 })).await;
+    assert!(is_error(&inline), "{inline:?}");
+    assert_eq!(inline.content.len(), 2, "{inline:?}");
+    assert_eq!(structured(&inline)["reason"], "quota");
+
+    let answer = call(
+        &client,
+        "test_error_with_details",
+        json!({ "seconds": 1.5 }),
+    )
+    .await;
+    let job_id = structured(&answer)["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a job: {answer:?}"))
+        .to_owned();
+    let status = call(
+        &client,
+        "job_status",
+        json!({ "job_id": job_id, "wait_s": 20 }),
+    )
+    .await;
+    assert_the_whole_error_result(structured(&status));
+    client.cancel().await.unwrap();
+}

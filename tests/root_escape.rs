@@ -101,6 +101,7 @@ async fn run(tool: &dyn Tool, args: Value) -> Result<Value, String> {
         .await
         .expect("the call ends (a thread is stuck in an open)");
     done.map(|output| json!({"text": output.text, "structured": output.structured}))
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,7 @@ async fn break_6_sigterm_stops_the_stdio_server_while_the_client_keeps_stdin_ope
     assert_eq!(
         job.state,
         smart_async::JobState::Failed {
-            error: smart_async::INTERRUPTED.to_owned()
+            error: smart_async::RunError::Interrupted
         }
     );
     assert!(

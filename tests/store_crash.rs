@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use smart_async::{
-    CallOutcome, Engine, EngineConfig, EngineError, JobFilter, JobState, JobStatus, Store,
-    StoreError, ToolCall, INTERRUPTED,
+    CallOutcome, Engine, EngineConfig, EngineError, JobFilter, JobState, JobStatus, RunError,
+    Store, StoreError, ToolCall,
 };
 
 async fn open(dir: &std::path::Path) -> Engine {
@@ -96,7 +96,7 @@ async fn jobs_running_at_close_come_back_failed_interrupted_by_restart() {
     assert_eq!(
         job.state,
         JobState::Failed {
-            error: INTERRUPTED.to_owned()
+            error: RunError::Interrupted
         }
     );
     assert!(job.finished_at_ms.is_some());

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, GetPromptResult, ListPromptsResult, ListToolsResult, PaginatedRequestParams,
-    ProgressToken, Prompt, PromptMessage, Role, ServerCapabilities, ServerConfig, Tool as McpTool,
+    GetPromptResponse, GetPromptResult, GetTaskParams, ListPromptsResult, ListToolsResult,
+    PaginatedRequestParams, ProgressToken, Prompt, PromptMessage, Role, ServerCapabilities,
+    ServerConfig, TaskPayload, Tool as McpTool,
 };
-use rmcp::service::{RequestContext, RoleClient, RunningService};
+use rmcp::service::{ClientServiceExt, RequestContext, RoleClient, RunningService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::json;
 use smart_async::mcp::SmartServer;
@@ -47,6 +48,8 @@ impl ServerHandler for Mine {
             tool("context"),
             tool("wait_for_cancel"),
             tool("explode"),
+            tool("refuse"),
+            tool("deny"),
         ]))
     }
 
@@ -89,6 +92,31 @@ impl ServerHandler for Mine {
                 CallToolResult::success(vec![ContentBlock::text("stopped")])
             }
             "explode" => panic!("the handler's tool panicked"),
+            // Fail on their own terms (an error result with more than text) or with a
+            // JSON-RPC error with data; past the deadline when asked to be slow.
+            "refuse" | "deny" => {
+                if request
+                    .arguments
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key("slow"))
+                {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                }
+                if request.name == "deny" {
+                    return Err(ErrorData::new(
+                        rmcp::model::ErrorCode(-32021),
+                        "deny needs the client's sampling",
+                        Some(json!({ "requiredCapabilities": { "sampling": {} } })),
+                    ));
+                }
+                let mut refused = CallToolResult::error(vec![
+                    ContentBlock::text("over quota"),
+                    ContentBlock::image("iVBORw0KGgo=", "image/png"),
+                ]);
+                refused.structured_content =
+                    Some(json!({ "reason": "quota", "retry_after_s": 60 }));
+                refused
+            }
             other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         }
         .into())
@@ -127,6 +155,15 @@ struct Served {
 
 /// `Mine` wrapped by smart-async with a 0.3 s deadline, and a client of it.
 async fn serve() -> Served {
+    serve_for(client_info("wrapped-test", false)).await
+}
+
+/// The same, for a 2026-07-28 client that declares the tasks extension.
+async fn serve_tasks_client() -> Served {
+    serve_for(client_info("wrapped-tasks-test", true)).await
+}
+
+async fn serve_for(info: rmcp::model::ClientConfig) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(dir.path());
     config.deadline_s = Some(0.3);
@@ -140,8 +177,11 @@ async fn serve() -> Served {
             let _ = running.waiting().await;
         }
     });
-    let client = client_info("wrapped-test", false)
-        .serve(client_io)
+    let lifecycle = rmcp::service::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    let client = info
+        .serve_with_lifecycle(client_io, lifecycle)
         .await
         .unwrap();
     Served {
@@ -164,6 +204,8 @@ async fn the_handlers_tools_list_with_async_mode_beside_the_job_tools_and_its_pr
             "context",
             "wait_for_cancel",
             "explode",
+            "refuse",
+            "deny",
             "job_status",
             "list_jobs",
             "cancel_job",
@@ -264,6 +306,93 @@ async fn a_tool_that_panics_fails_its_call_and_nothing_else() {
     let answer = call(&served.client, "explode", json!({})).await;
     assert!(common::is_error(&answer), "{answer:?}");
     assert!(text(&answer).contains("panicked"), "{}", text(&answer));
-    assert_eq!(served.client.list_all_tools().await.unwrap().len(), 8);
+    assert_eq!(served.client.list_all_tools().await.unwrap().len(), 10);
     served.engine.close().await.unwrap();
+}
+
+/// Issue 16: an error result was reduced to its text on the way through a job (and
+/// through the proxy): its other blocks and structured content were lost.
+#[tokio::test]
+async fn an_error_result_reaches_the_client_whole_inline_in_job_status_and_in_tasks_get() {
+    let served = serve().await;
+    let inline = call(&served.client, "refuse", json!({})).await;
+    assert!(common::is_error(&inline));
+    assert_eq!(inline.content.len(), 2, "{inline:?}");
+    assert_eq!(structured(&inline)["reason"], "quota");
+
+    let answer = call(&served.client, "refuse", json!({ "slow": true })).await;
+    let job_id = structured(&answer)["job_id"].as_str().unwrap().to_owned();
+    let status = call(
+        &served.client,
+        "job_status",
+        json!({ "job_id": job_id, "wait_s": 10 }),
+    )
+    .await;
+    common::assert_the_whole_error_result(structured(&status));
+    served.engine.close().await.unwrap();
+
+    let served = serve_tasks_client().await;
+    let payload = slow_task(&served, "refuse").await;
+    let TaskPayload::Completed { result } = payload else {
+        panic!("a tool's own error is a completed task with an isError result: {payload:?}")
+    };
+    assert_eq!(result["isError"], true);
+    assert_eq!(result["content"][1]["type"], "image");
+    assert_eq!(result["structuredContent"]["reason"], "quota");
+    served.engine.close().await.unwrap();
+}
+
+/// Issue 16: a JSON-RPC error of the tool's server travelled through the engine as
+/// text, and came back without its data (the conformance suite's -32021 check).
+#[tokio::test]
+async fn a_protocol_error_keeps_its_code_and_data_inline_and_in_a_failed_task() {
+    let served = serve_tasks_client().await;
+    let error = served
+        .client
+        .call_tool_once(CallToolRequestParams::new("deny"))
+        .await
+        .unwrap_err();
+    let rmcp::ServiceError::McpError(error) = error else {
+        panic!("expected a JSON-RPC error: {error}")
+    };
+    assert_eq!(error.code.0, -32021);
+    assert_eq!(
+        error.data,
+        Some(json!({ "requiredCapabilities": { "sampling": {} } }))
+    );
+
+    let payload = slow_task(&served, "deny").await;
+    let TaskPayload::Failed { error } = payload else {
+        panic!("a protocol error is a failed task: {payload:?}")
+    };
+    assert_eq!(error["code"], -32021);
+    assert_eq!(error["data"]["requiredCapabilities"]["sampling"], json!({}));
+    served.engine.close().await.unwrap();
+}
+
+/// Calls `tool` slowly enough to become a task, and waits for the task's end.
+async fn slow_task(served: &Served, tool: &'static str) -> TaskPayload {
+    let params = CallToolRequestParams::new(tool)
+        .with_arguments(json!({ "slow": true }).as_object().cloned().unwrap());
+    let CallToolResponse::Task(created) = served.client.call_tool_once(params).await.unwrap()
+    else {
+        panic!("expected a task for {tool}")
+    };
+    finished_task(served, &created.task.task_id).await
+}
+
+/// Polls `tasks/get` until the task has ended; its payload.
+async fn finished_task(served: &Served, task_id: &str) -> TaskPayload {
+    for _ in 0..100 {
+        let got = served
+            .client
+            .get_task(GetTaskParams::new(task_id.to_owned()))
+            .await
+            .unwrap();
+        if got.task.task.status.is_terminal() {
+            return got.task.payload;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("task {task_id} did not end in 10 s")
 }

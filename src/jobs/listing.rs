@@ -161,7 +161,7 @@ mod tests {
                 result: Value::Null,
             },
             3 => JobState::Failed {
-                error: "e".to_owned(),
+                error: crate::run_error::RunError::tool("e"),
             },
             _ => JobState::Cancelled,
         }

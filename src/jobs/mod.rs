@@ -22,14 +22,12 @@ use uuid::Uuid;
 
 use crate::lock;
 use crate::policy::Decision;
+use crate::run_error::RunError;
 use crate::store::{Store, StoreError};
 
 mod listing;
 
 use listing::{Listed, Listing};
-
-/// The error of a job cut off by a restart.
-pub const INTERRUPTED: &str = "interrupted by restart";
 
 /// A job's status, without its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,8 +102,10 @@ pub enum JobState {
     },
     /// Finished with this error.
     Failed {
-        /// Why.
-        error: String,
+        /// Why. A database of the release before kept a message: it reads back as the
+        /// kind it named.
+        #[serde(deserialize_with = "crate::run_error::stored")]
+        error: RunError,
     },
     /// Stopped on request.
     Cancelled,
@@ -379,12 +379,12 @@ impl Default for JobSettings {
 }
 
 /// The work of a run, spawned once.
-pub(crate) type WorkHandle = JoinHandle<Result<Value, String>>;
+pub(crate) type WorkHandle = JoinHandle<Result<Value, RunError>>;
 
 /// How a run ended, as seen by its supervisor.
 #[derive(Debug)]
 pub(crate) enum RunEnd {
-    Returned(Result<Value, String>),
+    Returned(Result<Value, RunError>),
     Panicked(String),
     Cancelled,
 }
@@ -465,7 +465,7 @@ impl Jobs {
         for mut job in store.jobs()? {
             if !job.status().is_terminal() {
                 job.state = JobState::Failed {
-                    error: INTERRUPTED.to_owned(),
+                    error: RunError::Interrupted,
                 };
                 job.finished_at_ms = Some(now);
                 interrupted.push(job.clone());
@@ -881,7 +881,7 @@ mod tests {
             let seen = cancel.clone();
             let mut work: WorkHandle = tokio::spawn(async move {
                 seen.cancelled().await;
-                Err("stopped".to_owned())
+                Err(RunError::Cancelled)
             });
             let canceller = cancel.clone();
             tokio::spawn(async move { canceller.cancel() });
@@ -892,6 +892,34 @@ mod tests {
             let end = run_to_end(&mut work, &cancel, Duration::from_secs(1)).await;
             assert!(matches!(end, RunEnd::Cancelled), "{end:?}");
         }
+    }
+
+    /// Issue 16: a failed job kept its error as a message; a database written then
+    /// reads back each message as the kind it named.
+    #[test]
+    fn a_failed_job_stored_with_a_message_reads_back_typed() {
+        let read = |error: &str| -> JobState {
+            serde_json::from_value(serde_json::json!({ "status": "failed", "error": error }))
+                .unwrap()
+        };
+        assert_eq!(
+            read("interrupted by restart"),
+            JobState::Failed {
+                error: RunError::Interrupted
+            }
+        );
+        assert_eq!(
+            read("exit code 2"),
+            JobState::Failed {
+                error: RunError::tool("exit code 2")
+            }
+        );
+        let typed = JobState::Failed {
+            error: RunError::TimedOut { after_s: 3.0 },
+        };
+        let json = serde_json::to_value(&typed).unwrap();
+        assert_eq!(json["error"]["kind"], "timed_out");
+        assert_eq!(serde_json::from_value::<JobState>(json).unwrap(), typed);
     }
 
     #[tokio::test]

@@ -46,11 +46,12 @@ use crate::engine::{
     ToolCall, WorkOutput,
 };
 use crate::http::{HttpLimits, SessionCount};
-use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus, INTERRUPTED};
+use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus};
 use crate::jsonrpc::excerpt;
 use crate::lock;
 use crate::policy::{Seconds, Source};
-use crate::proxy::{upstream_rpc_error, MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
+use crate::proxy::{MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
+use crate::run_error::RunError;
 use crate::tools::{output_schema_of, parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 mod behind;
@@ -489,12 +490,11 @@ impl SmartServer {
                 result: Ok(answer), ..
             }) => answer.into_response(),
             Ok(CallOutcome::Done {
-                result: Err(message),
-                ..
-            }) => match upstream_rpc_error(&message) {
-                // The upstream's protocol error goes back as one, with its code.
+                result: Err(error), ..
+            }) => match protocol_error(&error) {
+                // The tool's server's protocol error goes back as one, code and data.
                 Some(error) => return Err(error),
-                None => error_result(message).into(),
+                None => failed_result(error).into(),
             },
             Ok(CallOutcome::Job { job }) if client_has_tasks(ctx) => {
                 CallToolResponse::Task(CreateTaskResult::new(self.task_of(&job)))
@@ -552,7 +552,7 @@ impl SmartServer {
                     error: result_object(failure),
                 },
                 None => TaskPayload::Completed {
-                    result: result_object(error_result(error.clone())),
+                    result: result_object(failed_result(error.clone())),
                 },
             },
             JobState::Cancelled => TaskPayload::Cancelled,
@@ -785,12 +785,43 @@ fn client_has_tasks(ctx: &RequestContext<RoleServer>) -> bool {
 /// server's (a restart cut it off) rather than the tool's.
 fn task_failure(job: &Job) -> Option<ErrorData> {
     match &job.state {
-        JobState::Failed { error } if error == INTERRUPTED => Some(ErrorData::internal_error(
+        JobState::Failed { error } => protocol_error(error),
+        _ => None,
+    }
+}
+
+/// The JSON-RPC error a run's failure is, when it was not the tool's own: the tool's
+/// server's error as it sent it, or the restart that cut the run off.
+fn protocol_error(error: &RunError) -> Option<ErrorData> {
+    match error {
+        RunError::Rpc {
+            code,
+            message,
+            data,
+        } => Some(ErrorData::new(
+            rmcp::model::ErrorCode(*code),
+            message.clone(),
+            data.clone(),
+        )),
+        RunError::Interrupted => Some(ErrorData::internal_error(
             "the job was interrupted by a restart of smart-async: call the tool again",
             None,
         )),
-        JobState::Failed { error } => upstream_rpc_error(error),
         _ => None,
+    }
+}
+
+/// The `isError` result of a run that failed on the tool's terms: the tool's server's
+/// own result whole when it sent one, else the failure in words.
+fn failed_result(error: RunError) -> CallToolResult {
+    match error {
+        RunError::Tool {
+            result: Some(result),
+            message,
+        } => CallToolResult::deserialize(&result)
+            .map(MarkComplete::complete)
+            .unwrap_or_else(|_| error_result(message)),
+        other => error_result(other.to_string()),
     }
 }
 
@@ -965,7 +996,16 @@ fn job_report(job: &Job, slot_free: bool) -> CallToolResult {
         }
         JobState::Failed { error } => {
             text.push_str(&format!("Error: {error}\n"));
-            view["error"] = json!(error);
+            view["error"] = json!(error.to_string());
+            if let RunError::Tool {
+                result: Some(_), ..
+            } = error
+            {
+                // The tool's own error result, whole, as an inline call would give it.
+                let result = failed_result(error.clone());
+                view["content"] = serde_json::to_value(&result.content).unwrap_or(Value::Null);
+                view["result"] = result.structured_content.unwrap_or(Value::Null);
+            }
         }
         JobState::Cancelled => text.push_str("It was cancelled; nothing was returned.\n"),
         JobState::Pending | JobState::Running => text
@@ -1018,12 +1058,19 @@ impl ServerHandler for SmartServer {
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
+        // A wrapped handler's list is its own, and so are the changes to it.
+        if let Backend::Wrapped(handler) = &self.backend {
+            return handler.accepted_subscription_filter(requested);
+        }
         let mut accepted = SubscriptionFilter::new();
         accepted.tools_list_changed = requested.tools_list_changed;
         Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        if let Backend::Wrapped(handler) = &self.backend {
+            return handler.listen(context).await;
+        }
         if let Some(upstream) = self.upstream() {
             upstream.add_subscription(context.sink().clone());
         }

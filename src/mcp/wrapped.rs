@@ -13,6 +13,7 @@
 use futures_util::future::BoxFuture;
 #[allow(deprecated)] // logging/setLevel: deprecated in MCP, still sent by clients
 use rmcp::model::SetLevelRequestParams;
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     GetPromptRequestParams, GetPromptResponse, ListPromptsResult, ListResourceTemplatesResult,
@@ -20,7 +21,7 @@ use rmcp::model::{
     ReadResourceResponse, ServerPeerInfo, SubscribeRequestParams, Tool as McpTool,
     UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 use serde_json::Value;
 
@@ -28,7 +29,8 @@ use super::behind::{Behind, Passed};
 use crate::engine::{BoxedWork, WorkOutput};
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::JobContext;
-use crate::proxy::{carried, rpc_error_message, MarkComplete, Proxied};
+use crate::proxy::{carried, rpc_error, MarkComplete, Proxied};
+use crate::run_error::RunError;
 
 /// A handler behind smart-async.
 pub(crate) struct Wrapped<H>(pub H);
@@ -42,6 +44,14 @@ pub(crate) trait Handler: Behind {
     ) -> Passed<'_, ListToolsResult>;
 
     fn get_tool(&self, name: &str) -> Option<McpTool>;
+
+    /// What of a 2026-07-28 `subscriptions/listen` it serves: its tool list may change.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter>;
+
+    fn listen(&self, context: SubscriptionContext) -> Passed<'_, ()>;
 
     fn call_tool(
         &self,
@@ -61,6 +71,17 @@ impl<H: ServerHandler> Handler for Wrapped<H> {
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
         self.0.get_tool(name)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.0.accepted_subscription_filter(requested)
+    }
+
+    fn listen(&self, context: SubscriptionContext) -> Passed<'_, ()> {
+        Box::pin(self.0.listen(context))
     }
 
     fn call_tool(
@@ -212,7 +233,7 @@ pub(crate) fn call(
         meta.remove("progressToken");
     }
     Box::new(
-        move |run: JobContext| -> BoxFuture<'static, Result<Handled, String>> {
+        move |run: JobContext| -> BoxFuture<'static, Result<Handled, RunError>> {
             ctx.ct = run.token().clone();
             ctx.extensions.insert(run);
             Box::pin(async move {
@@ -221,12 +242,11 @@ pub(crate) fn call(
                     Ok(CallToolResponse::InputRequired(input)) => {
                         Ok(Handled::InputRequired(Box::new(input)))
                     }
-                    Ok(_) => Err(
+                    Ok(_) => Err(RunError::tool(
                         "the tool answered with a task of its own: behind smart-async, which \
-                     makes the tasks, a handler's tools answer results"
-                            .to_owned(),
-                    ),
-                    Err(error) => Err(rpc_error_message(&error)),
+                         makes the tasks, a handler's tools answer results",
+                    )),
+                    Err(error) => Err(rpc_error(error)),
                 }
             })
         },

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use rmcp::handler::client::progress::ProgressDispatcher;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-    ClientCapabilities, ClientConfig, ClientRequest, CompleteResult, ErrorCode, GetPromptResponse,
+    ClientCapabilities, ClientConfig, ClientRequest, CompleteResult, GetPromptResponse,
     GetPromptResult, Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ProgressNotificationParam, ReadResourceResponse, ReadResourceResult,
     ResourceUpdatedNotificationParam, ResultType, ServerPeerInfo, ServerResult,
@@ -40,6 +40,7 @@ use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
 use crate::lock;
 use crate::mcp::or_job_answer;
+use crate::run_error::RunError;
 // Logging is deprecated in MCP, and still sent by the servers the proxy fronts.
 #[allow(deprecated)]
 use rmcp::model::LoggingMessageNotificationParam;
@@ -63,9 +64,6 @@ const STABLE_RUN: Duration = Duration::from_secs(30);
 const STDERR_LINES: usize = 20;
 /// How long to wait for the last stderr lines of an upstream that exited.
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
-/// How an upstream JSON-RPC error reads in a job's error, so it can be told apart
-/// from a tool's own error and given back with its code.
-const RPC_ERROR_PREFIX: &str = "the tool's server answered with JSON-RPC error ";
 
 /// The upstream server's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,8 +317,11 @@ impl Upstream {
         &self,
         params: CallToolRequestParams,
         ctx: JobContext,
-    ) -> Result<Proxied, String> {
-        let peer = self.peer().await.map_err(|e| e.message.into_owned())?;
+    ) -> Result<Proxied, RunError> {
+        let peer = self
+            .peer()
+            .await
+            .map_err(|e| RunError::tool(e.message.into_owned()))?;
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
@@ -339,12 +340,12 @@ impl Upstream {
                 answered = &mut response => {
                     return match answered {
                         Ok(ServerResult::CallToolResult(result)) => carried(result),
-                        Ok(other) => Err(format!(
+                        Ok(other) => Err(RunError::tool(format!(
                             "the upstream server answered tools/call with something else: {}",
                             serde_json::to_string(&other).unwrap_or_default()
-                        )),
-                        Err(ServiceError::McpError(error)) => Err(rpc_error_message(&error)),
-                        Err(e) => Err(self.lost_while_running(e).await),
+                        ))),
+                        Err(ServiceError::McpError(error)) => Err(rpc_error(error)),
+                        Err(e) => Err(RunError::tool(self.lost_while_running(e).await)),
                     };
                 }
                 Some(note) = progress.next() => ctx.report_progress(upstream_progress(note)),
@@ -356,7 +357,7 @@ impl Upstream {
                     if let Err(e) = peer.notify_cancelled(cancelled).await {
                         tracing::debug!(error = %e, "could not tell the upstream to cancel");
                     }
-                    return Err("cancelled".to_owned());
+                    return Err(RunError::Cancelled);
                 }
             }
         }
@@ -417,15 +418,19 @@ impl WorkOutput for Proxied {
 }
 
 /// The upstream's answer as the engine carries it; an `isError` result is the call's
-/// error (counted as failed, not taught), with the result's text.
-pub(crate) fn carried(result: CallToolResult) -> Result<Proxied, String> {
+/// error (counted as failed, not taught): its text for people, and the whole result
+/// (every content block, structured content) for the client.
+pub(crate) fn carried(result: CallToolResult) -> Result<Proxied, RunError> {
     if result.is_error == Some(true) {
         let text: Vec<String> = result
             .content
             .iter()
             .filter_map(|block| block.as_text().map(|t| t.text.clone()))
             .collect();
-        return Err(text.join("\n"));
+        return Err(RunError::Tool {
+            message: text.join("\n"),
+            result: serde_json::to_value(&result).ok(),
+        });
     }
     Ok(Proxied(result))
 }
@@ -487,9 +492,14 @@ impl MarkComplete for ReadResourceResponse {
 /// The key under which a proxied result travels through the engine and the job store.
 pub const UPSTREAM_RESULT: &str = "upstream_result";
 
-/// A JSON-RPC error as a call's error message, read back by [`upstream_rpc_error`].
-pub(crate) fn rpc_error_message(error: &ErrorData) -> String {
-    format!("{RPC_ERROR_PREFIX}{}: {}", error.code.0, error.message)
+/// A JSON-RPC error of the tool's server, as a run's error: given back with its code
+/// and data.
+pub(crate) fn rpc_error(error: ErrorData) -> RunError {
+    RunError::Rpc {
+        code: error.code.0,
+        message: error.message.into_owned(),
+        data: error.data,
+    }
 }
 
 /// An upstream's error on a pass-through request, as the downstream client's error.
@@ -498,16 +508,6 @@ pub fn upstream_error(error: ServiceError) -> ErrorData {
         ServiceError::McpError(error) => error,
         other => ErrorData::internal_error(format!("the upstream server failed: {other}"), None),
     }
-}
-
-/// The upstream JSON-RPC error a call's error message carries, if it is one: the
-/// proxy writes such errors as "the tool's server answered with JSON-RPC error CODE:
-/// MESSAGE", so a job's error can give back the code.
-pub fn upstream_rpc_error(message: &str) -> Option<ErrorData> {
-    let rest = message.strip_prefix(RPC_ERROR_PREFIX)?;
-    let (code, text) = rest.split_once(": ")?;
-    let code = code.parse().ok()?;
-    Some(ErrorData::new(ErrorCode(code), text.to_owned(), None))
 }
 
 fn upstream_progress(note: ProgressNotificationParam) -> Progress {
@@ -641,29 +641,28 @@ async fn connect(inner: &Arc<Inner>) -> Result<Running, String> {
     };
     let startup_timeout = inner.command.startup_timeout;
     let handshake = tokio::time::timeout(startup_timeout, client.serve((stdout, stdin)));
-    let failure = tokio::select! {
+    // Whether the failure already says how the process ended (or that it had none).
+    let (failure, says_exit) = tokio::select! {
         served = handshake => match served {
             Ok(Ok(service)) => {
                 lock(&printed).take();
                 return Ok(Running { service, child, stderr });
             }
-            Ok(Err(e)) => format!("the MCP handshake failed: {e}"),
-            Err(_) => format!(
+            Ok(Err(e)) => (format!("the MCP handshake failed: {e}"), false),
+            Err(_) => (format!(
                 "it did not answer the MCP handshake within {} s (is it an MCP server \
                  speaking stdio? a slow one needs a longer --startup-timeout-s)",
                 startup_timeout.as_secs_f64()
-            ),
+            ), true),
         },
-        status = child.wait() => format!(
+        status = child.wait() => (format!(
             "{} before answering the MCP handshake (is it an MCP server speaking stdio?)",
             exit_description(status)
-        ),
+        ), true),
     };
     // A handshake that failed because the process is ending: its exit says more.
     let failure = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
-        Ok(status) if !failure.starts_with("it ") => {
-            format!("{failure} ({})", exit_description(status))
-        }
+        Ok(status) if !says_exit => format!("{failure} ({})", exit_description(status)),
         Ok(_) => failure,
         Err(_) => {
             let _ = child.kill().await;
@@ -883,6 +882,7 @@ async fn stop(running: Running) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rmcp::model::ErrorCode;
 
     #[test]
     fn each_command_line_has_its_own_file_name() {
@@ -907,19 +907,30 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_rpc_error_survives_the_trip_through_a_job_error() {
-        let error = ErrorData::invalid_params("missing field `seconds`", None);
-        let message = rpc_error_message(&error);
-        let back = upstream_rpc_error(&message).unwrap();
-        assert_eq!(back.code, ErrorCode::INVALID_PARAMS);
-        assert_eq!(back.message, "missing field `seconds`");
-        assert!(upstream_rpc_error("a tool's own error: 3").is_none());
+    fn an_upstream_rpc_error_keeps_its_code_message_and_data() {
+        let data = serde_json::json!({ "field": "seconds" });
+        let error = ErrorData::invalid_params("missing field `seconds`", Some(data.clone()));
+        assert_eq!(
+            rpc_error(error),
+            RunError::Rpc {
+                code: ErrorCode::INVALID_PARAMS.0,
+                message: "missing field `seconds`".to_owned(),
+                data: Some(data),
+            }
+        );
     }
 
     #[test]
     fn an_is_error_result_is_the_call_error_with_its_text() {
         let failed = CallToolResult::error(vec![rmcp::model::ContentBlock::text("no such file")]);
-        assert_eq!(carried(failed).err(), Some("no such file".to_owned()));
+        match carried(failed.clone()).err() {
+            Some(RunError::Tool { message, result }) => {
+                assert_eq!(message, "no such file");
+                // Whole, for the client: every block, the isError flag.
+                assert_eq!(result, serde_json::to_value(&failed).ok());
+            }
+            other => panic!("{other:?}"),
+        }
         let ok = CallToolResult::success(vec![rmcp::model::ContentBlock::text("fine")]);
         let carried = carried(ok).unwrap();
         assert_eq!(carried.0.content[0].as_text().unwrap().text, "fine");

@@ -28,8 +28,8 @@ use super::{Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::{JobContext, Progress};
-use crate::policy::Seconds;
 use crate::reap::{end_runs, RUN_VAR};
+use crate::run_error::RunError;
 
 /// Output kept per stream, from the end, when the config does not say.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -359,7 +359,7 @@ async fn run(
     max_bytes: usize,
     progress: Option<ProgressLines>,
     ctx: &JobContext,
-) -> Result<ToolOutput, String> {
+) -> Result<ToolOutput, RunError> {
     let started = Instant::now();
     let program = command
         .as_std()
@@ -389,11 +389,10 @@ async fn run(
     };
     let stopped = tokio::select! {
         status = child.wait() => Ok(status),
-        _ = ctx.cancelled() => Err("cancelled".to_owned()),
-        _ = deadline => Err(format!(
-            "{name}: timed out after {} and was stopped",
-            Seconds(timeout.unwrap_or_default().as_secs_f64())
-        )),
+        _ = ctx.cancelled() => Err(RunError::Cancelled),
+        _ = deadline => Err(RunError::TimedOut {
+            after_s: timeout.unwrap_or_default().as_secs_f64(),
+        }),
     };
     let status = match stopped {
         Ok(status) => {
@@ -446,7 +445,7 @@ async fn run(
         }
     }
     if !status.success() {
-        return Err(text);
+        return Err(RunError::tool(text));
     }
     let structured = json!({
         "exit_code": status.code(),
@@ -541,8 +540,12 @@ mod tests {
         Arc::new(Roots::new(&[std::env::temp_dir()]).unwrap())
     }
 
+    /// Runs `tool`; an error in words, whether its arguments or its run failed.
     async fn run_tool(tool: &CommandTool, args: Value) -> Result<ToolOutput, String> {
-        tool.start(&args)?(JobContext::new(CancellationToken::new())).await
+        let work = tool.start(&args)?;
+        work(JobContext::new(CancellationToken::new()))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     #[tokio::test]
@@ -672,7 +675,7 @@ mod tests {
         let running = tokio::spawn(work(JobContext::new(token.clone())));
         let grandchild = wait_for_pid(&pid_file).await;
         token.cancel();
-        assert_eq!(running.await.unwrap().unwrap_err(), "cancelled");
+        assert_eq!(running.await.unwrap().unwrap_err(), RunError::Cancelled);
         assert!(
             gone(grandchild),
             "the grandchild {grandchild} is still running"

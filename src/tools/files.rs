@@ -21,6 +21,7 @@ use super::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::{FeatureExtractor, FeatureKind, Features};
 use crate::jobs::{JobContext, Progress};
+use crate::run_error::RunError;
 
 /// Manifest lines shown; the digest still covers every file.
 pub const MAX_MANIFEST_LINES: usize = 1000;
@@ -157,7 +158,7 @@ fn report_skipped(skipped: &Skipped, text: &mut String) -> Value {
 /// Unreadable entries listed in a result; the count covers all of them.
 const MAX_UNREADABLE_SHOWN: usize = 100;
 
-fn hash_tree(located: &Located, ctx: &JobContext) -> Result<ToolOutput, String> {
+fn hash_tree(located: &Located, ctx: &JobContext) -> Result<ToolOutput, RunError> {
     let root = &located.path;
     let total = count_files(located);
     let mut manifest = Sha256::new();
@@ -201,7 +202,7 @@ fn hash_tree(located: &Located, ctx: &JobContext) -> Result<ToolOutput, String> 
     })
     .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
     if cancelled {
-        return Err("cancelled".to_owned());
+        return Err(RunError::Cancelled);
     }
     skipped.unreadable.extend(unreadable);
     let digest = hex(&manifest.finalize());
@@ -362,7 +363,7 @@ fn search_tree(
     regex: &Regex,
     max_matches: usize,
     ctx: &JobContext,
-) -> Result<ToolOutput, String> {
+) -> Result<ToolOutput, RunError> {
     let root = &located.path;
     let mut matches = Vec::new();
     let mut searched = 0usize;
@@ -439,7 +440,7 @@ fn search_tree(
     })
     .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
     if cancelled {
-        return Err("cancelled".to_owned());
+        return Err(RunError::Cancelled);
     }
     skipped.unreadable.extend(unreadable);
     let mut text = format!(
@@ -497,9 +498,12 @@ mod tests {
         (dir, roots)
     }
 
+    /// Runs `tool`; an error in words, whether its arguments or its run failed.
     async fn run(tool: &dyn Tool, args: Value) -> Result<ToolOutput, String> {
         let work = tool.start(&args)?;
-        work(JobContext::new(CancellationToken::new())).await
+        work(JobContext::new(CancellationToken::new()))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     #[tokio::test]
@@ -649,7 +653,10 @@ mod tests {
             .unwrap();
         let token = CancellationToken::new();
         token.cancel();
-        assert_eq!(work(JobContext::new(token)).await.unwrap_err(), "cancelled");
+        assert_eq!(
+            work(JobContext::new(token)).await.unwrap_err(),
+            RunError::Cancelled
+        );
     }
 
     #[tokio::test]

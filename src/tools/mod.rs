@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::engine::ToolOptions;
 use crate::features::ASYNC_MODE_ARG;
 use crate::jobs::JobContext;
+use crate::run_error::RunError;
 
 pub mod command;
 pub mod files;
@@ -33,7 +34,8 @@ pub struct ToolOutput {
 }
 
 /// The future of a tool's work.
-pub type ToolFuture = Pin<Box<dyn Future<Output = Result<ToolOutput, String>> + Send>>;
+/// Its error is a [`RunError`]: a message (`"…".into()`) is the tool's own failure.
+pub type ToolFuture = Pin<Box<dyn Future<Output = Result<ToolOutput, RunError>> + Send>>;
 /// A tool's validated work, waiting for its [`JobContext`].
 pub type ToolWork = Box<dyn FnOnce(JobContext) -> ToolFuture + Send>;
 

@@ -240,3 +240,13 @@ pub fn assert_lists(tools: &[rmcp::model::Tool], expected: &[&str]) {
         assert!(names.contains(name), "{name} missing from {names:?}");
     }
 }
+
+/// The `job_status` view of a failed job whose tool answered the error result of the
+/// test tools that fail with more than text (`refuse` in tests/wrapped.rs, the
+/// fixture's `test_error_with_details`): every block and the structured content.
+pub fn assert_the_whole_error_result(view: &Value) {
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["error"], "over quota");
+    assert_eq!(view["content"][1]["type"], "image");
+    assert_eq!(view["result"]["retry_after_s"], 60);
+}
