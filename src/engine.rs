@@ -24,15 +24,15 @@ use uuid::Uuid;
 use crate::clients::{ClientBudget, ClientBudgets, ClientRecord, ClientStats};
 use crate::features::{FeatureExtractor, Features, ASYNC_MODE_ARG};
 use crate::jobs::{
-    now_ms, panic_message, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState,
-    Jobs, Progress, RunEnd, WorkHandle,
+    now_ms, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState, Jobs,
+    Progress, RunEnd, WorkHandle,
 };
 use crate::lock;
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
 use crate::predictor::RuntimeModel;
-use crate::run_error::RunError;
+use crate::run_error::{panic_message, RunError};
 use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
 use crate::store::{PendingWrite, Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 

@@ -27,6 +27,8 @@ pub mod config;
 pub mod engine;
 pub mod features;
 pub mod http;
+pub mod job;
+mod job_answer;
 pub mod jobs;
 pub mod jsonrpc;
 pub mod mcp;

@@ -1,5 +1,5 @@
-//! Background jobs: their record, their lifecycle, and the live handles that let a job
-//! be waited on and cancelled.
+//! Background jobs: their lifecycle, and the live handles that let a job be waited on
+//! and cancelled (the record they keep is [`crate::job`]).
 //!
 //! A [`Job`] is durable in the store before its handle is handed out, and its result
 //! is durable before anyone is told it completed (a state the store refuses is read
@@ -13,224 +13,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use crate::job::{Job, JobState, JobStatus, Progress, MAX_POLL_S, MIN_POLL_S};
 use crate::lock;
-use crate::policy::Decision;
-use crate::run_error::RunError;
+use crate::run_error::{panic_message, RunError};
 use crate::store::{Store, StoreError};
 
 mod listing;
 
 use listing::{Listed, Listing};
-
-/// A job's status, without its payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Waiting for a free slot.
-    Pending,
-    /// Running.
-    Running,
-    /// Finished with a result.
-    Completed,
-    /// Finished with an error.
-    Failed,
-    /// Stopped on request.
-    Cancelled,
-}
-
-impl JobStatus {
-    /// Whether the job has ended.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
-        )
-    }
-
-    /// The lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Completed => "completed",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl std::str::FromStr for JobStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            JobStatus::Pending,
-            JobStatus::Running,
-            JobStatus::Completed,
-            JobStatus::Failed,
-            JobStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.name() == s)
-        .ok_or_else(|| {
-            format!(
-                "unknown job status '{s}': use pending, running, completed, failed or cancelled"
-            )
-        })
-    }
-}
-
-/// A job's state with what it carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum JobState {
-    /// Waiting for a free slot.
-    Pending,
-    /// Running.
-    Running,
-    /// Finished with this result.
-    Completed {
-        /// What the work returned.
-        result: Value,
-    },
-    /// Finished with this error.
-    Failed {
-        /// Why. A database of the release before kept a message: it reads back as the
-        /// kind it named.
-        #[serde(deserialize_with = "crate::run_error::stored")]
-        error: RunError,
-    },
-    /// Stopped on request.
-    Cancelled,
-}
-
-impl JobState {
-    /// The status without its payload.
-    pub fn status(&self) -> JobStatus {
-        match self {
-            JobState::Pending => JobStatus::Pending,
-            JobState::Running => JobStatus::Running,
-            JobState::Completed { .. } => JobStatus::Completed,
-            JobState::Failed { .. } => JobStatus::Failed,
-            JobState::Cancelled => JobStatus::Cancelled,
-        }
-    }
-}
-
-/// One background job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    /// Random (v4) id: the job handle.
-    pub id: Uuid,
-    /// The tool that runs.
-    pub tool: String,
-    /// A short description for lists.
-    pub label: String,
-    /// Where it is, with its result or error.
-    #[serde(flatten)]
-    pub state: JobState,
-    /// When the job was created (ms since the Unix epoch).
-    pub created_at_ms: u64,
-    /// When the work started.
-    pub started_at_ms: Option<u64>,
-    /// When it ended.
-    pub finished_at_ms: Option<u64>,
-    /// The decision that made it.
-    pub decision: Decision,
-    /// Whether it began inline and overran the deadline.
-    pub promoted: bool,
-    /// The id its run's processes carry ([`JobContext::run_id`]); nil in jobs stored
-    /// before it was recorded.
-    #[serde(default)]
-    pub run_id: Uuid,
-    /// What the work last reported of its progress, while it runs (live only, never
-    /// stored).
-    #[serde(skip)]
-    pub progress: Option<Progress>,
-}
-
-impl Job {
-    /// The status.
-    pub fn status(&self) -> JobStatus {
-        self.state.status()
-    }
-
-    /// The predicted runtime from the decision, if a model spoke.
-    pub fn predicted_s(&self) -> Option<f64> {
-        self.decision.predicted_s
-    }
-
-    /// Seconds until the predicted end: the prediction less the time run so far, at
-    /// least 0; `None` once ended or when nothing was predicted.
-    pub fn eta_s(&self, now_ms: u64) -> Option<f64> {
-        let predicted_s = self.predicted_s()?;
-        match self.status() {
-            JobStatus::Pending => Some(predicted_s),
-            JobStatus::Running => {
-                let elapsed_s = self.elapsed_s(now_ms).unwrap_or(0.0);
-                Some((predicted_s - elapsed_s).max(0.0))
-            }
-            _ => None,
-        }
-    }
-
-    /// Seconds the work has run (to its end, once ended).
-    pub fn elapsed_s(&self, now_ms: u64) -> Option<f64> {
-        let started = self.started_at_ms?;
-        let end = self.finished_at_ms.unwrap_or(now_ms);
-        Some(end.saturating_sub(started) as f64 / 1000.0)
-    }
-}
-
-/// The shortest and longest poll interval suggested to clients.
-pub const MIN_POLL_S: f64 = 0.5;
-/// See [`MIN_POLL_S`].
-pub const MAX_POLL_S: f64 = 30.0;
-/// Once a job runs past its prediction (or has none), the suggested poll interval is
-/// this share of the time it has run: patient with long jobs, quick with short ones.
-const OVERDUE_POLL_SHARE: f64 = 0.25;
-
-impl Job {
-    /// Seconds a client should wait before asking again: until the predicted end
-    /// while one is ahead, then a share of the time run so far; between
-    /// [`MIN_POLL_S`] and [`MAX_POLL_S`].
-    pub fn poll_interval_s(&self, now_ms: u64) -> f64 {
-        let wait_s = match (self.eta_s(now_ms), self.elapsed_s(now_ms)) {
-            (Some(eta_s), _) if eta_s > 0.0 => eta_s,
-            (_, Some(elapsed_s)) => elapsed_s * OVERDUE_POLL_SHARE,
-            _ => MIN_POLL_S,
-        };
-        wait_s.clamp(MIN_POLL_S, MAX_POLL_S)
-    }
-}
-
-/// How far a tool's work has come, as the tool reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Units of work done.
-    pub done: f64,
-    /// Units in all, when known.
-    pub total: Option<f64>,
-    /// What the units are, or any short note ("12 of 40 files").
-    pub message: Option<String>,
-}
-
-impl std::fmt::Display for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.message, self.total) {
-            (Some(message), _) => f.write_str(message),
-            (None, Some(total)) => write!(f, "{} of {}", self.done, total),
-            (None, None) => write!(f, "{} done", self.done),
-        }
-    }
-}
 
 /// What a run's work and its watchers share: the signal to stop and the latest
 /// progress, in one allocation.
@@ -763,18 +559,10 @@ pub(crate) async fn run_to_end(
     }
 }
 
-/// The message a panic carried, if it was a string.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "no message".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Decision;
     use crate::policy::{Mode, Source};
 
     /// A job in `status`, for tests here and in the listing's.

@@ -46,13 +46,14 @@ use crate::engine::{
     ToolCall, WorkOutput,
 };
 use crate::http::{HttpLimits, SessionCount};
+use crate::job_answer::JobAnswer;
 use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus};
 use crate::jsonrpc::excerpt;
 use crate::lock;
 use crate::policy::{Seconds, Source};
 use crate::proxy::{MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
 use crate::run_error::RunError;
-use crate::tools::{output_schema_of, parse_args, schema_of, with_async_mode, Tool, ToolOutput};
+use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
 
 mod behind;
 mod stdio;
@@ -124,41 +125,6 @@ impl Answer for Handled {
     fn into_response(self) -> CallToolResponse {
         Handled::into_response(self)
     }
-}
-
-/// The structured content of a call answered with a job handle.
-#[derive(Debug, Serialize, JsonSchema)]
-struct JobAnswer {
-    /// The job's id, for job_status and cancel_job.
-    job_id: String,
-    /// pending or running.
-    status: &'static str,
-    /// Whether smart-async chose the background (false when the call asked for it).
-    smart_async: bool,
-    /// Whether the call began inline and overran its deadline.
-    promoted: bool,
-    /// Why it was decided so.
-    reason: String,
-    /// The predicted runtime, when a model spoke.
-    predicted_s: Option<f64>,
-    /// Seconds to the predicted end.
-    eta_s: Option<f64>,
-    /// What to call next.
-    next: String,
-}
-
-/// A tool's output schema that also admits the job answer, for a tool whose calls can
-/// come back as jobs: strict clients check structured content against it.
-pub(crate) fn or_job_answer(schema: &JsonObject) -> JsonObject {
-    let mut job_answer = output_schema_of::<JobAnswer>();
-    job_answer.remove("$schema");
-    let mut widened = JsonObject::new();
-    widened.insert("type".to_owned(), json!("object"));
-    widened.insert(
-        "anyOf".to_owned(),
-        json!([Value::Object(schema.clone()), Value::Object(job_answer)]),
-    );
-    widened
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

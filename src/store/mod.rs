@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::clients::ClientRecord;
 use crate::features::Features;
-use crate::jobs::Job;
+use crate::job::Job;
 use crate::stats::{Outcome, ToolRecord};
 pub use writer::PendingWrite;
 use writer::Writer;
@@ -185,7 +185,7 @@ impl Trees {
         }
         let opened = opened.map_err(|panic| StoreError::Corrupt {
             path: path.to_path_buf(),
-            detail: crate::jobs::panic_message(&*panic),
+            detail: crate::run_error::panic_message(&*panic),
         })?;
         let db = opened.map_err(|e| open_error(path, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(path, e));

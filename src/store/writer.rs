@@ -194,7 +194,7 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Op>) {
 fn guarded(apply: Apply, trees: &Trees) -> sled::Result<()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(trees))).unwrap_or_else(
         |panic| {
-            let detail = crate::jobs::panic_message(&*panic);
+            let detail = crate::run_error::panic_message(&*panic);
             Err(sled::Error::ReportableBug(format!(
                 "a write panicked: {detail}"
             )))
