@@ -127,7 +127,7 @@ pub struct Job {
     pub decision: Decision,
     /// Whether it began inline and overran the deadline.
     pub promoted: bool,
-    /// The id its run's processes carry ([`JobContext::run_id`]); nil in jobs stored
+    /// The id its run's processes carry ([`crate::jobs::JobContext::run_id`]); nil in jobs stored
     /// before it was recorded.
     #[serde(default)]
     pub run_id: Uuid,
