@@ -362,6 +362,82 @@ async fn work_that_ignores_cancellation_is_aborted_after_the_grace() {
     assert_eq!(cancelled.status(), JobStatus::Cancelled);
 }
 
+/// Issue 16: what `max_running` means for a promoted call, as `JobSettings` says. It
+/// is already running, so it is never paused: it takes a free slot (and a job started
+/// after it waits), and with no slot free it runs beside the limit.
+#[tokio::test]
+async fn a_promoted_call_takes_a_free_slot_and_is_never_held_back_by_the_limit() {
+    let (engine, _dir) = engine_with(|c| {
+        c.deadline_s = Some(0.2);
+        c.jobs = JobSettings {
+            max_running: 1,
+            ..JobSettings::default()
+        }
+    })
+    .await;
+    let gated = |gate: &Arc<tokio::sync::Notify>| {
+        let gate = gate.clone();
+        move |_| async move {
+            gate.notified().await;
+            Ok(json!("done"))
+        }
+    };
+    // A promoted call takes the free slot: the job started after it waits.
+    let promoted_gate = Arc::new(tokio::sync::Notify::new());
+    let call = ToolCall::new("long", json!({}));
+    let promoted = expect_job(engine.call(call, gated(&promoted_gate)).await.unwrap());
+    assert!(promoted.promoted);
+    let queued = expect_job(
+        engine
+            .call(ToolCall::new("t", json!({"async_mode": true})), |_| async {
+                Ok(json!(2))
+            })
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.job(queued.id).unwrap().status(), JobStatus::Pending);
+    promoted_gate.notify_one();
+    let done = engine
+        .wait_job(queued.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), JobStatus::Completed);
+
+    // With the slot held by a background job, a call promoted now runs beside it.
+    let holder_gate = Arc::new(tokio::sync::Notify::new());
+    let holder = expect_job(
+        engine
+            .call(
+                ToolCall::new("t", json!({"async_mode": true})),
+                gated(&holder_gate),
+            )
+            .await
+            .unwrap(),
+    );
+    wait_for_status(&engine, &holder, JobStatus::Running).await;
+    let beside_gate = Arc::new(tokio::sync::Notify::new());
+    let call = ToolCall::new("long", json!({}));
+    let beside = expect_job(engine.call(call, gated(&beside_gate)).await.unwrap());
+    assert!(beside.promoted);
+    assert_eq!(engine.job(beside.id).unwrap().status(), JobStatus::Running);
+    beside_gate.notify_one();
+    let done = engine
+        .wait_job(beside.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status(),
+        JobStatus::Completed,
+        "it ran beside the limit"
+    );
+    holder_gate.notify_one();
+    engine
+        .wait_job(holder.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn jobs_over_the_concurrency_limit_wait_as_pending() {
     let (engine, _dir) = engine_with(|c| {
