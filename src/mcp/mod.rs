@@ -2,6 +2,11 @@
 //! engine, the job tools (`job_status`, `list_jobs`, `cancel_job`) and
 //! `predictor_stats`, over stdio or Streamable HTTP.
 //!
+//! This module routes each request; the faces are its submodules, none of which
+//! imports it back: `codec` (what work becomes for the client), `job_tools`, `tasks`
+//! (the tasks extension's view of a job), `progress`, `behind` and `wrapped` (what is
+//! served besides tools: an upstream's or a wrapped handler's), and `stdio`.
+//!
 //! A tool's output travels through the engine as it is and becomes the call's result
 //! when it answers inline; a job keeps it as JSON that reads back into the same
 //! result, so a job's result is exactly what an inline answer would have been. Bad
@@ -12,60 +17,52 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
 
 use futures_util::FutureExt;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
-    CompleteRequestMethod, CompleteRequestParams, CompleteResult, ConstString, ContentBlock,
-    CreateTaskResult, CustomRequest, CustomResult, DetailedTask, GetPromptRequestMethod,
-    GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult, Implementation,
-    JsonObject, ListPromptsRequestMethod, ListPromptsResult, ListResourceTemplatesRequestMethod,
-    ListResourceTemplatesResult, ListResourcesRequestMethod, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ReadResourceRequestMethod,
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, CompleteRequestMethod,
+    CompleteRequestParams, CompleteResult, ConstString, CreateTaskResult, CustomRequest,
+    CustomResult, GetPromptRequestMethod, GetPromptRequestParams, GetPromptResponse, GetTaskParams,
+    GetTaskResult, Implementation, ListPromptsRequestMethod, ListPromptsResult,
+    ListResourceTemplatesRequestMethod, ListResourceTemplatesResult, ListResourcesRequestMethod,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestMethod,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
     SetLevelRequestMethod, SubscribeRequestMethod, SubscribeRequestParams, SubscriptionFilter,
-    Task, TaskPayload, TaskStatus, Tool as McpTool, UnsubscribeRequestMethod,
-    UnsubscribeRequestParams,
+    Tool as McpTool, UnsubscribeRequestMethod, UnsubscribeRequestParams,
 };
 // Logging is deprecated in MCP, and still sent by the clients the proxy serves.
 #[allow(deprecated)]
 use rmcp::model::SetLevelRequestParams;
-use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::engine::{
-    BoxedWork, CallFuture, CallOutcome, Engine, EngineError, HearProgress, InlineProgress,
-    ToolCall, WorkOutput,
-};
+use crate::engine::{BoxedWork, CallOutcome, Engine, EngineError, ToolCall};
 use crate::http::{HttpLimits, SessionCount};
-use crate::job_answer::JobAnswer;
-use crate::jobs::{now_ms, Job, JobError, JobFilter, JobState, JobStatus};
+use crate::jobs::JobError;
 use crate::jsonrpc::excerpt;
 use crate::lock;
-use crate::policy::{Seconds, Source};
-use crate::proxy::{MarkComplete, Proxied, Upstream, UPSTREAM_RESULT};
-use crate::run_error::RunError;
-use crate::tools::{parse_args, schema_of, with_async_mode, Tool, ToolOutput};
+use crate::policy::Seconds;
+use crate::proxy::Upstream;
+use crate::tools::{with_async_mode, Tool};
 
 mod behind;
+mod codec;
+mod job_tools;
+mod progress;
 mod stdio;
+mod tasks;
 mod wrapped;
 
 use behind::Behind;
-use wrapped::{Handled, Handler, Wrapped};
-
-/// The share of the budget `job_status` may wait, so its own answer stays in time.
-pub const WAIT_SHARE_OF_BUDGET: f64 = 0.8;
-/// `list_jobs` answers at most this many jobs when not told.
-pub const DEFAULT_LIST_LIMIT: usize = 20;
+use codec::{error_result, failed_result, protocol_error, Answer};
+use job_tools::{CANCEL_JOB, JOB_STATUS, LIST_JOBS, PREDICTOR_STATS};
+pub use job_tools::{DEFAULT_LIST_LIMIT, OWN_TOOL_NAMES, WAIT_SHARE_OF_BUDGET};
+use progress::{with_progress, ProgressMailbox};
+use wrapped::{Handler, Wrapped};
 
 /// The MCP server: cheap to clone, every clone shares the engine and tools.
 #[derive(Clone)]
@@ -91,84 +88,6 @@ enum Backend {
     /// The tools of an rmcp handler in this process ([`SmartServer::wrap`]).
     Wrapped(Arc<dyn Handler>),
 }
-
-/// What a backend's work returns, as the engine carries it: turned into the call's
-/// result when it answers inline, kept as JSON (read back by [`stored_result`]) when
-/// it runs as a job.
-trait Answer: WorkOutput {
-    fn into_response(self) -> CallToolResponse;
-}
-
-impl WorkOutput for ToolOutput {
-    /// `{"text", "structured"}`, built by moving the parts.
-    fn into_json(self) -> Value {
-        let mut map = serde_json::Map::with_capacity(2);
-        map.insert("text".to_owned(), Value::String(self.text));
-        map.insert("structured".to_owned(), self.structured);
-        Value::Object(map)
-    }
-}
-
-impl Answer for ToolOutput {
-    fn into_response(self) -> CallToolResponse {
-        text_and_structured(self.text, self.structured).into()
-    }
-}
-
-impl Answer for Proxied {
-    fn into_response(self) -> CallToolResponse {
-        self.0.complete().into()
-    }
-}
-
-impl Answer for Handled {
-    fn into_response(self) -> CallToolResponse {
-        Handled::into_response(self)
-    }
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct JobStatusArgs {
-    /// The job_id a background answer gave.
-    job_id: String,
-    /// Wait up to this many seconds for the job to end before answering (capped
-    /// below the budget), so one call can wait instead of polling.
-    wait_s: Option<f64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ListJobsArgs {
-    /// Only jobs with this status: pending, running, completed, failed or cancelled.
-    status: Option<String>,
-    /// Only jobs of this tool.
-    tool: Option<String>,
-    /// At most this many, newest first (default 20).
-    limit: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct CancelJobArgs {
-    /// The job to cancel.
-    job_id: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct StatsArgs {
-    /// Only this tool (all tools and the pooled model `*` when absent).
-    tool: Option<String>,
-}
-
-const JOB_STATUS: &str = "job_status";
-const LIST_JOBS: &str = "list_jobs";
-const CANCEL_JOB: &str = "cancel_job";
-const PREDICTOR_STATS: &str = "predictor_stats";
-/// The names of the tools every smart-async server offers itself (the job tools and
-/// `predictor_stats`): a configured tool may not take one.
-pub const OWN_TOOL_NAMES: [&str; 4] = [JOB_STATUS, LIST_JOBS, CANCEL_JOB, PREDICTOR_STATS];
 
 impl SmartServer {
     /// A server offering `tools` through `engine`; registers each tool's options.
@@ -216,33 +135,7 @@ impl SmartServer {
     }
 
     fn with_backend(engine: Engine, backend: Backend) -> SmartServer {
-        let own = |name: &'static str, description: &'static str, schema: JsonObject| {
-            McpTool::new(name, description, Arc::new(schema))
-        };
-        let own_tools = vec![
-            own(
-                JOB_STATUS,
-                "Status of a background job: timings, ETA, and the result or error once it has ended. \
-                 Pass wait_s to wait for the end in this same call instead of polling.",
-                schema_of::<JobStatusArgs>(),
-            ),
-            own(
-                LIST_JOBS,
-                "Background jobs, newest first, optionally by status or tool.",
-                schema_of::<ListJobsArgs>(),
-            ),
-            own(
-                CANCEL_JOB,
-                "Cancel a pending or running background job.",
-                schema_of::<CancelJobArgs>(),
-            ),
-            own(
-                PREDICTOR_STATS,
-                "What smart-async has learned per tool: samples, warm or cold, effect of each argument, \
-                 bound coverage, decisions by source, promotions and needless backgrounds.",
-                schema_of::<StatsArgs>(),
-            ),
-        ];
+        let own_tools = job_tools::own_tools();
         SmartServer {
             engine,
             backend,
@@ -462,10 +355,10 @@ impl SmartServer {
                 Some(error) => return Err(error),
                 None => failed_result(error).into(),
             },
-            Ok(CallOutcome::Job { job }) if client_has_tasks(ctx) => {
-                CallToolResponse::Task(CreateTaskResult::new(self.task_of(&job)))
+            Ok(CallOutcome::Job { job }) if tasks::client_has_tasks(ctx) => {
+                CallToolResponse::Task(CreateTaskResult::new(tasks::task_of(&self.engine, &job)))
             }
-            Ok(CallOutcome::Job { job }) => self.background_answer(&job).into(),
+            Ok(CallOutcome::Job { job }) => job_tools::background_answer(&self.engine, &job).into(),
             Ok(CallOutcome::Cancelled { runtime_s, .. }) => error_result(format!(
                 "the call was cancelled by the client after {}; its work was stopped",
                 Seconds(runtime_s)
@@ -474,388 +367,6 @@ impl SmartServer {
             Err(e) => error_result(format!("smart-async could not run the call: {e}")).into(),
         })
     }
-
-    /// A job as the tasks extension shows it.
-    fn task_of(&self, job: &Job) -> Task {
-        let now = now_ms();
-        let status = match job.status() {
-            JobStatus::Pending | JobStatus::Running => TaskStatus::Working,
-            JobStatus::Completed => TaskStatus::Completed,
-            JobStatus::Failed if task_failure(job).is_some() => TaskStatus::Failed,
-            // A tool's error is a result (`isError`), as it is inline.
-            JobStatus::Failed => TaskStatus::Completed,
-            JobStatus::Cancelled => TaskStatus::Cancelled,
-        };
-        let updated_ms = job
-            .finished_at_ms
-            .or(job.started_at_ms)
-            .unwrap_or(job.created_at_ms);
-        let retention_ms = self.engine.job_settings().retention.as_millis();
-        let mut task = Task::new(
-            job.id.to_string(),
-            status,
-            iso_time(job.created_at_ms),
-            iso_time(updated_ms),
-        )
-        .with_status_message(job_summary(job, now, self.engine.run_slot_free()))
-        .with_ttl_ms(u64::try_from(retention_ms).unwrap_or(u64::MAX));
-        if !job.status().is_terminal() {
-            task = task.with_poll_interval_ms((job.poll_interval_s(now) * 1000.0).round() as u64);
-        }
-        task
-    }
-
-    /// `tasks/get`: the job's state, with its result or error once it has ended.
-    fn detailed_task(&self, job: &Job) -> DetailedTask {
-        let task = self.task_of(job);
-        let payload = match &job.state {
-            JobState::Pending | JobState::Running => TaskPayload::Working,
-            JobState::Completed { result } => TaskPayload::Completed {
-                result: result_object(stored_result(result.clone())),
-            },
-            JobState::Failed { error } => match task_failure(job) {
-                Some(failure) => TaskPayload::Failed {
-                    error: result_object(failure),
-                },
-                None => TaskPayload::Completed {
-                    result: result_object(failed_result(error.clone())),
-                },
-            },
-            JobState::Cancelled => TaskPayload::Cancelled,
-        };
-        DetailedTask::new(task, payload)
-    }
-
-    /// What a caller gets for a job: what happened, why, and what to call next.
-    fn background_answer(&self, job: &Job) -> CallToolResult {
-        let now = now_ms();
-        let decision = &job.decision;
-        let smart_async = decision.source != Source::Explicit;
-        let eta_s = job.eta_s(now);
-        let wait_s = max_wait_s(decision.budget_s);
-        let next = format!(
-            "call job_status with job_id=\"{}\" (add wait_s up to {} to wait for the end in one call)",
-            job.id,
-            Seconds(wait_s).to_string().trim_end_matches(" s")
-        );
-        let why = if job.promoted {
-            format!(
-                "it was still running at the {} deadline, so it continues as a job",
-                Seconds(self.engine.deadline(decision).as_secs_f64())
-            )
-        } else if smart_async {
-            "smart-async predicted it would take too long to answer inline".to_owned()
-        } else {
-            "the call asked for async_mode=true".to_owned()
-        };
-        let mut text = format!(
-            "Started in the background as job {} ({}): {why}.\nReason: {}\n",
-            job.id,
-            job.status().name(),
-            decision.reason()
-        );
-        if let Some(eta_s) = eta_s {
-            text.push_str(&format!(
-                "Expected to finish in about {}.\n",
-                Seconds(eta_s)
-            ));
-        }
-        text.push_str(&format!("Next: {next}.\n"));
-        let structured = JobAnswer {
-            job_id: job.id.to_string(),
-            status: job.status().name(),
-            smart_async,
-            promoted: job.promoted,
-            reason: decision.reason(),
-            predicted_s: decision.predicted_s,
-            eta_s,
-            next,
-        };
-        text_and_structured(
-            text,
-            serde_json::to_value(structured).unwrap_or(Value::Null),
-        )
-    }
-
-    /// The job behind a task id; an unknown id is invalid params, as the extension says.
-    fn job_of_task(&self, task_id: &str) -> Result<Job, ErrorData> {
-        let unknown = || {
-            ErrorData::invalid_params(
-                format!(
-                    "unknown task '{}': it never existed or its retention has passed",
-                    excerpt(task_id)
-                ),
-                None,
-            )
-        };
-        let id = Uuid::parse_str(task_id.trim()).map_err(|_| unknown())?;
-        match self.engine.job(id) {
-            Ok(job) => Ok(job),
-            Err(EngineError::Job(JobError::NotFound(_))) => Err(unknown()),
-            Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
-        }
-    }
-
-    async fn job_status(
-        &self,
-        args: &Value,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, String> {
-        let args: JobStatusArgs = parse_args(JOB_STATUS, args)?;
-        let id = parse_job_id(&args.job_id)?;
-        let wait_s = args.wait_s.unwrap_or(0.0);
-        if !(wait_s.is_finite() && wait_s >= 0.0) {
-            return Err(format!(
-                "{JOB_STATUS}: wait_s must be a number of seconds ≥ 0, got {wait_s}"
-            ));
-        }
-        // The wait must end inside this client's own budget, or the answer comes late.
-        let client = self.client_name(ctx);
-        let budget_s = self.engine.client_budget(client.as_deref()).budget_s;
-        let wait = Duration::from_secs_f64(wait_s.min(max_wait_s(budget_s)));
-        let job = self
-            .engine
-            .wait_job(id, wait)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(job_report(&job, self.engine.run_slot_free()))
-    }
-
-    fn list_jobs(&self, args: &Value) -> Result<CallToolResult, String> {
-        let args: ListJobsArgs = parse_args(LIST_JOBS, args)?;
-        let status = args
-            .status
-            .as_deref()
-            .map(str::parse::<JobStatus>)
-            .transpose()
-            .map_err(|e| format!("{LIST_JOBS}: {e}"))?;
-        let filter = JobFilter {
-            status,
-            tool: args.tool,
-            limit: Some(args.limit.unwrap_or(DEFAULT_LIST_LIMIT)),
-        };
-        let jobs = self.engine.list_jobs(&filter).map_err(|e| e.to_string())?;
-        let now = now_ms();
-        let slot_free = self.engine.run_slot_free();
-        let mut text = format!("{} jobs\n", jobs.len());
-        for job in &jobs {
-            text.push_str(&format!(
-                "{} {}: {}\n",
-                job.id,
-                job.tool,
-                job_summary(job, now, slot_free)
-            ));
-        }
-        let structured =
-            json!({ "jobs": jobs.iter().map(|job| job_view(job, now)).collect::<Vec<_>>() });
-        Ok(text_and_structured(text, structured))
-    }
-
-    async fn cancel_job(&self, args: &Value) -> Result<CallToolResult, String> {
-        let args: CancelJobArgs = parse_args(CANCEL_JOB, args)?;
-        let id = parse_job_id(&args.job_id)?;
-        let job = self
-            .engine
-            .cancel_job(id)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(job_report(&job, self.engine.run_slot_free()))
-    }
-
-    fn predictor_stats(&self, args: &Value) -> Result<CallToolResult, String> {
-        let args: StatsArgs = parse_args(PREDICTOR_STATS, args)?;
-        let report = self.engine.report(args.tool.as_deref());
-        if let (Some(tool), true) = (&args.tool, report.tools.is_empty()) {
-            return Err(format!(
-                "{PREDICTOR_STATS}: nothing has been learned about tool '{tool}' yet"
-            ));
-        }
-        let text = report.to_string();
-        let structured = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-        Ok(text_and_structured(text, structured))
-    }
-}
-
-/// The longest `job_status` may wait for a client with this budget.
-fn max_wait_s(budget_s: f64) -> f64 {
-    budget_s * WAIT_SHARE_OF_BUDGET
-}
-
-fn parse_job_id(text: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(text.trim()).map_err(|_| {
-        format!(
-            "'{}' is not a job id: use the job_id from a background answer or list_jobs",
-            excerpt(text)
-        )
-    })
-}
-
-/// The latest progress report of an inline call, for the request's task to send.
-#[derive(Default)]
-struct ProgressMailbox {
-    latest: std::sync::Mutex<Option<InlineProgress>>,
-    ring: tokio::sync::Notify,
-}
-
-impl HearProgress for ProgressMailbox {
-    fn hear(&self, progress: InlineProgress) {
-        *lock(&self.latest) = Some(progress);
-        self.ring.notify_one();
-    }
-}
-
-impl ProgressMailbox {
-    async fn take(&self) -> InlineProgress {
-        loop {
-            let taken = lock(&self.latest).take();
-            if let Some(progress) = taken {
-                return progress;
-            }
-            self.ring.notified().await;
-        }
-    }
-}
-
-/// Waits for a call that did not end at its first poll, sending its progress as it
-/// comes.
-async fn with_progress<T: WorkOutput>(
-    outcome: &mut CallFuture<'_, T>,
-    token: ProgressToken,
-    mailbox: &ProgressMailbox,
-    peer: &Peer<RoleServer>,
-) -> Result<CallOutcome<T>, EngineError> {
-    loop {
-        // The notification is sent outside the select, which would otherwise hold its
-        // output (an outcome's worth of bytes) across the send.
-        let progress = tokio::select! {
-            biased;
-            outcome = &mut *outcome => return outcome,
-            progress = mailbox.take() => progress,
-        };
-        let note = progress_notification(token.clone(), &progress);
-        // Boxed: rmcp's send future is kilobytes.
-        if let Err(e) = Box::pin(peer.notify_progress(note)).await {
-            tracing::debug!(error = %e, "could not send a progress notification");
-        }
-    }
-}
-
-/// Whether this request's client declared the tasks extension (in the request's
-/// `_meta` or at initialize).
-fn client_has_tasks(ctx: &RequestContext<RoleServer>) -> bool {
-    ctx.client_capabilities()
-        .is_some_and(|capabilities| capabilities.supports_tasks())
-}
-
-/// The JSON-RPC error a failed job is to a tasks client, when the failure was the
-/// server's (a restart cut it off) rather than the tool's.
-fn task_failure(job: &Job) -> Option<ErrorData> {
-    match &job.state {
-        JobState::Failed { error } => protocol_error(error),
-        _ => None,
-    }
-}
-
-/// The JSON-RPC error a run's failure is, when it was not the tool's own: the tool's
-/// server's error as it sent it, or the restart that cut the run off.
-fn protocol_error(error: &RunError) -> Option<ErrorData> {
-    match error {
-        RunError::Rpc {
-            code,
-            message,
-            data,
-        } => Some(ErrorData::new(
-            rmcp::model::ErrorCode(*code),
-            message.clone(),
-            data.clone(),
-        )),
-        RunError::Interrupted => Some(ErrorData::internal_error(
-            "the job was interrupted by a restart of smart-async: call the tool again",
-            None,
-        )),
-        _ => None,
-    }
-}
-
-/// The `isError` result of a run that failed on the tool's terms: the tool's server's
-/// own result whole when it sent one, else the failure in words.
-fn failed_result(error: RunError) -> CallToolResult {
-    match error {
-        RunError::Tool {
-            result: Some(result),
-            message,
-        } => CallToolResult::deserialize(&result)
-            .map(MarkComplete::complete)
-            .unwrap_or_else(|_| error_result(message)),
-        other => error_result(other.to_string()),
-    }
-}
-
-fn result_object(value: impl Serialize) -> JsonObject {
-    match serde_json::to_value(value) {
-        Ok(Value::Object(map)) => map,
-        _ => JsonObject::new(),
-    }
-}
-
-/// Milliseconds since the Unix epoch as an RFC 3339 time, as the tasks extension
-/// wants its timestamps.
-fn iso_time(ms: u64) -> String {
-    i64::try_from(ms)
-        .ok()
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_string()
-}
-
-/// A job's state in words, for people and models: "running for 3 s, about 7 s to go
-/// (12 of 40 files)". A pending job waits for a free slot only while every slot is
-/// taken (`slot_free` false); otherwise it is about to start.
-fn job_summary(job: &Job, now: u64, slot_free: bool) -> String {
-    let mut text = match job.status() {
-        JobStatus::Pending if slot_free => "pending, starting".to_owned(),
-        JobStatus::Pending => {
-            "waiting for a free slot (the most jobs that run at once are running)".to_owned()
-        }
-        status => {
-            let mut text = status.name().to_owned();
-            if let Some(elapsed_s) = job.elapsed_s(now) {
-                let verb = if status.is_terminal() { "after" } else { "for" };
-                text.push_str(&format!(" {verb} {}", Seconds(elapsed_s)));
-            }
-            text
-        }
-    };
-    match job.eta_s(now) {
-        Some(eta_s) if eta_s > 0.0 => text.push_str(&format!(", about {} to go", Seconds(eta_s))),
-        Some(_) => text.push_str(", past its predicted end"),
-        None => {}
-    }
-    if let Some(progress) = &job.progress {
-        text.push_str(&format!(" ({progress})"));
-    }
-    text
-}
-
-/// The notification for an inline call that is still running: the seconds it has run
-/// as the progress (always rising), the prediction as the total while it lies ahead,
-/// and the tool's own progress in the message.
-fn progress_notification(
-    token: ProgressToken,
-    progress: &InlineProgress,
-) -> ProgressNotificationParam {
-    let mut message = format!("running for {}", Seconds(progress.elapsed_s));
-    let mut note = ProgressNotificationParam::new(token, progress.elapsed_s);
-    if let Some(predicted_s) = progress.predicted_s {
-        message.push_str(&format!(", predicted {}", Seconds(predicted_s)));
-        if predicted_s > progress.elapsed_s {
-            note = note.with_total(predicted_s);
-        }
-    }
-    if let Some(tool) = &progress.tool {
-        message.push_str(&format!(" ({tool})"));
-    }
-    note.with_message(message)
 }
 
 /// The -32601 answer, saying what it is (rmcp's names only the method).
@@ -885,99 +396,6 @@ fn unknown_tool(name: &str) -> ErrorData {
 fn with_async_mode_listed(mut tool: McpTool) -> McpTool {
     tool.input_schema = Arc::new(with_async_mode((*tool.input_schema).clone()));
     tool
-}
-
-fn text_and_structured(text: String, structured: Value) -> CallToolResult {
-    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-    result.structured_content = Some(structured);
-    result
-}
-
-fn error_result(message: String) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(message)])
-}
-
-/// The result for a job's stored output (a tool's `{"text", "structured"}`, or an
-/// upstream's result under [`UPSTREAM_RESULT`]); any other value is shown as it is.
-fn stored_result(value: Value) -> CallToolResult {
-    match value {
-        Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
-            let result = map.remove(UPSTREAM_RESULT).unwrap_or(Value::Null);
-            CallToolResult::deserialize(&result)
-                .map(MarkComplete::complete)
-                .unwrap_or_else(|_| text_and_structured(result.to_string(), result))
-        }
-        Value::Object(mut map)
-            if map.len() == 2 && map.contains_key("text") && map.contains_key("structured") =>
-        {
-            let text = match map.remove("text") {
-                Some(Value::String(text)) => text,
-                other => other.map(|v| v.to_string()).unwrap_or_default(),
-            };
-            text_and_structured(text, map.remove("structured").unwrap_or(Value::Null))
-        }
-        other => text_and_structured(other.to_string(), other),
-    }
-}
-
-fn job_view(job: &Job, now: u64) -> Value {
-    json!({
-        "job_id": job.id,
-        "tool": job.tool,
-        "label": job.label,
-        "status": job.status(),
-        "promoted": job.promoted,
-        "reason": job.decision.reason(),
-        "predicted_s": job.decision.predicted_s,
-        "eta_s": job.eta_s(now),
-        "elapsed_s": job.elapsed_s(now),
-        "progress": job.progress,
-        "poll_after_s": (!job.status().is_terminal()).then(|| job.poll_interval_s(now)),
-        "created_at_ms": job.created_at_ms,
-        "started_at_ms": job.started_at_ms,
-        "finished_at_ms": job.finished_at_ms,
-    })
-}
-
-/// A job's status for `job_status` and `cancel_job`: its result when completed.
-fn job_report(job: &Job, slot_free: bool) -> CallToolResult {
-    let now = now_ms();
-    let mut view = job_view(job, now);
-    let mut text = format!(
-        "Job {} ({}): {}\n",
-        job.id,
-        job.tool,
-        job_summary(job, now, slot_free)
-    );
-    match &job.state {
-        JobState::Completed { result } => {
-            let result = stored_result(result.clone());
-            for block in &result.content {
-                if let Some(content) = block.as_text() {
-                    text.push_str(&content.text);
-                }
-            }
-            view["content"] = serde_json::to_value(&result.content).unwrap_or(Value::Null);
-            view["result"] = result.structured_content.unwrap_or(Value::Null);
-        }
-        JobState::Failed { error } => {
-            text.push_str(&format!("Error: {error}\n"));
-            view["error"] = json!(error.to_string());
-            if let RunError::Tool {
-                result: Some(_), ..
-            } = error
-            {
-                // The tool's own error result, whole, as an inline call would give it.
-                let result = failed_result(error.clone());
-                view["content"] = serde_json::to_value(&result.content).unwrap_or(Value::Null);
-                view["result"] = result.structured_content.unwrap_or(Value::Null);
-            }
-        }
-        JobState::Cancelled => text.push_str("It was cancelled; nothing was returned.\n"),
-        JobState::Pending | JobState::Running => text
-            .push_str("Call job_status again (with wait_s to wait in one call) for the result.\n"),
-    }
-    text_and_structured(text, view)
 }
 
 /// What every client is told about smart-async's tools.
@@ -1195,10 +613,14 @@ impl ServerHandler for SmartServer {
         let args = Value::Object(request.arguments.take().unwrap_or_default());
         async move {
             let answer = match name.as_ref() {
-                JOB_STATUS => Box::pin(self.job_status(&args, &ctx)).await,
-                LIST_JOBS => self.list_jobs(&args),
-                CANCEL_JOB => Box::pin(self.cancel_job(&args)).await,
-                PREDICTOR_STATS => self.predictor_stats(&args),
+                JOB_STATUS => {
+                    let client = self.client_name(&ctx);
+                    let budget_s = self.engine.client_budget(client.as_deref()).budget_s;
+                    Box::pin(job_tools::job_status(&self.engine, &args, budget_s)).await
+                }
+                LIST_JOBS => job_tools::list_jobs(&self.engine, &args),
+                CANCEL_JOB => Box::pin(job_tools::cancel_job(&self.engine, &args)).await,
+                PREDICTOR_STATS => job_tools::predictor_stats(&self.engine, &args),
                 name => match &self.backend {
                     Backend::Local { tools, .. } => match tools.get_key_value(name) {
                         Some((name, tool)) => match tool.start(&args) {
@@ -1232,8 +654,8 @@ impl ServerHandler for SmartServer {
         request: GetTaskParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        let job = self.job_of_task(&request.task_id)?;
-        Ok(GetTaskResult::new(self.detailed_task(&job)))
+        let job = tasks::job_of_task(&self.engine, &request.task_id)?;
+        Ok(GetTaskResult::new(tasks::detailed_task(&self.engine, &job)))
     }
 
     /// Cooperative, as the extension has it: the job is asked to stop and given its
@@ -1244,7 +666,7 @@ impl ServerHandler for SmartServer {
         request: CancelTaskParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let job = self.job_of_task(&request.task_id)?;
+        let job = tasks::job_of_task(&self.engine, &request.task_id)?;
         match Box::pin(self.engine.cancel_job(job.id)).await {
             Ok(_) | Err(EngineError::Job(JobError::Finished { .. })) => Ok(()),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
@@ -1260,10 +682,14 @@ impl SessionCount for LocalSessionManager {
 
 #[cfg(test)]
 mod tests {
+    use super::job_tools::job_summary;
     use super::*;
+    use crate::jobs::now_ms;
     use crate::tools::files::HashFiles;
     use crate::tools::roots::Roots;
     use crate::EngineConfig;
+    use serde_json::json;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn get_tool_finds_every_listed_tool_and_nothing_else() {

@@ -1,0 +1,125 @@
+//! The result codec: what a call's work becomes for the client. A tool's output, an
+//! upstream's or a wrapped handler's answer become the call's result inline; a job
+//! keeps the same as JSON, which reads back into the same result; a run's failure
+//! becomes an `isError` result or a JSON-RPC error by its kind.
+
+use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock, JsonObject};
+use rmcp::ErrorData;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::wrapped::Handled;
+use crate::engine::WorkOutput;
+use crate::proxy::{MarkComplete, Proxied, UPSTREAM_RESULT};
+use crate::run_error::RunError;
+use crate::tools::ToolOutput;
+
+/// What a backend's work returns, as the engine carries it: turned into the call's
+/// result when it answers inline, kept as JSON (read back by [`stored_result`]) when
+/// it runs as a job.
+pub(super) trait Answer: WorkOutput {
+    fn into_response(self) -> CallToolResponse;
+}
+
+impl WorkOutput for ToolOutput {
+    /// `{"text", "structured"}`, built by moving the parts.
+    fn into_json(self) -> Value {
+        let mut map = serde_json::Map::with_capacity(2);
+        map.insert("text".to_owned(), Value::String(self.text));
+        map.insert("structured".to_owned(), self.structured);
+        Value::Object(map)
+    }
+}
+
+impl Answer for ToolOutput {
+    fn into_response(self) -> CallToolResponse {
+        text_and_structured(self.text, self.structured).into()
+    }
+}
+
+impl Answer for Proxied {
+    fn into_response(self) -> CallToolResponse {
+        self.0.complete().into()
+    }
+}
+
+impl Answer for Handled {
+    fn into_response(self) -> CallToolResponse {
+        Handled::into_response(self)
+    }
+}
+
+/// The JSON-RPC error a run's failure is, when it was not the tool's own: the tool's
+/// server's error as it sent it, or the restart that cut the run off.
+pub(super) fn protocol_error(error: &RunError) -> Option<ErrorData> {
+    match error {
+        RunError::Rpc {
+            code,
+            message,
+            data,
+        } => Some(ErrorData::new(
+            rmcp::model::ErrorCode(*code),
+            message.clone(),
+            data.clone(),
+        )),
+        RunError::Interrupted => Some(ErrorData::internal_error(
+            "the job was interrupted by a restart of smart-async: call the tool again",
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// The `isError` result of a run that failed on the tool's terms: the tool's server's
+/// own result whole when it sent one, else the failure in words.
+pub(super) fn failed_result(error: RunError) -> CallToolResult {
+    match error {
+        RunError::Tool {
+            result: Some(result),
+            message,
+        } => CallToolResult::deserialize(&result)
+            .map(MarkComplete::complete)
+            .unwrap_or_else(|_| error_result(message)),
+        other => error_result(other.to_string()),
+    }
+}
+
+pub(super) fn result_object(value: impl Serialize) -> JsonObject {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        _ => JsonObject::new(),
+    }
+}
+
+pub(super) fn text_and_structured(text: String, structured: Value) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    result
+}
+
+pub(super) fn error_result(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+/// The result for a job's stored output (a tool's `{"text", "structured"}`, or an
+/// upstream's result under [`UPSTREAM_RESULT`]); any other value is shown as it is.
+pub(super) fn stored_result(value: Value) -> CallToolResult {
+    match value {
+        Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
+            let result = map.remove(UPSTREAM_RESULT).unwrap_or(Value::Null);
+            CallToolResult::deserialize(&result)
+                .map(MarkComplete::complete)
+                .unwrap_or_else(|_| text_and_structured(result.to_string(), result))
+        }
+        Value::Object(mut map)
+            if map.len() == 2 && map.contains_key("text") && map.contains_key("structured") =>
+        {
+            let text = match map.remove("text") {
+                Some(Value::String(text)) => text,
+                other => other.map(|v| v.to_string()).unwrap_or_default(),
+            };
+            text_and_structured(text, map.remove("structured").unwrap_or(Value::Null))
+        }
+        other => text_and_structured(other.to_string(), other),
+    }
+}
