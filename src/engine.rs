@@ -27,7 +27,7 @@ use crate::jobs::{
     now_ms, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState, Jobs,
     Progress, RunEnd, WorkHandle,
 };
-use crate::lock;
+use crate::lock::lock;
 use crate::policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };

@@ -31,6 +31,7 @@ pub mod job;
 mod job_answer;
 pub mod jobs;
 pub mod jsonrpc;
+mod lock;
 pub mod mcp;
 pub mod policy;
 pub mod predictor;
@@ -59,15 +60,6 @@ pub use predictor::{Calibration, FeatureEffect, Prediction, RuntimeModel};
 pub use run_error::RunError;
 pub use stats::{Counters, Outcome, StatsReport, ToolRecord, ToolStats};
 pub use store::{Sample, Store, StoreError};
-
-/// Locks a mutex whose holders leave its data whole at every step. A panic while one
-/// holds it (a tool's work, caught as a failed run) must not stop the server, so a
-/// poisoned lock is used as it is.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use crate::job::{Job, JobState, JobStatus, Progress, MAX_POLL_S, MIN_POLL_S};
-use crate::lock;
+use crate::lock::lock;
 use crate::run_error::{panic_message, RunError};
 use crate::store::{Store, StoreError};
 

@@ -44,7 +44,7 @@ use crate::engine::{BoxedWork, CallOutcome, Engine, EngineError, ToolCall};
 use crate::http::{HttpLimits, SessionCount};
 use crate::jobs::JobError;
 use crate::jsonrpc::excerpt;
-use crate::lock;
+use crate::lock::lock;
 use crate::policy::Seconds;
 use crate::proxy::Upstream;
 use crate::tools::{with_async_mode, Tool};

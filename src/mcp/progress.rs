@@ -9,7 +9,7 @@ use rmcp::RoleServer;
 use crate::engine::{
     CallFuture, CallOutcome, EngineError, HearProgress, InlineProgress, WorkOutput,
 };
-use crate::lock;
+use crate::lock::lock;
 use crate::policy::Seconds;
 
 /// The latest progress report of an inline call, for the request's task to send.

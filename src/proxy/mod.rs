@@ -39,7 +39,7 @@ use crate::engine::{BoxedWork, Engine, ToolOptions, WorkOutput};
 use crate::features::ASYNC_MODE_ARG;
 use crate::job_answer::or_job_answer;
 use crate::jobs::{JobContext, Progress};
-use crate::lock;
+use crate::lock::lock;
 use crate::run_error::RunError;
 // Logging is deprecated in MCP, and still sent by the servers the proxy fronts.
 #[allow(deprecated)]

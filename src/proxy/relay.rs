@@ -16,7 +16,7 @@ use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::service::Peer;
 use rmcp::RoleServer;
 
-use crate::lock;
+use crate::lock::lock;
 
 /// Downstream sessions and the resources each is subscribed to.
 #[derive(Default)]
