@@ -259,10 +259,13 @@ pub enum EngineError {
     },
 }
 
-struct Learned {
+/// What the engine has learned: each tool's record and the pooled model (each marked
+/// when it changed since it was written), the samples waiting for the store, and the
+/// clients' budgets.
+struct Knowledge {
     /// hashbrown's map for `entry_ref`, which copies a tool's name only the first time
     /// it is seen (see [`record_mut`]).
-    tools: hashbrown::HashMap<String, Learning>,
+    tools: hashbrown::HashMap<String, ToolKnowledge>,
     pooled: Pooled,
     /// Samples not yet written.
     samples: VecDeque<Sample>,
@@ -302,7 +305,7 @@ impl Pooled {
 
     /// The pooled model to decide beside `tool_model`, caught up first when the tool is
     /// cold: only then does a decision read it.
-    fn beside(
+    fn model_for(
         &mut self,
         tool_model: Option<&RuntimeModel>,
         samples: &VecDeque<Sample>,
@@ -315,21 +318,21 @@ impl Pooled {
     }
 }
 
-/// What was learned of one tool.
-struct Learning {
+/// What was learned of one tool, and whether it changed since it was written.
+struct ToolKnowledge {
     record: ToolRecord,
     /// Whether the record changed since it was last written.
     dirty: bool,
 }
 
 /// A tool's record, marked for the next write (made for a tool seen the first time).
-/// A function of the map, not of [`Learned`], so that the pooled record can be
+/// A function of the map, not of [`Knowledge`], so that the pooled record can be
 /// borrowed beside it.
 fn record_mut<'a>(
-    tools: &'a mut hashbrown::HashMap<String, Learning>,
+    tools: &'a mut hashbrown::HashMap<String, ToolKnowledge>,
     tool: &str,
 ) -> &'a mut ToolRecord {
-    let learning = tools.entry_ref(tool).or_insert_with(|| Learning {
+    let learning = tools.entry_ref(tool).or_insert_with(|| ToolKnowledge {
         record: ToolRecord::new(true),
         dirty: false,
     });
@@ -344,7 +347,8 @@ struct Inner {
     max_samples_per_tool: usize,
     store: Store,
     jobs: Jobs,
-    learned: Mutex<Learned>,
+    /// What was learned, under one lock.
+    knowledge: Mutex<Knowledge>,
     /// Held by a write of what was learned, so that the sweeper's and `close`'s never
     /// interleave (a failed one puts back ahead of what came since).
     persisting: tokio::sync::Mutex<()>,
@@ -431,11 +435,11 @@ impl Engine {
         }
         let jobs = Jobs::open(store.clone(), config.jobs).await?;
         jobs.prune(now_ms()).await?;
-        let mut learned = Learned {
+        let mut learned = Knowledge {
             tools: tools
                 .into_iter()
                 .map(|(tool, record)| {
-                    let learning = Learning {
+                    let learning = ToolKnowledge {
                         record,
                         dirty: false,
                     };
@@ -464,7 +468,7 @@ impl Engine {
             max_samples_per_tool: config.max_samples_per_tool,
             store,
             jobs,
-            learned: Mutex::new(learned),
+            knowledge: Mutex::new(learned),
             persisting: tokio::sync::Mutex::new(()),
             tools: Mutex::new(hashbrown::HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -528,13 +532,13 @@ impl Engine {
 
     /// The budget `client`'s calls are decided against (`None`: an unnamed client).
     pub fn client_budget(&self, client: Option<&str>) -> ClientBudget {
-        lock(&self.inner.learned).clients.budget(client)
+        lock(&self.inner.knowledge).clients.budget(client)
     }
 
     /// What is known of each client: its budget, where that came from, and the
     /// timeout its cancellations revealed.
     pub fn client_stats(&self) -> Vec<ClientStats> {
-        lock(&self.inner.learned).clients.stats()
+        lock(&self.inner.knowledge).clients.stats()
     }
 
     /// What `predictor_stats` shows: [`Engine::stats`] and every client's budget.
@@ -578,7 +582,7 @@ impl Engine {
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).
     pub fn stats(&self, tool: Option<&str>) -> Vec<ToolStats> {
         let risk = self.inner.policy.risk();
-        let mut learned = lock(&self.inner.learned);
+        let mut learned = lock(&self.inner.knowledge);
         let learned = &mut *learned;
         if tool.is_none() {
             learned.pooled.catch_up(&learned.samples, risk);
@@ -655,7 +659,7 @@ impl Engine {
         client: Option<&str>,
         count: bool,
     ) -> Decision {
-        let mut learned = lock(&self.inner.learned);
+        let mut learned = lock(&self.inner.knowledge);
         let budget = learned.clients.budget(client);
         let call = Call {
             tool,
@@ -671,13 +675,13 @@ impl Engine {
         let risk = self.inner.policy.risk();
         if !count {
             let model = learned.tools.get(tool).map(|l| &l.record.model);
-            let pooled = learned.pooled.beside(model, &learned.samples, risk);
+            let pooled = learned.pooled.model_for(model, &learned.samples, risk);
             return self.inner.policy.decide(call, model, Some(pooled));
         }
         let record = record_mut(&mut learned.tools, tool);
         let pooled = learned
             .pooled
-            .beside(Some(&record.model), &learned.samples, risk);
+            .model_for(Some(&record.model), &learned.samples, risk);
         let decision = self
             .inner
             .policy
@@ -851,7 +855,7 @@ impl Engine {
         // The same future, moved to a task of its own: it goes on where it was.
         let grace = self.inner.jobs.settings().cancel_grace;
         let mut work: WorkHandle = tokio::spawn(job_work(work));
-        record_mut(&mut lock(&self.inner.learned).tools, &job.tool)
+        record_mut(&mut lock(&self.inner.knowledge).tools, &job.tool)
             .counters
             .promotions += 1;
         let work_abort = work.abort_handle();
@@ -911,7 +915,7 @@ impl Engine {
 
     /// The client cancelled an inline call after `elapsed_s`: perhaps its timeout.
     fn client_gave_up(&self, client: &str, elapsed_s: f64) {
-        let mut learned = lock(&self.inner.learned);
+        let mut learned = lock(&self.inner.knowledge);
         let changed = learned.clients.record_mut(client).observe_cancel(elapsed_s);
         if changed {
             let budget = learned.clients.budget(Some(client));
@@ -928,7 +932,7 @@ impl Engine {
         if runtime_s < 0.5 {
             return;
         }
-        let mut learned = lock(&self.inner.learned);
+        let mut learned = lock(&self.inner.knowledge);
         if learned.clients.observe_answer(client, runtime_s) {
             tracing::info!(
                 client,
@@ -1018,7 +1022,7 @@ impl Engine {
         let inner = &self.inner;
         let finished_at_ms = now_ms();
         let risk = inner.policy.risk();
-        let mut learned = lock(&inner.learned);
+        let mut learned = lock(&inner.knowledge);
         let learned = &mut *learned;
         let record = record_mut(&mut learned.tools, tool);
         record.counters.finished(decision, outcome, runtime_s);
@@ -1063,10 +1067,10 @@ impl Engine {
     /// goes back for the next one.
     async fn persist(&self) -> Result<(), StoreError> {
         let _persisting = self.inner.persisting.lock().await;
-        let mut unwritten = lock(&self.inner.learned).take_unwritten(self.inner.policy.risk());
+        let mut unwritten = lock(&self.inner.knowledge).take_unwritten(self.inner.policy.risk());
         let written = self.write(&mut unwritten).await;
         if written.is_err() {
-            lock(&self.inner.learned).put_back(unwritten);
+            lock(&self.inner.knowledge).put_back(unwritten);
         }
         written
     }
@@ -1110,7 +1114,7 @@ struct Unwritten {
     clients: Vec<(String, ClientRecord)>,
 }
 
-impl Learned {
+impl Knowledge {
     /// Takes what the next write needs, the pooled model caught up first so that the
     /// samples it goes with leave together.
     fn take_unwritten(&mut self, risk: f64) -> Unwritten {
@@ -1316,7 +1320,7 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         match models.and(jobs) {
             Err(e) => {
                 if let Some(down) = outage.failed(since_start) {
-                    let pending_samples = lock(&inner.learned).samples.len();
+                    let pending_samples = lock(&inner.knowledge).samples.len();
                     if down.is_zero() {
                         tracing::warn!(error = %e, pending_samples, "could not store the models and job states: they are kept in memory and tried again every second (this is said again once a minute while it lasts)");
                     } else {
@@ -1336,7 +1340,7 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         if let Err(e) = inner.jobs.prune(now_ms()).await {
             tracing::warn!(error = %e, "could not prune finished jobs");
         }
-        let tools: Vec<String> = lock(&inner.learned).tools.keys().cloned().collect();
+        let tools: Vec<String> = lock(&inner.knowledge).tools.keys().cloned().collect();
         for tool in tools {
             let pruned = inner
                 .store

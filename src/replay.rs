@@ -120,13 +120,13 @@ trait Contender {
 }
 
 /// The engine's own policy, with models learned as the server learns them.
-struct Learned {
+struct EnginePolicy {
     policy: Policy,
     tools: HashMap<String, RuntimeModel>,
     pooled: RuntimeModel,
 }
 
-impl Contender for Learned {
+impl Contender for EnginePolicy {
     fn name(&self) -> &'static str {
         "learned"
     }
@@ -357,7 +357,7 @@ impl Replay {
         let budget_s = config.policy.budget_s();
         let table = config.policy.table().clone();
         let contenders: Vec<Box<dyn Contender + Send>> = vec![
-            Box::new(Learned {
+            Box::new(EnginePolicy {
                 policy: config.policy,
                 tools: HashMap::new(),
                 pooled: RuntimeModel::new(false),
