@@ -43,9 +43,13 @@ impl Answer for Proxied {
     }
 }
 
+/// A result as the proxy's is; a request for input as it came.
 impl Answer for Handled {
     fn into_response(self) -> CallToolResponse {
-        Handled::into_response(self)
+        match self {
+            Handled::Result(proxied) => proxied.into_response(),
+            Handled::InputRequired(input) => CallToolResponse::InputRequired(*input),
+        }
     }
 }
 

@@ -208,16 +208,6 @@ impl WorkOutput for Handled {
     }
 }
 
-impl Handled {
-    /// The answer to the client.
-    pub(crate) fn into_response(self) -> CallToolResponse {
-        match self {
-            Handled::Result(Proxied(result)) => result.complete().into(),
-            Handled::InputRequired(input) => CallToolResponse::InputRequired(*input),
-        }
-    }
-}
-
 /// The work of one call of the handler's tool, run with the request's context.
 pub(crate) fn call(
     handler: std::sync::Arc<dyn Handler>,
