@@ -23,7 +23,7 @@ fn warm_model() -> (RuntimeModel, Features) {
     };
     for i in 0..200 {
         let features = Features::from_args(&args(i));
-        model.observe(&features, 0.01 * f64::from(i % 29 + 1), 0.05);
+        model.observe(&features, 0.01 * f64::from(i % 29 + 1));
     }
     let features = Features::from_args(&args(7));
     assert_eq!(features.len(), 8);

@@ -27,13 +27,13 @@ use crate::jobs::{
     now_ms, run_to_end, Job, JobContext, JobError, JobFilter, JobSettings, JobState, Jobs,
     Progress, RunEnd, WorkHandle,
 };
+use crate::learner::{Changed, Learner};
 use crate::lock::lock;
 use crate::policy::{
-    Call, Decision, Mode, Policy, PolicyError, Source, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
+    Call, Decision, Mode, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
-use crate::predictor::RuntimeModel;
 use crate::run_error::{panic_message, RunError};
-use crate::stats::{Outcome, StatsReport, ToolRecord, ToolStats};
+use crate::stats::{Outcome, StatsReport, ToolStats};
 use crate::store::{PendingWrite, Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
 
 /// How often finished jobs and old samples are pruned.
@@ -49,8 +49,6 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// sooner than this after the last it heard: a tool that reports in a tight loop
 /// does not flood the client.
 pub const PROGRESS_MIN_GAP: Duration = Duration::from_millis(100);
-/// The name the pooled model is reported under.
-pub const POOLED_TOOL: &str = "*";
 
 /// Everything the engine is configured with.
 #[derive(Debug, Clone)]
@@ -259,85 +257,16 @@ pub enum EngineError {
     },
 }
 
-/// What the engine has learned: each tool's record and the pooled model (each marked
-/// when it changed since it was written), the samples waiting for the store, and the
-/// clients' budgets.
+/// What the engine has learned: the learner's records, the samples waiting for the
+/// store, and the clients' budgets.
 struct Knowledge {
-    /// hashbrown's map for `entry_ref`, which copies a tool's name only the first time
-    /// it is seen (see [`record_mut`]).
-    tools: hashbrown::HashMap<String, ToolKnowledge>,
-    pooled: Pooled,
+    learner: Learner,
     /// Samples not yet written.
     samples: VecDeque<Sample>,
     /// Budgets per client, with what each showed.
     clients: ClientBudgets,
     /// Clients whose record changed since it was last written.
     dirty_clients: HashSet<String>,
-}
-
-/// The model pooled over all tools, and how far it has caught up with the samples.
-///
-/// It is read only to decide for a tool that is still cold, so it is taught in a batch
-/// when such a decision (or a report, or a write) needs it, not on every call: the same
-/// runs in the same order make the same model, and a warm tool's call leaves the pooled
-/// model's memory alone.
-struct Pooled {
-    record: ToolRecord,
-    /// Whether the record changed since it was last written.
-    dirty: bool,
-    /// How many of the pending samples, from the front, it has been taught.
-    taught: usize,
-}
-
-impl Pooled {
-    /// Teaches the completed runs among `samples` it has not seen yet.
-    fn catch_up(&mut self, samples: &VecDeque<Sample>, risk: f64) {
-        for sample in samples.iter().skip(self.taught) {
-            if sample.outcome == Outcome::Completed {
-                self.record
-                    .model
-                    .observe(&sample.features, sample.runtime_s, risk);
-                self.dirty = true;
-            }
-        }
-        self.taught = samples.len();
-    }
-
-    /// The pooled model to decide beside `tool_model`, caught up first when the tool is
-    /// cold: only then does a decision read it.
-    fn model_for(
-        &mut self,
-        tool_model: Option<&RuntimeModel>,
-        samples: &VecDeque<Sample>,
-        risk: f64,
-    ) -> &RuntimeModel {
-        if !tool_model.is_some_and(RuntimeModel::is_warm) {
-            self.catch_up(samples, risk);
-        }
-        &self.record.model
-    }
-}
-
-/// What was learned of one tool, and whether it changed since it was written.
-struct ToolKnowledge {
-    record: ToolRecord,
-    /// Whether the record changed since it was last written.
-    dirty: bool,
-}
-
-/// A tool's record, marked for the next write (made for a tool seen the first time).
-/// A function of the map, not of [`Knowledge`], so that the pooled record can be
-/// borrowed beside it.
-fn record_mut<'a>(
-    tools: &'a mut hashbrown::HashMap<String, ToolKnowledge>,
-    tool: &str,
-) -> &'a mut ToolRecord {
-    let learning = tools.entry_ref(tool).or_insert_with(|| ToolKnowledge {
-        record: ToolRecord::new(true),
-        dirty: false,
-    });
-    learning.dirty = true;
-    &mut learning.record
 }
 
 struct Inner {
@@ -435,40 +364,19 @@ impl Engine {
         }
         let jobs = Jobs::open(store.clone(), config.jobs).await?;
         jobs.prune(now_ms()).await?;
-        let mut learned = Knowledge {
-            tools: tools
-                .into_iter()
-                .map(|(tool, record)| {
-                    let learning = ToolKnowledge {
-                        record,
-                        dirty: false,
-                    };
-                    (tool, learning)
-                })
-                .collect(),
-            pooled: Pooled {
-                record: pooled.unwrap_or_else(|| ToolRecord::new(false)),
-                dirty: false,
-                taught: 0,
-            },
+        let knowledge = Knowledge {
+            learner: Learner::new(tools, pooled),
             samples: VecDeque::new(),
             clients,
             dirty_clients: HashSet::new(),
         };
-        let records = learned
-            .tools
-            .values_mut()
-            .map(|learning| &mut learning.record);
-        for record in records.chain([&mut learned.pooled.record]) {
-            record.model.set_risk(config.risk);
-        }
         let inner = Arc::new(Inner {
             policy,
             deadline: config.deadline_s.map(Duration::from_secs_f64),
             max_samples_per_tool: config.max_samples_per_tool,
             store,
             jobs,
-            knowledge: Mutex::new(learned),
+            knowledge: Mutex::new(knowledge),
             persisting: tokio::sync::Mutex::new(()),
             tools: Mutex::new(hashbrown::HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -558,40 +466,23 @@ impl Engine {
         tool: Option<&str>,
     ) -> Result<StatsReport, EngineError> {
         let store = Store::open(&config.data_dir, config.cache_bytes)?;
-        let (mut tools, pooled) = store.load_records()?;
+        let (tools, pooled) = store.load_records()?;
         let mut clients = ClientBudgets::new(config.budget_s, &config.client_budgets);
         for (name, record) in store.load_clients()? {
             clients.restore(name, record);
         }
-        let mut pooled = pooled.unwrap_or_else(|| ToolRecord::new(false));
-        for record in tools
-            .iter_mut()
-            .map(|(_, record)| record)
-            .chain([&mut pooled])
-        {
-            record.model.set_risk(config.risk);
-        }
-        let named = tools.iter().map(|(name, record)| (name.as_str(), record));
         Ok(StatsReport {
             budget_s: config.budget_s,
-            tools: stats_rows(named, &pooled, tool, config.risk),
+            tools: Learner::new(tools, pooled).stats(tool, config.risk),
             clients: clients.stats(),
         })
     }
 
     /// What has been learned, for one tool or for all (the pooled model last, as `*`).
     pub fn stats(&self, tool: Option<&str>) -> Vec<ToolStats> {
-        let risk = self.inner.policy.risk();
-        let mut learned = lock(&self.inner.knowledge);
-        let learned = &mut *learned;
-        if tool.is_none() {
-            learned.pooled.catch_up(&learned.samples, risk);
-        }
-        let named = learned
-            .tools
-            .iter()
-            .map(|(name, learning)| (name.as_str(), &learning.record));
-        stats_rows(named, &learned.pooled.record, tool, risk)
+        lock(&self.inner.knowledge)
+            .learner
+            .stats(tool, self.inner.policy.risk())
     }
 
     /// Whether a job started in the background now would run at once (fewer than
@@ -659,8 +550,8 @@ impl Engine {
         client: Option<&str>,
         count: bool,
     ) -> Decision {
-        let mut learned = lock(&self.inner.knowledge);
-        let budget = learned.clients.budget(client);
+        let mut knowledge = lock(&self.inner.knowledge);
+        let budget = knowledge.clients.budget(client);
         let call = Call {
             tool,
             features,
@@ -671,23 +562,12 @@ impl Engine {
             expensive,
             budget_s: Some(budget.budget_s),
         };
-        let learned = &mut *learned;
-        let risk = self.inner.policy.risk();
-        if !count {
-            let model = learned.tools.get(tool).map(|l| &l.record.model);
-            let pooled = learned.pooled.model_for(model, &learned.samples, risk);
-            return self.inner.policy.decide(call, model, Some(pooled));
+        let policy = &self.inner.policy;
+        if count {
+            knowledge.learner.decide(policy, call)
+        } else {
+            knowledge.learner.predict(policy, call)
         }
-        let record = record_mut(&mut learned.tools, tool);
-        let pooled = learned
-            .pooled
-            .model_for(Some(&record.model), &learned.samples, risk);
-        let decision = self
-            .inner
-            .policy
-            .decide(call, Some(&record.model), Some(pooled));
-        record.counters.decided(&decision);
-        decision
     }
 
     /// The arguments' features, with those of the tool's own extractor.
@@ -855,9 +735,7 @@ impl Engine {
         // The same future, moved to a task of its own: it goes on where it was.
         let grace = self.inner.jobs.settings().cancel_grace;
         let mut work: WorkHandle = tokio::spawn(job_work(work));
-        record_mut(&mut lock(&self.inner.knowledge).tools, &job.tool)
-            .counters
-            .promotions += 1;
+        lock(&self.inner.knowledge).learner.promoted(&job.tool);
         let work_abort = work.abort_handle();
         let engine = self.clone();
         let supervised = job.clone();
@@ -915,13 +793,16 @@ impl Engine {
 
     /// The client cancelled an inline call after `elapsed_s`: perhaps its timeout.
     fn client_gave_up(&self, client: &str, elapsed_s: f64) {
-        let mut learned = lock(&self.inner.knowledge);
-        let changed = learned.clients.record_mut(client).observe_cancel(elapsed_s);
+        let mut knowledge = lock(&self.inner.knowledge);
+        let changed = knowledge
+            .clients
+            .record_mut(client)
+            .observe_cancel(elapsed_s);
         if changed {
-            let budget = learned.clients.budget(Some(client));
+            let budget = knowledge.clients.budget(Some(client));
             tracing::info!(client, elapsed_s, budget_s = budget.budget_s, "the client cancels inline calls at about the same time: its budget is lowered below it");
         }
-        learned.dirty_clients.insert(client.to_owned());
+        knowledge.dirty_clients.insert(client.to_owned());
     }
 
     /// The client waited `runtime_s` for an inline answer, which may contradict the
@@ -932,14 +813,14 @@ impl Engine {
         if runtime_s < 0.5 {
             return;
         }
-        let mut learned = lock(&self.inner.knowledge);
-        if learned.clients.observe_answer(client, runtime_s) {
+        let mut knowledge = lock(&self.inner.knowledge);
+        if knowledge.clients.observe_answer(client, runtime_s) {
             tracing::info!(
                 client,
                 runtime_s,
                 "the client waited past its learned timeout: forgotten"
             );
-            learned.dirty_clients.insert(client.to_owned());
+            knowledge.dirty_clients.insert(client.to_owned());
         }
     }
 
@@ -1019,39 +900,14 @@ impl Engine {
         outcome: Outcome,
         decision: &Decision,
     ) {
-        let inner = &self.inner;
         let finished_at_ms = now_ms();
-        let risk = inner.policy.risk();
-        let mut learned = lock(&inner.knowledge);
-        let learned = &mut *learned;
-        let record = record_mut(&mut learned.tools, tool);
-        record.counters.finished(decision, outcome, runtime_s);
-        if outcome == Outcome::Completed {
-            let scored = decision.predicted_s.zip(decision.upper_bound_s);
-            if let (Source::Learned, Some((median_s, bound_s))) = (decision.source, scored) {
-                record.model.score(median_s, bound_s, runtime_s);
-            }
-            record.model.observe(&features, runtime_s, risk);
-            // The pooled model learns the run from its sample (see [`Pooled`]).
-            if let (Source::Pooled, Some((median_s, bound_s))) = (decision.source, scored) {
-                learned
-                    .pooled
-                    .record
-                    .model
-                    .score(median_s, bound_s, runtime_s);
-                learned.pooled.dirty = true;
-            }
+        let mut knowledge = lock(&self.inner.knowledge);
+        (knowledge.learner).learn(tool, &features, runtime_s, outcome, decision);
+        if knowledge.samples.len() >= MAX_PENDING_SAMPLES {
+            // The store has been failing for a while: keep the newest.
+            knowledge.samples.pop_front();
         }
-        if learned.samples.len() >= MAX_PENDING_SAMPLES {
-            // The store has been failing for a while: keep the newest, once the pooled
-            // model has learned the oldest.
-            if learned.pooled.taught == 0 {
-                learned.pooled.catch_up(&learned.samples, risk);
-            }
-            learned.samples.pop_front();
-            learned.pooled.taught -= 1;
-        }
-        learned.samples.push_back(Sample {
+        knowledge.samples.push_back(Sample {
             tool: tool.clone(),
             features,
             runtime_s,
@@ -1067,7 +923,7 @@ impl Engine {
     /// goes back for the next one.
     async fn persist(&self) -> Result<(), StoreError> {
         let _persisting = self.inner.persisting.lock().await;
-        let mut unwritten = lock(&self.inner.knowledge).take_unwritten(self.inner.policy.risk());
+        let mut unwritten = lock(&self.inner.knowledge).take_unwritten();
         let written = self.write(&mut unwritten).await;
         if written.is_err() {
             lock(&self.inner.knowledge).put_back(unwritten);
@@ -1082,12 +938,11 @@ impl Engine {
         // All queued at once, in this order, so they share one flush.
         let samples =
             (!unwritten.samples.is_empty()).then(|| store.append_samples(&unwritten.samples));
-        let records: Vec<PendingWrite> = unwritten
-            .tools
-            .iter()
+        let changed = &unwritten.records;
+        let records: Vec<PendingWrite> = (changed.tools.iter())
             .map(|(tool, record)| store.save_record(Some(tool), record))
             .chain(
-                unwritten
+                changed
                     .pooled
                     .iter()
                     .map(|pooled| store.save_record(None, pooled)),
@@ -1109,28 +964,15 @@ impl Engine {
 /// changed since the last write.
 struct Unwritten {
     samples: Vec<Sample>,
-    tools: Vec<(String, ToolRecord)>,
-    pooled: Option<ToolRecord>,
+    records: Changed,
     clients: Vec<(String, ClientRecord)>,
 }
 
 impl Knowledge {
-    /// Takes what the next write needs, the pooled model caught up first so that the
-    /// samples it goes with leave together.
-    fn take_unwritten(&mut self, risk: f64) -> Unwritten {
-        self.pooled.catch_up(&self.samples, risk);
-        self.pooled.taught = 0;
+    /// Takes what the next write needs.
+    fn take_unwritten(&mut self) -> Unwritten {
         let samples = Vec::from(std::mem::take(&mut self.samples));
-        let tools = self
-            .tools
-            .iter_mut()
-            .filter(|(_, learning)| learning.dirty)
-            .map(|(tool, learning)| {
-                learning.dirty = false;
-                (tool.clone(), learning.record.clone())
-            })
-            .collect();
-        let pooled = std::mem::take(&mut self.pooled.dirty).then(|| self.pooled.record.clone());
+        let records = self.learner.take_changed();
         let dirty: Vec<String> = self.dirty_clients.drain().collect();
         let clients = dirty
             .into_iter()
@@ -1141,30 +983,21 @@ impl Knowledge {
             .collect();
         Unwritten {
             samples,
-            tools,
-            pooled,
+            records,
             clients,
         }
     }
 
     /// Puts back what a failed write did not store: its samples ahead of the ones
-    /// recorded since (the pooled model has learned them), and its records marked for
-    /// the next write, which stores their state by then.
+    /// recorded since, and its records marked for the next write, which stores their
+    /// state by then.
     fn put_back(&mut self, unwritten: Unwritten) {
         let newer = std::mem::replace(&mut self.samples, VecDeque::from(unwritten.samples));
-        self.pooled.taught += self.samples.len();
         self.samples.extend(newer);
         // The store has been failing for a while: keep the newest (as `record` does).
-        while self.samples.len() > MAX_PENDING_SAMPLES {
-            self.samples.pop_front();
-            self.pooled.taught -= 1;
-        }
-        for (tool, _) in unwritten.tools {
-            if let Some(learning) = self.tools.get_mut(&tool) {
-                learning.dirty = true;
-            }
-        }
-        self.pooled.dirty |= unwritten.pooled.is_some();
+        let excess = self.samples.len().saturating_sub(MAX_PENDING_SAMPLES);
+        self.samples.drain(..excess);
+        self.learner.put_back(&unwritten.records);
         self.dirty_clients
             .extend(unwritten.clients.into_iter().map(|(name, _)| name));
     }
@@ -1280,23 +1113,6 @@ fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64, run_id: Uuid)
 
 /// The rows of a stats report: `tool` alone, or every tool in name order and the
 /// pooled model last (as [`POOLED_TOOL`]).
-fn stats_rows<'a>(
-    named: impl Iterator<Item = (&'a str, &'a ToolRecord)>,
-    pooled: &'a ToolRecord,
-    tool: Option<&str>,
-    risk: f64,
-) -> Vec<ToolStats> {
-    let mut rows: Vec<(&str, &ToolRecord)> = named
-        .filter(|(name, _)| tool.is_none_or(|wanted| wanted == *name))
-        .collect();
-    rows.sort_by_key(|(name, _)| *name);
-    let pooled = tool.is_none().then_some((POOLED_TOOL, pooled));
-    rows.into_iter()
-        .chain(pooled)
-        .map(|(name, record)| record.stats(name, risk))
-        .collect()
-}
-
 /// Writes changed models every [`PERSIST_INTERVAL`], and prunes jobs and samples
 /// every [`SWEEP_INTERVAL`].
 async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
@@ -1340,7 +1156,9 @@ async fn sweep(engine: Weak<Inner>, shutdown: CancellationToken) {
         if let Err(e) = inner.jobs.prune(now_ms()).await {
             tracing::warn!(error = %e, "could not prune finished jobs");
         }
-        let tools: Vec<String> = lock(&inner.knowledge).tools.keys().cloned().collect();
+        let tools: Vec<String> = (lock(&inner.knowledge).learner.tools())
+            .map(str::to_owned)
+            .collect();
         for tool in tools {
             let pruned = inner
                 .store

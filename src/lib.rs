@@ -31,6 +31,7 @@ pub mod job;
 mod job_answer;
 pub mod jobs;
 pub mod jsonrpc;
+mod learner;
 mod lock;
 pub mod mcp;
 pub mod policy;
@@ -46,12 +47,13 @@ pub mod tools;
 pub use clients::{BudgetSource, ClientBudget, ClientStats};
 pub use engine::{
     CallOutcome, Engine, EngineConfig, EngineError, HearProgress, InlineProgress, ProgressSink,
-    ToolCall, ToolOptions, WorkOutput, POOLED_TOOL,
+    ToolCall, ToolOptions, WorkOutput,
 };
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
 pub use jobs::{
     Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, Progress, ProgressCell,
 };
+pub use learner::POOLED_TOOL;
 pub use policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable, StaticTableError,
     DEFAULT_BUDGET_S, DEFAULT_RISK,

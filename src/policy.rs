@@ -270,7 +270,7 @@ impl Policy {
         let warm = |model: Option<&RuntimeModel>| {
             model
                 .filter(|m| m.is_warm())
-                .and_then(|m| m.predict(call.features))
+                .and_then(|m| m.predict(call.features, self.risk))
         };
         let learned = warm(tool_model)
             .map(|p| (Source::Learned, p))
@@ -501,11 +501,7 @@ mod tests {
         for i in 0..calls {
             // ±5% so the spread is small but not zero
             let wiggle = 1.0 + 0.05 * ((i % 3) as f64 - 1.0);
-            model.observe(
-                &Features::from_args(&json!({"x": 1})),
-                runtime_s * wiggle,
-                DEFAULT_RISK,
-            );
+            model.observe(&Features::from_args(&json!({"x": 1})), runtime_s * wiggle);
         }
         model
     }

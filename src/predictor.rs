@@ -18,7 +18,9 @@
 //! y* | x* ~ Student-t(ν = 2aₙ, loc = x*ᵀmₙ, scale² = bₙ/aₙ · (1 + x*ᵀ Λₙ⁻¹ x*))
 //! ```
 //!
-//! The upper bound is the predictive quantile at `1 - risk`, in seconds.
+//! The upper bound is the predictive quantile at `1 - risk`, in seconds. The risk is the
+//! caller's to choose per prediction ([`RuntimeModel::predict`]): it is no part of what
+//! a model learned.
 //!
 //! The square terms are a departure from a plain log-log line, and they earn their
 //! place: runtimes are usually a fixed start-up plus work in proportion to the input
@@ -97,10 +99,10 @@ pub const MIN_RUNTIME_S: f64 = 1e-3;
 /// let mut model = RuntimeModel::new(true);
 /// for mb in [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0] {
 ///     let features = Features::from_args(&serde_json::json!({ "mb": mb }));
-///     model.observe(&features, 0.1 * mb, 0.05);
+///     model.observe(&features, 0.1 * mb);
 /// }
 /// let next = Features::from_args(&serde_json::json!({ "mb": 128.0 }));
-/// let prediction = model.predict(&next);
+/// let prediction = model.predict(&next, 0.05);
 /// assert!(model.is_warm());
 /// assert!(prediction.is_some_and(|p| (p.median_s / 12.8 - 1.0).abs() < 0.25));
 /// assert!(prediction.is_some_and(|p| p.upper_bound_s > p.median_s));
@@ -113,10 +115,11 @@ pub struct RuntimeModel {
     /// `O(dim²)`, and the factorisation is paid once per prediction, not per sample
     /// (a model pooled over every tool learns far more often than it predicts).
     posterior: OnceCell<Option<Posterior>>,
-    /// The last posterior, kept across an update to form the next one in its place:
-    /// its buffers, and its bound quantile (the inverse CDF is costly and its grid
-    /// point seldom changes).
+    /// The last posterior, kept across an update to form the next one in its buffers.
     spare: Cell<Option<Posterior>>,
+    /// The last bound quantile: the inverse CDF is costly, and its grid point and risk
+    /// seldom change.
+    quantile: Cell<Option<BoundQuantile>>,
 }
 
 /// A copy of the state; the copy forms its own posterior when asked.
@@ -222,8 +225,6 @@ struct ModelState {
     samples: u64,
     recency: Option<Recency>,
     calibration: Calibration,
-    /// The risk the cached bound quantile was computed for.
-    risk: f64,
 }
 
 /// Discounted sums behind the AR(1) term on one-step residuals.
@@ -281,7 +282,6 @@ struct Posterior {
     /// `bₙ / aₙ`
     variance: f64,
     dof: f64,
-    quantile: BoundQuantile,
 }
 
 /// The Student-t quantile at `1 - risk` for `dof` on the grid ([`quantile_dof`]).
@@ -323,6 +323,20 @@ impl TryFrom<ModelState> for RuntimeModel {
 #[serde(try_from = "ModelStateV2")]
 pub struct ModelV2(pub RuntimeModel);
 
+/// A model as store format 3 kept it: this state, then the risk its cached bound was
+/// computed for (since format 4 the risk is each prediction's own, not the model's).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "(ModelState, f64)")]
+pub struct ModelV3(pub RuntimeModel);
+
+impl TryFrom<(ModelState, f64)> for ModelV3 {
+    type Error = String;
+
+    fn try_from((state, _risk): (ModelState, f64)) -> Result<Self, Self::Error> {
+        RuntimeModel::try_from(state).map(ModelV3)
+    }
+}
+
 /// The format-2 state of a model whose scales are all 1, as format 2 wrote it (for
 /// tests of the migration).
 #[cfg(test)]
@@ -343,7 +357,7 @@ pub(crate) fn v2_bytes(model: &RuntimeModel) -> Vec<u8> {
         samples: state.samples,
         recency: state.recency.clone(),
         calibration: state.calibration,
-        risk: state.risk,
+        risk: 0.05,
     })
     .unwrap_or_default()
 }
@@ -381,7 +395,6 @@ impl TryFrom<ModelStateV2> for ModelV2 {
             samples: v2.samples,
             recency: v2.recency,
             calibration: v2.calibration,
-            risk: v2.risk,
         })
         .map(ModelV2)
     }
@@ -409,7 +422,6 @@ impl RuntimeModel {
             samples: 0,
             recency: recency.then(Recency::default),
             calibration: Calibration::default(),
-            risk: crate::policy::DEFAULT_RISK,
         };
         RuntimeModel::with_state(state)
     }
@@ -419,6 +431,7 @@ impl RuntimeModel {
             state,
             posterior: OnceCell::new(),
             spare: Cell::new(None),
+            quantile: Cell::new(None),
         }
     }
 
@@ -430,19 +443,10 @@ impl RuntimeModel {
     }
 
     /// The state changed: the posterior is formed again when next asked for, in this
-    /// one's buffers and with its quantile when its key still holds.
+    /// one's buffers.
     fn invalidate(&mut self) {
         if let Some(Some(old)) = self.posterior.take() {
             *self.spare.get_mut() = Some(old);
-        }
-    }
-
-    /// Sets the risk whose quantile [`RuntimeModel::predict`] reports as the bound.
-    /// `risk` must lie in (0, 1); other values leave the model unchanged.
-    pub fn set_risk(&mut self, risk: f64) {
-        if risk > 0.0 && risk < 1.0 && risk != self.state.risk {
-            self.state.risk = risk;
-            self.invalidate();
         }
     }
 
@@ -511,10 +515,13 @@ impl RuntimeModel {
         self.state.calibration
     }
 
-    /// Predicts the runtime of a call with these features; `None` only if the
-    /// posterior could not be formed (see [`RuntimeModel::observe`]).
-    pub fn predict(&self, features: &Features) -> Option<Prediction> {
+    /// Predicts the runtime of a call with these features, its upper bound at the
+    /// `1 - risk` quantile; `None` if the posterior could not be formed (see
+    /// [`RuntimeModel::observe`]) or `risk` is not strictly between 0 and 1.
+    pub fn predict(&self, features: &Features, risk: f64) -> Option<Prediction> {
         let posterior = self.posterior()?;
+        let quantile = bound_quantile(posterior.dof, risk, self.quantile.get())?;
+        self.quantile.set(Some(quantile));
         let x = self.design_row(&self.inputs(features, self.in_slot_order(features)));
         let mut location_ln = dot(&posterior.mean, &x);
         let leverage = leverage(&posterior.cholesky, &x);
@@ -525,7 +532,7 @@ impl RuntimeModel {
             scale_ln *= factor;
             uses_recency = true;
         }
-        let upper_ln = location_ln + posterior.quantile.value * scale_ln;
+        let upper_ln = location_ln + quantile.value * scale_ln;
         Some(Prediction {
             median_s: location_ln.exp(),
             upper_bound_s: upper_ln.exp(),
@@ -554,11 +561,10 @@ impl RuntimeModel {
     /// Teaches one finished run. A non-finite or negative runtime is ignored. Should
     /// the posterior fail to form (a matrix that lost positive definiteness to
     /// rounding), the model stays cold until the next update forms it.
-    pub fn observe(&mut self, features: &Features, runtime_s: f64, risk: f64) {
+    pub fn observe(&mut self, features: &Features, runtime_s: f64) {
         if !(runtime_s.is_finite() && runtime_s >= 0.0) {
             return;
         }
-        self.set_risk(risk);
         let y = runtime_s.max(MIN_RUNTIME_S).ln();
         let in_order = self.in_slot_order(features);
         if !in_order {
@@ -774,13 +780,12 @@ fn dim_for(slots: usize) -> usize {
     1 + 2 * slots
 }
 
-/// The posterior of `state`, formed in the buffers of `previous` (and with its
-/// quantile, where that still holds).
+/// The posterior of `state`, formed in the buffers of `previous`.
 fn posterior(state: &ModelState, previous: Option<Posterior>) -> Option<Posterior> {
     let dim = dim_for(state.feature_names.len());
-    let (mut cholesky, mut mean, previous) = match previous {
-        Some(p) => (p.cholesky, p.mean, Some(p.quantile)),
-        None => (Vec::new(), Vec::new(), None),
+    let (mut cholesky, mut mean) = match previous {
+        Some(p) => (p.cholesky, p.mean),
+        None => (Vec::new(), Vec::new()),
     };
     let matrix = |i: usize, j: usize| {
         let cell = state.xtx[i * dim + j];
@@ -798,13 +803,11 @@ fn posterior(state: &ModelState, previous: Option<Posterior>) -> Option<Posterio
     // yᵀy − mₙᵀXᵀy is a sum of squares; rounding can push it a hair below zero.
     let scale = PRIOR_SCALE + 0.5 * (state.yty - dot(&mean, &state.xty)).max(0.0);
     let dof = 2.0 * shape;
-    let quantile = bound_quantile(dof, state.risk, previous)?;
     Some(Posterior {
         mean,
         cholesky,
         variance: scale / shape,
         dof,
-        quantile,
     })
 }
 
@@ -878,10 +881,10 @@ mod tests {
         for i in 0..12 {
             let seconds = 0.05 + 0.05 * f64::from(i);
             let features = Features::from_args(&serde_json::json!({ "seconds": seconds }));
-            model.observe(&features, seconds + 0.01, 0.05);
+            model.observe(&features, seconds + 0.01);
         }
         let long = Features::from_args(&serde_json::json!({ "seconds": 30.0 }));
-        let predicted = model.predict(&long).unwrap().median_s;
+        let predicted = model.predict(&long, 0.05).unwrap().median_s;
         assert!(
             (10.0..=90.0).contains(&predicted),
             "predicted {predicted} s for a 30 s call"
@@ -905,17 +908,19 @@ mod tests {
             (json!({ "prompt": "Test prompt for sampling" }), 0.01),
         ];
         for (args, runtime_s) in &calls {
-            model.observe(&Features::from_args(args), *runtime_s, 0.05);
+            model.observe(&Features::from_args(args), *runtime_s);
         }
         let other_tool = Features::from_args(&json!({ "message": "Please provide your name" }));
-        let without = model.predict(&other_tool).unwrap();
-        let none = model.predict(&Features::from_args(&json!({}))).unwrap();
+        let without = model.predict(&other_tool, 0.05).unwrap();
+        let none = model
+            .predict(&Features::from_args(&json!({})), 0.05)
+            .unwrap();
         assert!(without.upper_bound_s < 50.0, "{without:?}");
         // Absent, the argument moves nothing: the call is predicted as one without it.
         assert!((without.upper_bound_s - none.upper_bound_s).abs() < 1e-9 * none.upper_bound_s);
         // Present, it still speaks.
         let longer = Features::from_args(&json!({ "prompt": "x".repeat(5000) }));
-        assert!(model.predict(&longer).unwrap().upper_bound_s > without.upper_bound_s);
+        assert!(model.predict(&longer, 0.05).unwrap().upper_bound_s > without.upper_bound_s);
     }
 
     #[test]
@@ -923,7 +928,7 @@ mod tests {
         let mut model = RuntimeModel::new(true);
         for n in 1..=10 {
             let features = Features::from_args(&serde_json::json!({ "n": n * 10 }));
-            model.observe(&features, f64::from(n), 0.05);
+            model.observe(&features, f64::from(n));
         }
         let ModelV2(back) = postcard::from_bytes(&v2_bytes(&model)).unwrap();
         assert_eq!(back, model);
@@ -956,7 +961,7 @@ mod tests {
     fn an_empty_model_is_cold_and_still_has_a_wide_bound() {
         let model = RuntimeModel::new(true);
         assert!(!model.is_warm());
-        let prediction = model.predict(&Features::default()).unwrap();
+        let prediction = model.predict(&Features::default(), 0.05).unwrap();
         // Prior only: median 1 s, bound far above it.
         assert!((prediction.median_s - 1.0).abs() < 1e-9);
         assert!(prediction.upper_bound_s > 2.0);
@@ -965,8 +970,8 @@ mod tests {
     #[test]
     fn one_sample_gives_a_bound_that_is_wide() {
         let mut model = RuntimeModel::new(true);
-        model.observe(&call(json!({})), 10.0, 0.05);
-        let p = model.predict(&call(json!({}))).unwrap();
+        model.observe(&call(json!({})), 10.0);
+        let p = model.predict(&call(json!({})), 0.05).unwrap();
         assert!((p.median_s.ln() - 10f64.ln()).abs() < 0.1);
         assert!(p.upper_bound_s > 1.5 * p.median_s, "{p:?}");
     }
@@ -975,9 +980,9 @@ mod tests {
     fn zero_variance_runtimes_give_a_tight_but_positive_spread() {
         let mut model = RuntimeModel::new(false);
         for _ in 0..200 {
-            model.observe(&call(json!({})), 3.0, 0.05);
+            model.observe(&call(json!({})), 3.0);
         }
-        let p = model.predict(&call(json!({}))).unwrap();
+        let p = model.predict(&call(json!({})), 0.05).unwrap();
         assert!((p.median_s - 3.0).abs() < 0.01);
         // The prior keeps a floor under the spread, sqrt(b₀ / (a₀ + 1/(2(1-λ)))) ≈ 0.1,
         // so a model never claims to know a runtime to the millisecond.
@@ -999,12 +1004,12 @@ mod tests {
             let features = call(json!({"items": items, "depth": depth}));
             let y = 0.5 + 0.8 * items.ln_1p() - 0.3 * depth.ln_1p() + 0.3 * rng.normal();
             if i >= 50 {
-                let prediction = model.predict(&features).unwrap();
+                let prediction = model.predict(&features, 0.05).unwrap();
                 checked += 1;
                 covered += usize::from(y.exp() <= prediction.upper_bound_s);
                 model.score(prediction.median_s, prediction.upper_bound_s, y.exp());
             }
-            model.observe(&features, y.exp(), 0.05);
+            model.observe(&features, y.exp());
         }
         let coverage = covered as f64 / checked as f64;
         assert!(coverage >= 0.93, "coverage {coverage}");
@@ -1027,16 +1032,14 @@ mod tests {
         for _ in 0..30 {
             let bytes = draw(&mut rng);
             let noise = (0.05 * rng.normal()).exp();
-            model.observe(
-                &call(json!({"path.bytes": bytes})),
-                runtime(bytes) * noise,
-                0.05,
-            );
+            model.observe(&call(json!({"path.bytes": bytes})), runtime(bytes) * noise);
         }
         let mut errors: Vec<f64> = (0..200)
             .map(|_| {
                 let bytes = draw(&mut rng);
-                let p = model.predict(&call(json!({"path.bytes": bytes}))).unwrap();
+                let p = model
+                    .predict(&call(json!({"path.bytes": bytes})), 0.05)
+                    .unwrap();
                 (p.median_s / runtime(bytes) - 1.0).abs()
             })
             .collect();
@@ -1052,20 +1055,21 @@ mod tests {
         let mut model = RuntimeModel::new(true);
         let features = call(json!({"n": 5}));
         for _ in 0..300 {
-            model.observe(&features, 20.0 * (0.1 * rng.normal()).exp(), 0.05);
+            model.observe(&features, 20.0 * (0.1 * rng.normal()).exp());
         }
-        assert!(model.predict(&features).unwrap().upper_bound_s < 50.0);
+        assert!(model.predict(&features, 0.05).unwrap().upper_bound_s < 50.0);
         let mut flipped_at = None;
         for i in 0..150 {
-            if model.predict(&features).unwrap().upper_bound_s > 50.0 && flipped_at.is_none() {
+            if model.predict(&features, 0.05).unwrap().upper_bound_s > 50.0 && flipped_at.is_none()
+            {
                 flipped_at = Some(i);
             }
-            model.observe(&features, 60.0 * (0.1 * rng.normal()).exp(), 0.05);
+            model.observe(&features, 60.0 * (0.1 * rng.normal()).exp());
         }
         let flipped_at = flipped_at.expect("never followed the drift");
         assert!(flipped_at <= 100, "followed after {flipped_at} calls");
         // And it stays followed.
-        let p = model.predict(&features).unwrap();
+        let p = model.predict(&features, 0.05).unwrap();
         assert!(p.median_s > 45.0 && p.upper_bound_s > 50.0, "{p:?}");
     }
 
@@ -1080,8 +1084,8 @@ mod tests {
         let mut white = RuntimeModel::new(true);
         for _ in 0..500 {
             level = 0.9 * level + 0.4 * rng.normal();
-            repeating.observe(&features, (2.0 + level).exp(), 0.05);
-            white.observe(&features, (2.0 + 0.4 * rng.normal()).exp(), 0.05);
+            repeating.observe(&features, (2.0 + level).exp());
+            white.observe(&features, (2.0 + 0.4 * rng.normal()).exp());
         }
         let phi = repeating
             .recency_coefficient()
@@ -1097,12 +1101,12 @@ mod tests {
     fn features_that_appear_and_disappear_are_handled() {
         let mut model = RuntimeModel::new(true);
         for i in 0..20 {
-            model.observe(&call(json!({"a": i})), 1.0 + i as f64, 0.05);
+            model.observe(&call(json!({"a": i})), 1.0 + i as f64);
         }
-        model.observe(&call(json!({"a": 3, "b": 100})), 5.0, 0.05);
+        model.observe(&call(json!({"a": 3, "b": 100})), 5.0);
         assert_eq!(model.feature_names(), ["a", "b"]);
-        assert!(model.predict(&call(json!({"b": 7}))).is_some());
-        assert!(model.predict(&call(json!({"zzz": 7}))).is_some());
+        assert!(model.predict(&call(json!({"b": 7})), 0.05).is_some());
+        assert!(model.predict(&call(json!({"zzz": 7})), 0.05).is_some());
         let names: Vec<_> = model.effects().into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["a", "b"]);
     }
@@ -1114,24 +1118,20 @@ mod tests {
             let args: serde_json::Map<_, _> = (0..MAX_FEATURES_PER_CALL)
                 .map(|i| (format!("r{round}f{i:02}"), json!(i)))
                 .collect();
-            model.observe(
-                &Features::from_args(&serde_json::Value::Object(args)),
-                1.0,
-                0.05,
-            );
+            model.observe(&Features::from_args(&serde_json::Value::Object(args)), 1.0);
         }
         assert_eq!(model.feature_names().len(), MAX_SLOTS);
-        assert!(model.predict(&call(json!({"r2f00": 1}))).is_some());
+        assert!(model.predict(&call(json!({"r2f00": 1})), 0.05).is_some());
     }
 
     #[test]
     fn bad_runtimes_are_ignored() {
         let mut model = RuntimeModel::new(true);
         for bad in [f64::NAN, f64::INFINITY, -1.0] {
-            model.observe(&call(json!({})), bad, 0.05);
+            model.observe(&call(json!({})), bad);
         }
         assert_eq!(model.samples(), 0);
-        model.observe(&call(json!({})), 0.0, 0.05);
+        model.observe(&call(json!({})), 0.0);
         assert_eq!(model.samples(), 1, "zero is a real (instant) runtime");
     }
 
@@ -1156,12 +1156,12 @@ mod tests {
         ) {
             let mut model = RuntimeModel::new(true);
             for (runtime_s, items, flag) in runs {
-                model.observe(&call(json!({"items": items, "flag": flag})), runtime_s, 0.05);
+                model.observe(&call(json!({"items": items, "flag": flag})), runtime_s);
             }
             let back = RuntimeModel::from_bytes(&model.to_bytes()).unwrap();
             prop_assert_eq!(&back, &model);
             let features = call(json!({"items": 10, "flag": true}));
-            prop_assert_eq!(back.predict(&features), model.predict(&features));
+            prop_assert_eq!(back.predict(&features, 0.05), model.predict(&features, 0.05));
         }
 
         #[test]
@@ -1171,9 +1171,9 @@ mod tests {
         ) {
             let mut model = RuntimeModel::new(true);
             for (runtime_s, size) in runs {
-                model.observe(&call(json!({"size": size})), runtime_s, 0.05);
+                model.observe(&call(json!({"size": size})), runtime_s);
             }
-            if let Some(p) = model.predict(&call(json!({"size": probe}))) {
+            if let Some(p) = model.predict(&call(json!({"size": probe})), 0.05) {
                 prop_assert!(p.location_ln.is_finite() && p.scale_ln.is_finite());
                 prop_assert!(p.upper_bound_s >= p.median_s);
             }

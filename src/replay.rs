@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::features::{Features, ASYNC_MODE_ARG};
-use crate::policy::{Call, Mode, Policy, StaticTable};
-use crate::predictor::RuntimeModel;
+use crate::learner::Learner;
+use crate::policy::{Call, Decision, Mode, Policy, StaticTable};
+use crate::stats::Outcome;
 
 /// Seconds one poll costs a caller (a model turn), by default.
 pub const DEFAULT_POLL_COST_S: f64 = 5.0;
@@ -116,14 +117,26 @@ type Said = (Mode, Option<f64>);
 trait Contender {
     fn name(&self) -> &'static str;
     fn decide(&mut self, tool: &str, features: &Features, async_mode: bool) -> Said;
+    /// Learns a run that succeeded.
     fn learn(&mut self, tool: &str, features: &Features, runtime_s: f64);
+    /// Hears of a run that failed: not learned from, as in the engine.
+    fn failed(&mut self, _tool: &str, _features: &Features, _runtime_s: f64) {}
 }
 
-/// The engine's own policy, with models learned as the server learns them.
+/// The engine's own policy, deciding and learning through the server's own learner.
 struct EnginePolicy {
     policy: Policy,
-    tools: HashMap<String, RuntimeModel>,
-    pooled: RuntimeModel,
+    learner: Learner,
+    /// The decision on the call being replayed, which its run is learned against.
+    decided: Option<Decision>,
+}
+
+impl EnginePolicy {
+    fn finished(&mut self, tool: &str, features: &Features, runtime_s: f64, outcome: Outcome) {
+        if let Some(decision) = self.decided.take() {
+            (self.learner).learn(tool, features, runtime_s, outcome, &decision);
+        }
+    }
 }
 
 impl Contender for EnginePolicy {
@@ -133,23 +146,18 @@ impl Contender for EnginePolicy {
 
     fn decide(&mut self, tool: &str, features: &Features, async_mode: bool) -> Said {
         let call = Call::new(tool, features, async_mode);
-        let decision = self
-            .policy
-            .decide(call, self.tools.get(tool), Some(&self.pooled));
-        (decision.mode, decision.upper_bound_s)
+        let decision = self.learner.decide(&self.policy, call);
+        let said = (decision.mode, decision.upper_bound_s);
+        self.decided = Some(decision);
+        said
     }
 
     fn learn(&mut self, tool: &str, features: &Features, runtime_s: f64) {
-        let risk = self.policy.risk();
-        let model = match self.tools.get_mut(tool) {
-            Some(model) => model,
-            None => self
-                .tools
-                .entry(tool.to_owned())
-                .or_insert_with(|| RuntimeModel::new(true)),
-        };
-        model.observe(features, runtime_s, risk);
-        self.pooled.observe(features, runtime_s, risk);
+        self.finished(tool, features, runtime_s, Outcome::Completed);
+    }
+
+    fn failed(&mut self, tool: &str, features: &Features, runtime_s: f64) {
+        self.finished(tool, features, runtime_s, Outcome::Failed);
     }
 }
 
@@ -359,8 +367,8 @@ impl Replay {
         let contenders: Vec<Box<dyn Contender + Send>> = vec![
             Box::new(EnginePolicy {
                 policy: config.policy,
-                tools: HashMap::new(),
-                pooled: RuntimeModel::new(false),
+                learner: Learner::default(),
+                decided: None,
             }),
             Box::new(StaticOnly {
                 table: table.clone(),
@@ -406,6 +414,8 @@ impl Replay {
             }
             if record.ok {
                 contender.learn(&record.tool, &features, record.runtime_s);
+            } else {
+                contender.failed(&record.tool, &features, record.runtime_s);
             }
         }
         // The oracle knows the runtime: the floor no policy can beat.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::ClientStats;
 use crate::policy::{Decision, Mode, Seconds, Source};
-use crate::predictor::{FeatureEffect, ModelV2, RuntimeModel};
+use crate::predictor::{FeatureEffect, ModelV2, ModelV3, RuntimeModel};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,13 +90,15 @@ impl ToolRecord {
         postcard::from_bytes(bytes)
     }
 
-    /// Reads a record as store format 2 wrote it (before feature scales).
-    pub fn from_bytes_v2(bytes: &[u8]) -> Result<ToolRecord, postcard::Error> {
-        let (model, counters): (ModelV2, Counters) = postcard::from_bytes(bytes)?;
-        Ok(ToolRecord {
-            model: model.0,
-            counters,
-        })
+    /// Reads a record as an earlier store format wrote it: 2 (before feature scales)
+    /// or 3 (when a model kept the risk of its bound); `None` for another format.
+    pub fn from_bytes_of(format: u32, bytes: &[u8]) -> Option<Result<ToolRecord, postcard::Error>> {
+        let read = match format {
+            2 => postcard::from_bytes::<(ModelV2, Counters)>(bytes).map(|(m, c)| (m.0, c)),
+            3 => postcard::from_bytes::<(ModelV3, Counters)>(bytes).map(|(m, c)| (m.0, c)),
+            _ => return None,
+        };
+        Some(read.map(|(model, counters)| ToolRecord { model, counters }))
     }
 
     /// The report for this record.
@@ -326,9 +328,7 @@ mod tests {
         let mut record = ToolRecord::new(true);
         for kb in 1..=40 {
             let features = Features::from_args(&json!({"kb": kb * 100}));
-            record
-                .model
-                .observe(&features, 0.01 * (kb * 100) as f64, 0.05);
+            record.model.observe(&features, 0.01 * (kb * 100) as f64);
             record
                 .counters
                 .decided(&decision(Mode::Inline, Source::Default));

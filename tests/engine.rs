@@ -254,12 +254,14 @@ async fn the_pooled_model_is_taught_every_completed_run_in_order() {
             .call(ToolCall::new("warm_tool", args.clone()), sleeper(seconds))
             .await
             .unwrap();
-        reference.observe(&Features::from_args(&args), seconds, DEFAULT_RISK);
+        reference.observe(&Features::from_args(&args), seconds);
     }
     let args = json!({ "n": 3 });
     let decision = engine.predict("cold_tool", &args).await;
     assert_eq!(decision.source, Source::Pooled, "{}", decision.reason());
-    let expected = reference.predict(&Features::from_args(&args)).unwrap();
+    let expected = reference
+        .predict(&Features::from_args(&args), DEFAULT_RISK)
+        .unwrap();
     assert_eq!(decision.predicted_s, Some(expected.median_s));
     assert_eq!(decision.upper_bound_s, Some(expected.upper_bound_s));
     let stats = engine.stats(None);

@@ -26,10 +26,11 @@ pub use writer::PendingWrite;
 use writer::Writer;
 
 /// Bumped when the layout or an encoding changes incompatibly.
-pub const FORMAT_VERSION: u32 = 3;
-/// The last format this version reads and rewrites as its own on open (its models
-/// had no feature scales; everything else is the same).
-const MIGRATES_FROM: u32 = 2;
+pub const FORMAT_VERSION: u32 = 4;
+/// The earlier formats this version reads and rewrites as its own on open. They differ
+/// in the models alone: format 2 had no feature scales, format 3 kept in each model the
+/// risk its bound was last computed for.
+const MIGRATES_FROM: [u32; 2] = [2, 3];
 /// sled's page cache; its own default is 1 GiB, far more than a few models and jobs need.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -570,8 +571,8 @@ fn check_version(path: &Path, trees: &Trees, had_data: bool) -> Result<()> {
                 .map_err(|_| corrupt(path, "the format version key is not 4 bytes"))?;
             if found == FORMAT_VERSION {
                 Ok(())
-            } else if found == MIGRATES_FROM {
-                migrate_models(path, trees)
+            } else if MIGRATES_FROM.contains(&found) {
+                migrate_models(path, trees, found)
             } else {
                 Err(StoreError::Version {
                     path: path.to_path_buf(),
@@ -583,17 +584,19 @@ fn check_version(path: &Path, trees: &Trees, had_data: bool) -> Result<()> {
     }
 }
 
-/// Rewrites format-2 models in this format and marks the database as this format, in
-/// one transaction: an interrupted migration leaves format 2 as it was. It runs at
+/// Rewrites the models of format `from` in this format and marks the database as this
+/// format, in one transaction: an interrupted migration leaves it as it was. It runs at
 /// open, before the writer's thread starts.
-fn migrate_models(path: &Path, trees: &Trees) -> Result<()> {
+fn migrate_models(path: &Path, trees: &Trees, from: u32) -> Result<()> {
     use sled::transaction::{ConflictableTransactionError, TransactionError};
     use sled::Transactional;
     let io = |e| open_error(path, e);
     let migrate = |what: String, bytes: &[u8]| -> Result<Vec<u8>> {
-        ToolRecord::from_bytes_v2(bytes)
-            .map(|record| record.to_bytes())
-            .map_err(|e| corrupt(path, &format!("{what} cannot be read: {e}")))
+        match ToolRecord::from_bytes_of(from, bytes) {
+            Some(Ok(record)) => Ok(record.to_bytes()),
+            Some(Err(e)) => Err(corrupt(path, &format!("{what} cannot be read: {e}"))),
+            None => Err(corrupt(path, &format!("format {from} cannot be migrated"))),
+        }
     };
     let mut models = Vec::new();
     for item in trees.models.iter() {
@@ -622,7 +625,7 @@ fn migrate_models(path: &Path, trees: &Trees) -> Result<()> {
         })?;
     trees.db.flush().map_err(io)?;
     tracing::info!(
-        "the database in {} was upgraded from format {MIGRATES_FROM} to {FORMAT_VERSION}",
+        "the database in {} was upgraded from format {from} to {FORMAT_VERSION}",
         path.display()
     );
     Ok(())
@@ -704,7 +707,7 @@ mod tests {
         let mut record = ToolRecord::new(true);
         for kb in 1..=20 {
             let features = Features::from_args(&json!({ "kb": kb * 100 }));
-            record.model.observe(&features, 0.01 * f64::from(kb), 0.05);
+            record.model.observe(&features, 0.01 * f64::from(kb));
         }
         record.counters.promotions = 3;
         {
@@ -716,7 +719,7 @@ mod tests {
             store.meta.insert(KEY_POOLED_MODEL, v2).unwrap();
             store
                 .meta
-                .insert(KEY_FORMAT_VERSION, &MIGRATES_FROM.to_be_bytes())
+                .insert(KEY_FORMAT_VERSION, &2u32.to_be_bytes())
                 .unwrap();
             store.db.flush().unwrap();
         }
@@ -741,7 +744,7 @@ mod tests {
         let mut record = ToolRecord::new(true);
         record
             .model
-            .observe(&Features::from_args(&json!({ "n": 3 })), 1.0, 0.05);
+            .observe(&Features::from_args(&json!({ "n": 3 })), 1.0);
         // Format-2 bytes read as this format: the sizes do not line up.
         let counters = postcard::to_stdvec(&record.counters).unwrap();
         let v2 = [crate::predictor::v2_bytes(&record.model), counters].concat();
