@@ -50,9 +50,7 @@ pub use engine::{
     ToolCall, ToolOptions, WorkOutput,
 };
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
-pub use jobs::{
-    Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, Progress, ProgressCell,
-};
+pub use jobs::{Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, Progress};
 pub use learner::POOLED_TOOL;
 pub use policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable, StaticTableError,

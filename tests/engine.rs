@@ -918,3 +918,73 @@ async fn opening_a_locked_database_does_not_block_the_runtime() {
         "another task ran while the open waited ({ticked} ticks)"
     );
 }
+
+/// Issue 16: a job's task handles were attached after it was spawned (the work's after
+/// it got a run slot), so closing at the wrong moment could leave work running. Now a
+/// job's one task exists from its creation: closing the engine with a running, a
+/// pending and a promoted job drops all three works at once, and the next open reads
+/// each as interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_drops_the_work_of_running_pending_and_promoted_jobs_and_reopening_reads_them_interrupted(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.deadline_s = Some(0.2);
+    config.jobs = JobSettings {
+        max_running: 1,
+        ..JobSettings::default()
+    };
+    let engine = Engine::open(config.clone()).await.unwrap();
+    let dropped: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+    let endless = |dropped: &CancellationToken| {
+        let guard = dropped.clone().drop_guard();
+        move |_ctx| async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(json!("never"))
+        }
+    };
+    let background = || ToolCall::new("t", json!({"async_mode": true}));
+    let running = expect_job(
+        engine
+            .call(background(), endless(&dropped[0]))
+            .await
+            .unwrap(),
+    );
+    wait_for_status(&engine, &running, JobStatus::Running).await;
+    let pending = expect_job(
+        engine
+            .call(background(), endless(&dropped[1]))
+            .await
+            .unwrap(),
+    );
+    let promoted = expect_job(
+        engine
+            .call(ToolCall::new("u", json!({})), endless(&dropped[2]))
+            .await
+            .unwrap(),
+    );
+    assert!(promoted.promoted);
+    assert_eq!(engine.job(pending.id).unwrap().status(), JobStatus::Pending);
+    engine.close().await.unwrap();
+    for (which, token) in ["running", "pending", "promoted"].iter().zip(&dropped) {
+        assert!(
+            token.is_cancelled(),
+            "the {which} job's work outlived close"
+        );
+    }
+    drop(engine);
+    let engine = Engine::open(config).await.unwrap();
+    for job in [&running, &pending, &promoted] {
+        let state = engine.job(job.id).unwrap().state;
+        assert_eq!(
+            state,
+            JobState::Failed {
+                error: RunError::Interrupted
+            },
+            "{}",
+            job.id
+        );
+    }
+    engine.close().await.unwrap();
+}

@@ -10,55 +10,27 @@
 //! and up to a count.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle};
-use tokio_util::sync::CancellationToken;
+use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 pub use crate::job::{Job, JobState, JobStatus, Progress, MAX_POLL_S, MIN_POLL_S};
 use crate::lock::lock;
-use crate::run_error::{panic_message, RunError};
+use crate::run_error::RunError;
 use crate::store::{Store, StoreError};
 
+mod context;
 mod listing;
+mod run;
 
+pub use context::JobContext;
+pub(crate) use context::RunSignals;
 use listing::{Listed, Listing};
-
-/// What a run's work and its watchers share: the signal to stop and the latest
-/// progress, in one allocation.
-#[derive(Debug, Default)]
-struct RunShared {
-    cancel: CancellationToken,
-    progress: Mutex<Option<Progress>>,
-    /// Rung on every report, for an inline call's watcher to pass it on at once.
-    reported: tokio::sync::Notify,
-    run_id: Uuid,
-}
-
-/// Where a run's work reports its progress; shared by the work and whoever watches.
-#[derive(Debug, Clone, Default)]
-pub struct ProgressCell(Arc<RunShared>);
-
-impl ProgressCell {
-    /// The latest report.
-    pub fn get(&self) -> Option<Progress> {
-        lock(&self.0.progress).clone()
-    }
-
-    fn set(&self, progress: Progress) {
-        *lock(&self.0.progress) = Some(progress);
-        self.0.reported.notify_one();
-    }
-
-    /// Resolves at the next report (or at once, for one made since the last wait).
-    pub(crate) async fn reported(&self) {
-        self.0.reported.notified().await;
-    }
-}
+pub(crate) use run::{JobWork, OnEnd};
 
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
@@ -69,63 +41,6 @@ pub struct JobFilter {
     pub tool: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
-}
-
-/// What the caller's work gets: the signal to stop, and where to report progress.
-///
-/// Cloning one is an atomic increment: the token and the progress sit behind one
-/// `Arc`, where cloning the token itself would lock its tree.
-#[derive(Debug, Clone)]
-pub struct JobContext {
-    run: ProgressCell,
-}
-
-impl JobContext {
-    /// A context whose work should stop when `cancel` fires. The engine makes one per
-    /// run; make your own to run a tool's work outside the engine (tests, a plain server).
-    pub fn new(cancel: CancellationToken) -> JobContext {
-        JobContext {
-            run: ProgressCell(Arc::new(RunShared {
-                cancel,
-                progress: Mutex::new(None),
-                reported: tokio::sync::Notify::new(),
-                run_id: Uuid::new_v4(),
-            })),
-        }
-    }
-
-    /// Reports how far the work has come: shown to inline callers in progress
-    /// notifications, and in `job_status` and `tasks/get` for a job.
-    pub fn report_progress(&self, progress: Progress) {
-        self.run.set(progress);
-    }
-
-    /// Where this run's progress is reported.
-    pub fn progress(&self) -> &ProgressCell {
-        &self.run
-    }
-
-    /// Resolves when the run is cancelled. Work that selects on it stops cleanly;
-    /// work that ignores it is aborted after the grace period.
-    pub async fn cancelled(&self) {
-        self.token().cancelled().await;
-    }
-
-    /// Whether cancellation was asked for.
-    pub fn is_cancelled(&self) -> bool {
-        self.token().is_cancelled()
-    }
-
-    /// The token itself, to hand to other tasks.
-    pub fn token(&self) -> &CancellationToken {
-        &self.run.0.cancel
-    }
-
-    /// This run's random id: a command tool's processes carry it in their environment
-    /// (`SMART_ASYNC_RUN`), so a cancel, or a restart after a crash, ends all of them.
-    pub fn run_id(&self) -> Uuid {
-        self.run.0.run_id
-    }
 }
 
 /// Job errors.
@@ -156,8 +71,8 @@ pub struct JobSettings {
     /// How many finished jobs are kept at most.
     pub max_finished: usize,
     /// How many jobs started in the background run at once; the rest wait as pending.
-    /// A call promoted from inline is already running and keeps running: it holds a
-    /// slot if one is free, so jobs started after it wait for it.
+    /// A call promoted from inline is already running and is never held back by this
+    /// limit: it holds a slot if one is free, so jobs started after it wait for it.
     pub max_running: usize,
     /// How long cancelled work may take to stop before it is aborted.
     pub cancel_grace: Duration,
@@ -174,33 +89,24 @@ impl Default for JobSettings {
     }
 }
 
-/// The work of a run, spawned once.
-pub(crate) type WorkHandle = JoinHandle<Result<Value, RunError>>;
-
-/// How a run ended, as seen by its supervisor.
-#[derive(Debug)]
-pub(crate) enum RunEnd {
-    Returned(Result<Value, RunError>),
-    Panicked(String),
-    Cancelled,
-}
-
+/// A job while it runs in this process.
 struct Live {
-    cancel: CancellationToken,
-    progress: ProgressCell,
+    signals: RunSignals,
     status: watch::Sender<JobStatus>,
-    supervisor: Option<AbortHandle>,
-    work: Option<AbortHandle>,
+    /// The task that runs the work and finishes the job (see [`run`]).
+    task: AbortHandle,
 }
 
-/// The job table: the store for records, the live map for running jobs.
+/// The job table: the store for records, the live map for running jobs. Cheap to
+/// clone; clones share everything (a job's task holds one).
+#[derive(Clone)]
 pub(crate) struct Jobs {
     store: Store,
-    live: Mutex<HashMap<Uuid, Live>>,
+    live: Arc<Mutex<HashMap<Uuid, Live>>>,
     /// Job states as they are queued for the store. Writes of job states are queued
     /// while this is locked, so the listing is the table at one moment and the store's
     /// one writer applies the states in the order they were listed.
-    queued: Mutex<Queued>,
+    queued: Arc<Mutex<Queued>>,
     permits: Arc<Semaphore>,
     settings: JobSettings,
 }
@@ -284,8 +190,8 @@ impl Jobs {
         }
         Ok(Jobs {
             store,
-            live: Mutex::new(HashMap::new()),
-            queued: Mutex::new(queued),
+            live: Arc::default(),
+            queued: Arc::new(Mutex::new(queued)),
             permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
             settings,
         })
@@ -303,8 +209,15 @@ impl Jobs {
         lock(&self.queued)
     }
 
-    /// Makes the job durable, then live under the run's context.
-    pub(crate) async fn create(&self, job: &Job, ctx: &JobContext) -> Result<(), StoreError> {
+    /// Makes the job durable, then runs `supervised` as its task. The task is spawned
+    /// with the live table locked, so that it cannot end (and leave the table) before
+    /// it is in it: from its creation a job can be cancelled, waited on and abandoned.
+    async fn register(
+        &self,
+        job: &Job,
+        signals: RunSignals,
+        supervised: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let pending = {
             let mut queued = self.queued();
             queued.listing.record(job);
@@ -316,56 +229,22 @@ impl Jobs {
             return Err(e);
         }
         let (status, _) = watch::channel(job.status());
-        self.live().insert(
+        let mut live = self.live();
+        let task = tokio::spawn(supervised).abort_handle();
+        live.insert(
             job.id,
             Live {
-                cancel: ctx.token().clone(),
-                progress: ctx.progress().clone(),
+                signals,
                 status,
-                supervisor: None,
-                work: None,
+                task,
             },
         );
         Ok(())
     }
 
-    /// Records the tasks that can be stopped when the engine closes.
-    pub(crate) fn attach(
-        &self,
-        id: Uuid,
-        supervisor: Option<AbortHandle>,
-        work: Option<AbortHandle>,
-    ) {
-        if let Some(live) = self.live().get_mut(&id) {
-            if supervisor.is_some() {
-                live.supervisor = supervisor;
-            }
-            if work.is_some() {
-                live.work = work;
-            }
-        }
-    }
-
-    /// Waits for a run slot; `None` if cancelled first.
-    pub(crate) async fn acquire_slot(
-        &self,
-        cancel: &CancellationToken,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
-        }
-    }
-
     /// Whether a job started now would run at once.
     pub(crate) fn slot_free(&self) -> bool {
         self.permits.available_permits() > 0
-    }
-
-    /// A run slot if one is free now.
-    pub(crate) fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Writes a new state (durably when terminal) and tells waiters. A state the store
@@ -435,7 +314,7 @@ impl Jobs {
             job.progress = self
                 .live()
                 .get(&job.id)
-                .and_then(|live| live.progress.get());
+                .and_then(|live| live.signals.progress());
         }
     }
 
@@ -451,7 +330,7 @@ impl Jobs {
     /// Asks a job to stop and waits for it to end (at most the grace period and a
     /// little more).
     pub(crate) async fn cancel(&self, id: Uuid) -> Result<Job, JobError> {
-        let token = self.live().get(&id).map(|live| live.cancel.clone());
+        let token = (self.live().get(&id)).map(|live| live.signals.cancel_token().clone());
         match token {
             Some(token) => {
                 token.cancel();
@@ -515,9 +394,7 @@ impl Jobs {
     pub(crate) async fn abandon_all(&self) {
         let entries: Vec<Live> = self.live().drain().map(|(_, live)| live).collect();
         for live in &entries {
-            for handle in [&live.supervisor, &live.work].into_iter().flatten() {
-                handle.abort();
-            }
+            live.task.abort();
         }
         // Give the aborted tasks a turn to drop their futures (and their engine handles).
         for _ in 0..entries.len().min(64) + 1 {
@@ -527,35 +404,8 @@ impl Jobs {
         // of a large tree would hold the process open after shutdown. The supervisors
         // are gone, so nothing records these jobs as cancelled.
         for live in &entries {
-            live.cancel.cancel();
+            live.signals.cancel_token().cancel();
         }
-    }
-}
-
-/// Runs `work` until it returns or `cancel` fires; after a cancel it gets `grace` to
-/// return, then it is aborted. A cancelled run is reported cancelled even if the work
-/// returned within the grace, so a cancelled job never shows as completed.
-pub(crate) async fn run_to_end(
-    work: &mut WorkHandle,
-    cancel: &CancellationToken,
-    grace: Duration,
-) -> RunEnd {
-    // Biased: work that returns the moment it sees the cancel is ready together with
-    // the cancel, and an unbiased pick would then report it failed half the time.
-    let joined = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => {
-            if tokio::time::timeout(grace, &mut *work).await.is_err() {
-                work.abort();
-            }
-            return RunEnd::Cancelled;
-        }
-        joined = &mut *work => joined,
-    };
-    match joined {
-        Ok(returned) => RunEnd::Returned(returned),
-        Err(e) if e.is_panic() => RunEnd::Panicked(panic_message(&*e.into_panic())),
-        Err(_) => RunEnd::Cancelled,
     }
 }
 
@@ -644,44 +494,6 @@ mod tests {
             .contains("completed"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn work_that_ignores_cancel_is_aborted_after_the_grace() {
-        let cancel = CancellationToken::new();
-        let mut work: WorkHandle = tokio::spawn(async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(Value::Null)
-        });
-        let started = tokio::time::Instant::now();
-        cancel.cancel();
-        let end = run_to_end(&mut work, &cancel, Duration::from_secs(5)).await;
-        assert!(matches!(end, RunEnd::Cancelled));
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
-        assert!(work.await.unwrap_err().is_cancelled());
-    }
-
-    /// Regression: work that returned as soon as it saw the cancel was reported as
-    /// failed with its own error about half the time (an unbiased `select!` between the
-    /// cancel and the finished work), seen in CI on `tests/engine.rs`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn work_that_returns_on_its_cancel_is_always_reported_cancelled() {
-        for _ in 0..200 {
-            let cancel = CancellationToken::new();
-            let seen = cancel.clone();
-            let mut work: WorkHandle = tokio::spawn(async move {
-                seen.cancelled().await;
-                Err(RunError::Cancelled)
-            });
-            let canceller = cancel.clone();
-            tokio::spawn(async move { canceller.cancel() });
-            // The work has returned by the time the supervisor looks: both are ready.
-            while !work.is_finished() {
-                tokio::task::yield_now().await;
-            }
-            let end = run_to_end(&mut work, &cancel, Duration::from_secs(1)).await;
-            assert!(matches!(end, RunEnd::Cancelled), "{end:?}");
-        }
-    }
-
     /// Issue 16: a failed job kept its error as a message; a database written then
     /// reads back each message as the kind it named.
     #[test]
@@ -708,16 +520,6 @@ mod tests {
         let json = serde_json::to_value(&typed).unwrap();
         assert_eq!(json["error"]["kind"], "timed_out");
         assert_eq!(serde_json::from_value::<JobState>(json).unwrap(), typed);
-    }
-
-    #[tokio::test]
-    async fn a_panic_in_the_work_is_reported_with_its_message() {
-        let cancel = CancellationToken::new();
-        let mut work: WorkHandle = tokio::spawn(async { panic!("boom") });
-        match run_to_end(&mut work, &cancel, Duration::from_secs(1)).await {
-            RunEnd::Panicked(message) => assert_eq!(message, "boom"),
-            other => panic!("{other:?}"),
-        }
     }
 
     #[tokio::test]

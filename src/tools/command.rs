@@ -558,11 +558,11 @@ mod tests {
         spec.progress = Some(r"\[(?P<done>\d+)/(?P<total>\d+)\]".to_owned());
         let tool = CommandTool::new(spec, std::path::Path::new("."), roots()).unwrap();
         let ctx = JobContext::new(CancellationToken::new());
-        let watched = ctx.progress().clone();
+        let watched = ctx.signals().clone();
         let run = tokio::spawn(tool.start(&json!({})).unwrap()(ctx));
         let mut first = None;
         for _ in 0..500 {
-            first = watched.get();
+            first = watched.progress();
             if first.is_some() {
                 break;
             }
@@ -571,7 +571,7 @@ mod tests {
         let first = first.expect("stderr lines count too");
         assert_eq!(first.done, 1.0, "{first:?}");
         run.await.unwrap().unwrap();
-        let last = watched.get().expect("progress was reported");
+        let last = watched.progress().expect("progress was reported");
         assert_eq!((last.done, last.total), (3.0, Some(3.0)), "{last:?}");
         assert_eq!(last.to_string(), "[3/3] c", "the line is the message");
     }

@@ -666,10 +666,10 @@ mod tests {
             .start(&json!({"path": "src"}))
             .unwrap();
         let ctx = JobContext::new(CancellationToken::new());
-        let watched = ctx.progress().clone();
+        let watched = ctx.signals().clone();
         let output = work(ctx).await.unwrap();
         let files = output.structured["files"].as_f64().unwrap();
-        let last = watched.get().expect("progress was reported");
+        let last = watched.progress().expect("progress was reported");
         assert_eq!(last.total, Some(files));
         assert_eq!(last.done, files, "reported after each file");
         assert!(last.to_string().contains("files hashed"), "{last}");
