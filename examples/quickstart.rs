@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use smart_async::{CallOutcome, Engine, EngineConfig, JobState, RunError, ToolCall};
+use smart_async::{CallOutcome, Engine, EngineConfig, JobOutput, JobState, RunError, ToolCall};
 
 /// The tool: 50 ms per image, and it stops early when cancelled.
 async fn resize_images(
@@ -51,8 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("100 images went to the background as job {}", job.id);
             println!("  why: {}", job.decision.reason());
             let done = engine.wait_job(job.id, Duration::from_secs(30)).await?;
-            if let JobState::Completed { result } = done.state {
-                println!("  finished: {result}");
+            if let JobState::Completed {
+                result: JobOutput::Value { value },
+            } = done.state
+            {
+                println!("  finished: {value}");
             }
         }
         CallOutcome::Done { .. } => println!("100 images ran inline"),

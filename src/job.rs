@@ -79,7 +79,7 @@ pub enum JobState {
     /// Finished with this result.
     Completed {
         /// What the work returned.
-        result: Value,
+        result: JobOutput,
     },
     /// Finished with this error.
     Failed {
@@ -102,6 +102,65 @@ impl JobState {
             JobState::Failed { .. } => JobStatus::Failed,
             JobState::Cancelled => JobStatus::Cancelled,
         }
+    }
+}
+
+/// What a job's work returned, kept by the kind of work that returned it so that it
+/// reads back into the answer it would have been inline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobOutput {
+    /// The value a work run through the engine's own API returned, as it is.
+    Value {
+        /// The value.
+        value: Value,
+    },
+    /// A configured tool's text and structured content.
+    Tool {
+        /// The text for people.
+        text: String,
+        /// The same as structured content.
+        structured: Value,
+    },
+    /// A whole MCP `CallToolResult`, as JSON, from an upstream server or a wrapped
+    /// handler: every content block and the structured content as they came.
+    CallResult {
+        /// The result.
+        result: Value,
+    },
+}
+
+impl JobOutput {
+    /// What a database of format 3 or 4 kept as a job's result, by the shapes its
+    /// release wrote: `{"upstream_result": result}` for a proxied or wrapped result,
+    /// `{"text", "structured"}` for a tool's, any other value as it was.
+    pub(crate) fn from_untyped(value: Value) -> JobOutput {
+        match value {
+            Value::Object(mut map) if map.len() == 1 && map.contains_key("upstream_result") => {
+                JobOutput::CallResult {
+                    result: map.remove("upstream_result").unwrap_or(Value::Null),
+                }
+            }
+            Value::Object(mut map)
+                if map.len() == 2 && map.contains_key("text") && map.contains_key("structured") =>
+            {
+                let text = match map.remove("text") {
+                    Some(Value::String(text)) => text,
+                    other => other.map(|v| v.to_string()).unwrap_or_default(),
+                };
+                JobOutput::Tool {
+                    text,
+                    structured: map.remove("structured").unwrap_or(Value::Null),
+                }
+            }
+            value => JobOutput::Value { value },
+        }
+    }
+}
+
+impl From<Value> for JobOutput {
+    fn from(value: Value) -> JobOutput {
+        JobOutput::Value { value }
     }
 }
 

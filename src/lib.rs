@@ -50,7 +50,9 @@ pub use engine::{
     ToolCall, ToolOptions, WorkOutput,
 };
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
-pub use jobs::{Job, JobContext, JobError, JobFilter, JobSettings, JobState, JobStatus, Progress};
+pub use jobs::{
+    Job, JobContext, JobError, JobFilter, JobOutput, JobSettings, JobState, JobStatus, Progress,
+};
 pub use learner::POOLED_TOOL;
 pub use policy::{
     Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable, StaticTableError,

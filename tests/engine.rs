@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use smart_async::{
     BudgetSource, CallOutcome, Engine, EngineConfig, EngineError, Features, InlineProgress, Job,
-    JobError, JobFilter, JobSettings, JobState, JobStatus, Mode, Progress, RunError, RuntimeModel,
-    Source, ToolCall, ToolOptions, DEFAULT_RISK,
+    JobError, JobFilter, JobOutput, JobSettings, JobState, JobStatus, Mode, Progress, RunError,
+    RuntimeModel, Source, ToolCall, ToolOptions, DEFAULT_RISK,
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,9 @@ async fn work_that_overruns_the_deadline_is_promoted_and_its_runtime_learned() {
         .await
         .unwrap();
     match &done.state {
-        JobState::Completed { result } => assert_eq!(result, &json!({"slept_s": 1.0})),
+        JobState::Completed { result } => {
+            assert_eq!(result, &JobOutput::from(json!({"slept_s": 1.0})))
+        }
         other => panic!("{other:?}"),
     }
     let runtime_s = done.elapsed_s(0).unwrap();
@@ -142,7 +144,7 @@ async fn async_mode_true_runs_in_the_background_and_the_result_can_be_awaited() 
     assert_eq!(
         done.state,
         JobState::Completed {
-            result: json!("done")
+            result: json!("done").into()
         }
     );
 }
@@ -484,7 +486,12 @@ async fn jobs_over_the_concurrency_limit_wait_as_pending() {
         .wait_job(second.id, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(done.state, JobState::Completed { result: json!(2) });
+    assert_eq!(
+        done.state,
+        JobState::Completed {
+            result: json!(2).into()
+        }
+    );
     let pending = engine
         .list_jobs(&JobFilter {
             status: Some(JobStatus::Completed),

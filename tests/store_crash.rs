@@ -53,7 +53,7 @@ async fn close_and_reopen_keeps_samples_models_and_finished_jobs() {
     assert_eq!(
         job.state,
         JobState::Completed {
-            result: json!({"answer": 42})
+            result: json!({"answer": 42}).into()
         }
     );
     engine.close().await.unwrap();

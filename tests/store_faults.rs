@@ -137,7 +137,7 @@ async fn a_job_end_the_store_refused_is_answered_from_memory_and_stored_once_the
     // Before the job's task first runs: its start and its end are refused.
     fail::cfg("store::put_job", "return").unwrap();
     let completed = JobState::Completed {
-        result: json!({ "built": true }),
+        result: json!({ "built": true }).into(),
     };
     let ended = engine
         .wait_job(job.id, Duration::from_secs(10))

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{Engine, EngineError};
 use crate::features::Features;
-use crate::jobs::{now_ms, Job, JobContext, JobState, JobWork, OnEnd, Progress};
+use crate::jobs::{now_ms, Job, JobContext, JobOutput, JobState, JobWork, OnEnd, Progress};
 use crate::lock::lock;
 use crate::policy::{Decision, Mode};
 use crate::run_error::{panic_message, RunError};
@@ -110,15 +110,15 @@ impl std::fmt::Debug for ToolCall {
 }
 
 /// What a call's work returns. An inline answer hands it back as it is; a job keeps it
-/// as JSON in the store, where it outlives the process.
+/// as a [`JobOutput`] in the store, where it outlives the process.
 pub trait WorkOutput: Send + 'static {
-    /// The JSON a job stores.
-    fn into_json(self) -> Value;
+    /// What a job stores of it.
+    fn into_output(self) -> JobOutput;
 }
 
 impl WorkOutput for Value {
-    fn into_json(self) -> Value {
-        self
+    fn into_output(self) -> JobOutput {
+        JobOutput::Value { value: self }
     }
 }
 
@@ -379,8 +379,8 @@ type WorkFuture<T> = Pin<Box<dyn Future<Output = Result<T, RunError>> + Send>>;
 pub(crate) type BoxedWork<T> = Box<dyn FnOnce(JobContext) -> WorkFuture<T> + Send>;
 
 /// Work run as a job: its output is kept as JSON.
-async fn job_work<T: WorkOutput>(work: WorkFuture<T>) -> Result<Value, RunError> {
-    work.await.map(WorkOutput::into_json)
+async fn job_work<T: WorkOutput>(work: WorkFuture<T>) -> Result<JobOutput, RunError> {
+    work.await.map(WorkOutput::into_output)
 }
 
 /// The future of [`Engine::call`]. It decides and polls inline work within its own

@@ -158,7 +158,7 @@ mod tests {
             0 => JobState::Pending,
             1 => JobState::Running,
             2 => JobState::Completed {
-                result: Value::Null,
+                result: Value::Null.into(),
             },
             3 => JobState::Failed {
                 error: crate::run_error::RunError::tool("e"),

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-pub use crate::job::{Job, JobState, JobStatus, Progress, MAX_POLL_S, MIN_POLL_S};
+pub use crate::job::{Job, JobOutput, JobState, JobStatus, Progress, MAX_POLL_S, MIN_POLL_S};
 use crate::lock::lock;
 use crate::run_error::RunError;
 use crate::store::{Store, StoreError};
@@ -473,14 +473,15 @@ mod tests {
     fn job_json_carries_status_and_payload_flat() {
         let done = job(
             JobState::Completed {
-                result: serde_json::json!({"ok": 1}),
+                result: serde_json::json!({"ok": 1}).into(),
             },
             Some(3_000),
             None,
         );
         let value = serde_json::to_value(&done).unwrap();
         assert_eq!(value["status"], "completed");
-        assert_eq!(value["result"]["ok"], 1);
+        assert_eq!(value["result"]["kind"], "value");
+        assert_eq!(value["result"]["value"]["ok"], 1);
         let back: Job = serde_json::from_value(value).unwrap();
         assert_eq!(back, done);
     }

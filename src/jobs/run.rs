@@ -9,18 +9,17 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Job, JobContext, JobState, Jobs};
+use super::{now_ms, Job, JobContext, JobOutput, JobState, Jobs};
 use crate::run_error::{panic_message, RunError};
 use crate::stats::Outcome;
 use crate::store::StoreError;
 
-/// A job's work, its output kept as JSON.
-pub(crate) type JobWork = Pin<Box<dyn Future<Output = Result<Value, RunError>> + Send>>;
+/// A job's work, its output as the job keeps it.
+pub(crate) type JobWork = Pin<Box<dyn Future<Output = Result<JobOutput, RunError>> + Send>>;
 
 /// What the job's owner does with the job, how its run ended and after how many
 /// seconds: it learns the run. Called before the end is durable, so a job reported
@@ -30,7 +29,7 @@ pub(crate) type OnEnd = Box<dyn FnOnce(&Job, Outcome, f64) + Send>;
 /// How a run ended, as seen by its supervisor.
 #[derive(Debug)]
 enum RunEnd {
-    Returned(Result<Value, RunError>),
+    Returned(Result<JobOutput, RunError>),
     Panicked(String),
     Cancelled,
 }
@@ -173,7 +172,7 @@ mod tests {
         let work: JobWork = Box::pin(async move {
             let _guard = guard;
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(Value::Null)
+            Ok(serde_json::Value::Null.into())
         });
         let started = Instant::now();
         cancel.cancel();

@@ -1,6 +1,6 @@
 //! The result codec: what a call's work becomes for the client. A tool's output, an
 //! upstream's or a wrapped handler's answer become the call's result inline; a job
-//! keeps the same as JSON, which reads back into the same result; a run's failure
+//! keeps the same as a [`JobOutput`], which reads back into the same result; a run's failure
 //! becomes an `isError` result or a JSON-RPC error by its kind.
 
 use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock, JsonObject};
@@ -10,24 +10,24 @@ use serde_json::Value;
 
 use super::wrapped::Handled;
 use crate::engine::WorkOutput;
-use crate::proxy::{MarkComplete, Proxied, UPSTREAM_RESULT};
+use crate::job::JobOutput;
+use crate::proxy::{MarkComplete, Proxied};
 use crate::run_error::RunError;
 use crate::tools::ToolOutput;
 
 /// What a backend's work returns, as the engine carries it: turned into the call's
-/// result when it answers inline, kept as JSON (read back by [`stored_result`]) when
-/// it runs as a job.
+/// result when it answers inline, kept as a [`JobOutput`] (read back by
+/// [`stored_result`]) when it runs as a job.
 pub(super) trait Answer: WorkOutput {
     fn into_response(self) -> CallToolResponse;
 }
 
 impl WorkOutput for ToolOutput {
-    /// `{"text", "structured"}`, built by moving the parts.
-    fn into_json(self) -> Value {
-        let mut map = serde_json::Map::with_capacity(2);
-        map.insert("text".to_owned(), Value::String(self.text));
-        map.insert("structured".to_owned(), self.structured);
-        Value::Object(map)
+    fn into_output(self) -> JobOutput {
+        JobOutput::Tool {
+            text: self.text,
+            structured: self.structured,
+        }
     }
 }
 
@@ -105,25 +105,14 @@ pub(super) fn error_result(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-/// The result for a job's stored output (a tool's `{"text", "structured"}`, or an
-/// upstream's result under [`UPSTREAM_RESULT`]); any other value is shown as it is.
-pub(super) fn stored_result(value: Value) -> CallToolResult {
-    match value {
-        Value::Object(mut map) if map.len() == 1 && map.contains_key(UPSTREAM_RESULT) => {
-            let result = map.remove(UPSTREAM_RESULT).unwrap_or(Value::Null);
-            CallToolResult::deserialize(&result)
-                .map(MarkComplete::complete)
-                .unwrap_or_else(|_| text_and_structured(result.to_string(), result))
-        }
-        Value::Object(mut map)
-            if map.len() == 2 && map.contains_key("text") && map.contains_key("structured") =>
-        {
-            let text = match map.remove("text") {
-                Some(Value::String(text)) => text,
-                other => other.map(|v| v.to_string()).unwrap_or_default(),
-            };
-            text_and_structured(text, map.remove("structured").unwrap_or(Value::Null))
-        }
-        other => text_and_structured(other.to_string(), other),
+/// The result a job's output reads back into: the one its work would have answered
+/// inline. A stored `CallToolResult` this rmcp cannot read is shown as the JSON it is.
+pub(super) fn stored_result(output: JobOutput) -> CallToolResult {
+    match output {
+        JobOutput::CallResult { result } => CallToolResult::deserialize(&result)
+            .map(MarkComplete::complete)
+            .unwrap_or_else(|_| text_and_structured(result.to_string(), result)),
+        JobOutput::Tool { text, structured } => text_and_structured(text, structured),
+        JobOutput::Value { value } => text_and_structured(value.to_string(), value),
     }
 }

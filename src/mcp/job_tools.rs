@@ -324,3 +324,61 @@ fn job_report(job: &Job, slot_free: bool) -> CallToolResult {
     }
     text_and_structured(text, view)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{CallOutcome, ToolCall};
+    use crate::EngineConfig;
+    use tokio_util::sync::CancellationToken;
+
+    /// Issue 15: every new job said "waiting for a free slot", even with nothing else
+    /// running.
+    #[tokio::test]
+    async fn a_pending_job_waits_for_a_slot_only_while_every_slot_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.jobs.max_running = 1;
+        let engine = Engine::open(config).await.unwrap();
+        let release = CancellationToken::new();
+        let call = |engine: &Engine, release: &CancellationToken| {
+            let release = release.clone();
+            let engine = engine.clone();
+            async move {
+                let call = ToolCall::new("held", json!({"async_mode": true}));
+                match engine
+                    .call(call, move |_| async move {
+                        release.cancelled().await;
+                        Ok(json!(null))
+                    })
+                    .await
+                    .unwrap()
+                {
+                    CallOutcome::Job { job } => *job,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let first = call(&engine, &release).await;
+        assert_eq!(
+            job_summary(&first, first.created_at_ms, true),
+            "pending, starting"
+        );
+        for _ in 0..2000 {
+            if !engine.run_slot_free() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = call(&engine, &release).await;
+        assert!(!engine.run_slot_free(), "the one slot is taken");
+        let said = job_summary(
+            &engine.job(second.id).unwrap(),
+            now_ms(),
+            engine.run_slot_free(),
+        );
+        assert!(said.starts_with("waiting for a free slot"), "{said}");
+        release.cancel();
+        engine.close().await.unwrap();
+    }
+}

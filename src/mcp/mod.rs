@@ -34,14 +34,10 @@ use rmcp::model::{
 #[allow(deprecated)]
 use rmcp::model::SetLevelRequestParams;
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::engine::{BoxedWork, CallOutcome, Engine, EngineError, ToolCall};
-use crate::http::{HttpLimits, SessionCount};
 use crate::jobs::JobError;
 use crate::jsonrpc::excerpt;
 use crate::lock::lock;
@@ -51,6 +47,7 @@ use crate::tools::{with_async_mode, Tool};
 
 mod behind;
 mod codec;
+mod http;
 mod job_tools;
 mod progress;
 mod stdio;
@@ -248,52 +245,6 @@ impl SmartServer {
     /// The engine behind the server.
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// Serves one client over stdin/stdout until it disconnects.
-    pub async fn serve_stdio(self) -> anyhow::Result<()> {
-        let running = match self.serve(stdio::stdio()).await {
-            Ok(running) => running,
-            // Nobody connected: stdin ended before a first request. Not an error.
-            Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
-                tracing::info!("stdin closed before a client connected");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        running.waiting().await?;
-        Ok(())
-    }
-
-    /// Serves Streamable HTTP at `http://ADDR/mcp` until `shutdown` fires, to requests
-    /// whose `Host` and `Origin` `limits` allow, with at most its sessions open.
-    pub async fn serve_http(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: CancellationToken,
-        limits: HttpLimits,
-    ) -> anyhow::Result<()> {
-        let config = StreamableHttpServerConfig::default()
-            .with_allowed_hosts(limits.allowed_hosts.clone())
-            .with_max_request_body_bytes(crate::jsonrpc::MAX_MESSAGE_BYTES)
-            .with_cancellation_token(shutdown.child_token());
-        let mut sessions = LocalSessionManager::default();
-        sessions.session_config.keep_alive = Some(crate::http::IDLE_SESSION_TTL);
-        let sessions = Arc::new(sessions);
-        // 2026-07-28 requests are served statelessly, one factory call each: every call
-        // must share this server's engine, so the factory clones it.
-        let service: StreamableHttpService<SmartServer, LocalSessionManager> =
-            StreamableHttpService::new(move || Ok(self.clone()), sessions.clone(), config);
-        let router = axum::Router::new().nest_service("/mcp", service).layer(
-            axum::middleware::from_fn_with_state(
-                (Arc::new(limits), sessions),
-                crate::http::guard::<LocalSessionManager>,
-            ),
-        );
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
-            .await?;
-        Ok(())
     }
 
     /// Runs a configured tool through the engine for one request: with the client's
@@ -674,22 +625,12 @@ impl ServerHandler for SmartServer {
     }
 }
 
-impl SessionCount for LocalSessionManager {
-    async fn sessions(&self) -> usize {
-        self.sessions.read().await.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::job_tools::job_summary;
     use super::*;
-    use crate::jobs::now_ms;
     use crate::tools::files::HashFiles;
     use crate::tools::roots::Roots;
     use crate::EngineConfig;
-    use serde_json::json;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn get_tool_finds_every_listed_tool_and_nothing_else() {
@@ -706,56 +647,6 @@ mod tests {
             assert_eq!(server.get_tool(&tool.name).as_ref(), Some(&tool));
         }
         assert_eq!(server.get_tool("no_such_tool"), None);
-        engine.close().await.unwrap();
-    }
-
-    /// Issue 15: every new job said "waiting for a free slot", even with nothing else
-    /// running.
-    #[tokio::test]
-    async fn a_pending_job_waits_for_a_slot_only_while_every_slot_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = EngineConfig::new(dir.path());
-        config.jobs.max_running = 1;
-        let engine = Engine::open(config).await.unwrap();
-        let release = CancellationToken::new();
-        let call = |engine: &Engine, release: &CancellationToken| {
-            let release = release.clone();
-            let engine = engine.clone();
-            async move {
-                let call = ToolCall::new("held", json!({"async_mode": true}));
-                match engine
-                    .call(call, move |_| async move {
-                        release.cancelled().await;
-                        Ok(json!(null))
-                    })
-                    .await
-                    .unwrap()
-                {
-                    CallOutcome::Job { job } => *job,
-                    other => panic!("{other:?}"),
-                }
-            }
-        };
-        let first = call(&engine, &release).await;
-        assert_eq!(
-            job_summary(&first, first.created_at_ms, true),
-            "pending, starting"
-        );
-        for _ in 0..2000 {
-            if !engine.run_slot_free() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let second = call(&engine, &release).await;
-        assert!(!engine.run_slot_free(), "the one slot is taken");
-        let said = job_summary(
-            &engine.job(second.id).unwrap(),
-            now_ms(),
-            engine.run_slot_free(),
-        );
-        assert!(said.starts_with("waiting for a free slot"), "{said}");
-        release.cancel();
         engine.close().await.unwrap();
     }
 }

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcMessage, ProtocolVersion};
 use rmcp::service::{RoleServer, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
+use rmcp::ServiceExt;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
 
+use super::SmartServer;
 use crate::jsonrpc::{self, Refusal, Sifted, INVALID_PARAMS, MAX_MESSAGE_BYTES};
 
 /// JSON-RPC over a reader and a writer (stdin and stdout for `serve`).
@@ -33,7 +35,7 @@ pub(crate) struct SiftedLines<R, W> {
 }
 
 /// Serves on the process's stdin and stdout.
-pub(crate) fn stdio() -> SiftedLines<tokio::io::Stdin, tokio::io::Stdout> {
+fn stdio() -> SiftedLines<tokio::io::Stdin, tokio::io::Stdout> {
     SiftedLines::new(tokio::io::stdin(), tokio::io::stdout())
 }
 
@@ -194,6 +196,23 @@ where
 
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.writer.lock().await.flush().await
+    }
+}
+
+impl SmartServer {
+    /// Serves one client over stdin/stdout until it disconnects.
+    pub async fn serve_stdio(self) -> anyhow::Result<()> {
+        let running = match self.serve(stdio()).await {
+            Ok(running) => running,
+            // Nobody connected: stdin ended before a first request. Not an error.
+            Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+                tracing::info!("stdin closed before a client connected");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        running.waiting().await?;
+        Ok(())
     }
 }
 

@@ -23,12 +23,11 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
-use serde_json::Value;
 
 use super::behind::{Behind, Passed};
 use crate::engine::{BoxedWork, WorkOutput};
 use crate::features::ASYNC_MODE_ARG;
-use crate::jobs::JobContext;
+use crate::jobs::{JobContext, JobOutput};
 use crate::proxy::{carried, rpc_error, MarkComplete, Proxied};
 use crate::run_error::RunError;
 
@@ -193,9 +192,9 @@ pub(crate) enum Handled {
 }
 
 impl WorkOutput for Handled {
-    fn into_json(self) -> Value {
+    fn into_output(self) -> JobOutput {
         match self {
-            Handled::Result(result) => result.into_json(),
+            Handled::Result(result) => result.into_output(),
             // The client's answer would come as a new call, which a job cannot take.
             Handled::InputRequired(_) => Proxied(CallToolResult::error(vec![
                 rmcp::model::ContentBlock::text(
@@ -203,7 +202,7 @@ impl WorkOutput for Handled {
                      background, where no answer can reach it: call the tool again",
                 ),
             ]))
-            .into_json(),
+            .into_output(),
         }
     }
 }

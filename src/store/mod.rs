@@ -10,6 +10,7 @@
 //! database, the directory cannot be written, the data is corrupt, or it was written by
 //! an incompatible version.
 
+mod migrate;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -25,12 +26,9 @@ use crate::stats::{Outcome, ToolRecord};
 pub use writer::PendingWrite;
 use writer::Writer;
 
-/// Bumped when the layout or an encoding changes incompatibly.
-pub const FORMAT_VERSION: u32 = 4;
-/// The earlier formats this version reads and rewrites as its own on open. They differ
-/// in the models alone: format 2 had no feature scales, format 3 kept in each model the
-/// risk its bound was last computed for.
-const MIGRATES_FROM: [u32; 2] = [2, 3];
+/// Bumped when the layout or an encoding changes incompatibly; an earlier format is
+/// migrated on open ([`migrate`]).
+pub const FORMAT_VERSION: u32 = 5;
 /// sled's page cache; its own default is 1 GiB, far more than a few models and jobs need.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -235,7 +233,7 @@ impl Store {
         })?;
         let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
         let trees = Trees::open(dir, cache_bytes)?;
-        check_version(&path, &trees, had_data)?;
+        migrate::check_version(&path, &trees, had_data)?;
         let shared = Arc::new(Shared {
             path: path.clone(),
             cache_bytes,
@@ -550,87 +548,6 @@ fn corrupt(path: &Path, detail: &str) -> StoreError {
     }
 }
 
-/// `had_data`: the data file existed before this open. sled reads a damaged log as a
-/// torn write and opens empty, so an existing database without our version key is
-/// reported as corrupt rather than silently started afresh.
-fn check_version(path: &Path, trees: &Trees, had_data: bool) -> Result<()> {
-    let io = |e| open_error(path, e);
-    match trees.meta.get(KEY_FORMAT_VERSION).map_err(io)? {
-        None if had_data => Err(corrupt(path, "sled found no readable data in its files")),
-        None => {
-            trees
-                .meta
-                .insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())
-                .map_err(io)?;
-            trees.db.flush().map_err(io)?;
-            Ok(())
-        }
-        Some(bytes) => {
-            let found = <[u8; 4]>::try_from(bytes.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| corrupt(path, "the format version key is not 4 bytes"))?;
-            if found == FORMAT_VERSION {
-                Ok(())
-            } else if MIGRATES_FROM.contains(&found) {
-                migrate_models(path, trees, found)
-            } else {
-                Err(StoreError::Version {
-                    path: path.to_path_buf(),
-                    found,
-                    expected: FORMAT_VERSION,
-                })
-            }
-        }
-    }
-}
-
-/// Rewrites the models of format `from` in this format and marks the database as this
-/// format, in one transaction: an interrupted migration leaves it as it was. It runs at
-/// open, before the writer's thread starts.
-fn migrate_models(path: &Path, trees: &Trees, from: u32) -> Result<()> {
-    use sled::transaction::{ConflictableTransactionError, TransactionError};
-    use sled::Transactional;
-    let io = |e| open_error(path, e);
-    let migrate = |what: String, bytes: &[u8]| -> Result<Vec<u8>> {
-        match ToolRecord::from_bytes_of(from, bytes) {
-            Some(Ok(record)) => Ok(record.to_bytes()),
-            Some(Err(e)) => Err(corrupt(path, &format!("{what} cannot be read: {e}"))),
-            None => Err(corrupt(path, &format!("format {from} cannot be migrated"))),
-        }
-    };
-    let mut models = Vec::new();
-    for item in trees.models.iter() {
-        let (key, value) = item.map_err(io)?;
-        let tool = String::from_utf8_lossy(&key).into_owned();
-        models.push((key, migrate(format!("the model of tool '{tool}'"), &value)?));
-    }
-    let pooled = match trees.meta.get(KEY_POOLED_MODEL).map_err(io)? {
-        Some(value) => Some(migrate("the pooled model".to_owned(), &value)?),
-        None => None,
-    };
-    (&trees.models, &trees.meta)
-        .transaction(|(models_tx, meta_tx)| {
-            for (key, bytes) in &models {
-                models_tx.insert(key, bytes.as_slice())?;
-            }
-            if let Some(bytes) = &pooled {
-                meta_tx.insert(KEY_POOLED_MODEL, bytes.as_slice())?;
-            }
-            meta_tx.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-            Ok::<(), ConflictableTransactionError<()>>(())
-        })
-        .map_err(|e| match e {
-            TransactionError::Storage(e) => io(e),
-            TransactionError::Abort(()) => corrupt(path, "the upgrade was aborted"),
-        })?;
-    trees.db.flush().map_err(io)?;
-    tracing::info!(
-        "the database in {} was upgraded from format {from} to {FORMAT_VERSION}",
-        path.display()
-    );
-    Ok(())
-}
-
 /// How often, and how far apart, opening a database that is in use is tried again
 /// before it is reported (see [`Store::open`]).
 const LOCK_RETRIES: usize = 20;
@@ -699,42 +616,6 @@ mod tests {
             !said.contains("corrupt") && !said.contains("move the directory"),
             "{said}"
         );
-    }
-
-    #[test]
-    fn a_format_2_database_is_upgraded_on_open_and_reads_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut record = ToolRecord::new(true);
-        for kb in 1..=20 {
-            let features = Features::from_args(&json!({ "kb": kb * 100 }));
-            record.model.observe(&features, 0.01 * f64::from(kb));
-        }
-        record.counters.promotions = 3;
-        {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
-            let store = store.trees().unwrap();
-            let counters = postcard::to_stdvec(&record.counters).unwrap();
-            let v2 = [crate::predictor::v2_bytes(&record.model), counters].concat();
-            store.models.insert("t", v2.clone()).unwrap();
-            store.meta.insert(KEY_POOLED_MODEL, v2).unwrap();
-            store
-                .meta
-                .insert(KEY_FORMAT_VERSION, &2u32.to_be_bytes())
-                .unwrap();
-            store.db.flush().unwrap();
-        }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let (tools, pooled) = store.load_records().unwrap();
-        assert_eq!(tools, vec![("t".to_owned(), record.clone())]);
-        assert_eq!(pooled, Some(record));
-        let version = store
-            .trees()
-            .unwrap()
-            .meta
-            .get(KEY_FORMAT_VERSION)
-            .unwrap()
-            .unwrap();
-        assert_eq!(version.as_ref(), FORMAT_VERSION.to_be_bytes());
     }
 
     #[test]
