@@ -14,7 +14,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -27,14 +26,19 @@ use super::roots::Roots;
 use super::{Tool, ToolOutput, ToolWork};
 use crate::engine::ToolOptions;
 use crate::features::ASYNC_MODE_ARG;
-use crate::jobs::{JobContext, Progress};
+use crate::jobs::JobContext;
 use crate::reap::{end_runs, RUN_VAR};
 use crate::run_error::RunError;
 
+mod group;
+mod progress;
+
+pub use group::TERM_GRACE;
+use group::{die_with_the_server, stop_group, GroupGuard};
+use progress::ProgressLines;
+
 /// Output kept per stream, from the end, when the config does not say.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
-/// How long a stopped command gets after SIGTERM before SIGKILL.
-pub const TERM_GRACE: Duration = Duration::from_secs(2);
 
 /// A command tool as declared in the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,11 +83,6 @@ pub struct CommandTool {
     /// Where `path` parameters must lie.
     roots: Arc<Roots>,
 }
-
-/// The longest output line looked at for progress; longer ones are cut.
-const MAX_PROGRESS_LINE: usize = 4096;
-/// The longest progress message kept from a line.
-const MAX_PROGRESS_MESSAGE: usize = 200;
 
 impl CommandTool {
     /// Checks the spec; `base_dir` anchors a relative `cwd`, `roots` are where `path`
@@ -200,27 +199,6 @@ fn valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Has the kernel kill the command when the server dies, even by `kill -9` (issue
-/// 14, break 7: commands kept running, their jobs read "interrupted by restart"). The
-/// signal follows the thread that spawned the child: a runtime's worker, which lives
-/// as long as the runtime. What the command starts itself is in its process group,
-/// which cancellation and a clean stop kill.
-fn die_with_the_server(command: &mut tokio::process::Command) {
-    let server = nix::unistd::getpid();
-    // SAFETY: the closure runs in the child between fork and exec, and makes only
-    // async-signal-safe system calls (prctl, getppid, _exit); it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The server may have died before the call above took effect.
-            if nix::unistd::getppid() != server {
-                nix::libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-}
-
 impl Tool for CommandTool {
     fn name(&self) -> &str {
         &self.spec.name
@@ -275,53 +253,6 @@ impl Tool for CommandTool {
             )
         }))
     }
-}
-
-/// Reads a command's output lines for progress reports (see [`CommandSpec::progress`]).
-#[derive(Debug, Clone)]
-struct ProgressLines {
-    regex: Regex,
-    ctx: JobContext,
-    line: Vec<u8>,
-}
-
-impl ProgressLines {
-    fn new(regex: Regex, ctx: JobContext) -> ProgressLines {
-        ProgressLines {
-            regex,
-            ctx,
-            line: Vec::new(),
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            if byte == b'\n' || byte == b'\r' {
-                self.end_line();
-            } else if self.line.len() < MAX_PROGRESS_LINE {
-                self.line.push(byte);
-            }
-        }
-    }
-
-    fn end_line(&mut self) {
-        let line = String::from_utf8_lossy(&self.line);
-        if let Some(progress) = progress_of(&self.regex, &line) {
-            self.ctx.report_progress(progress);
-        }
-        self.line.clear();
-    }
-}
-
-/// The progress a line reports, if it matches and its `done` is a number.
-fn progress_of(regex: &Regex, line: &str) -> Option<Progress> {
-    let captures = regex.captures(line)?;
-    let number = |group: &str| captures.name(group)?.as_str().trim().parse::<f64>().ok();
-    Some(Progress {
-        done: number("done")?,
-        total: number("total"),
-        message: Some(line.trim().chars().take(MAX_PROGRESS_MESSAGE).collect()),
-    })
 }
 
 /// The end of a stream, at most `max` bytes, and how many bytes were dropped before it;
@@ -458,36 +389,6 @@ async fn run(
     Ok(ToolOutput { text, structured })
 }
 
-/// Kills the process group, and every process that carries the run's id, when the run
-/// is dropped before the command ended: a shutdown or an aborted job must not leave a
-/// build running, and `kill_on_drop` reaches only the direct child.
-struct GroupGuard(Option<(Pid, uuid::Uuid)>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some((group, run)) = self.0 {
-            let _ = killpg(group, Signal::SIGKILL);
-            end_runs(&[run]);
-        }
-    }
-}
-
-/// SIGTERM to the whole process group, then SIGKILL if it is still there.
-async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child) {
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(TERM_GRACE, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-        // Children of the command may outlive it in the group: make sure they go too.
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let _ = child.kill().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,7 +414,7 @@ mod tests {
         }
     }
 
-    fn spec(argv: &[&str]) -> CommandSpec {
+    pub(super) fn spec(argv: &[&str]) -> CommandSpec {
         CommandSpec {
             name: "cmd".into(),
             description: "test".into(),
@@ -536,7 +437,7 @@ mod tests {
         }
     }
 
-    fn roots() -> Arc<Roots> {
+    pub(super) fn roots() -> Arc<Roots> {
         Arc::new(Roots::new(&[std::env::temp_dir()]).unwrap())
     }
 
@@ -546,47 +447,6 @@ mod tests {
         work(JobContext::new(CancellationToken::new()))
             .await
             .map_err(|e| e.to_string())
-    }
-
-    #[tokio::test]
-    async fn output_lines_that_match_the_progress_regex_report_progress() {
-        let mut spec = spec(&[
-            "sh",
-            "-c",
-            "echo building; echo '[1/3] a' >&2; sleep 1; echo '[2/3] b'; printf '[3/3] c'",
-        ]);
-        spec.progress = Some(r"\[(?P<done>\d+)/(?P<total>\d+)\]".to_owned());
-        let tool = CommandTool::new(spec, std::path::Path::new("."), roots()).unwrap();
-        let ctx = JobContext::new(CancellationToken::new());
-        let watched = ctx.signals().clone();
-        let run = tokio::spawn(tool.start(&json!({})).unwrap()(ctx));
-        let mut first = None;
-        for _ in 0..500 {
-            first = watched.progress();
-            if first.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let first = first.expect("stderr lines count too");
-        assert_eq!(first.done, 1.0, "{first:?}");
-        run.await.unwrap().unwrap();
-        let last = watched.progress().expect("progress was reported");
-        assert_eq!((last.done, last.total), (3.0, Some(3.0)), "{last:?}");
-        assert_eq!(last.to_string(), "[3/3] c", "the line is the message");
-    }
-
-    #[test]
-    fn a_progress_regex_must_be_valid_and_name_its_done_group() {
-        let mut bad = spec(&["true"]);
-        bad.progress = Some("([".to_owned());
-        let err = CommandTool::new(bad.clone(), std::path::Path::new("."), roots()).unwrap_err();
-        assert!(err.contains("not a valid regex"), "{err}");
-        bad.progress = Some(r"(\d+)/(\d+)".to_owned());
-        let err = CommandTool::new(bad, std::path::Path::new("."), roots()).unwrap_err();
-        assert!(err.contains("group named done"), "{err}");
-        let line = progress_of(&Regex::new(r"(?P<done>\d+)%").unwrap(), "  40% done ");
-        assert_eq!(line.map(|p| (p.done, p.total)), Some((40.0, None)));
     }
 
     #[tokio::test]
@@ -661,64 +521,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.structured["stdout"], "$(echo injected)");
-    }
-
-    #[tokio::test]
-    async fn cancelling_kills_the_whole_process_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pid");
-        // The shell starts a grandchild and records its pid.
-        let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
-        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path(), roots()).unwrap();
-        let token = CancellationToken::new();
-        let work = tool.start(&json!({})).unwrap();
-        let running = tokio::spawn(work(JobContext::new(token.clone())));
-        let grandchild = wait_for_pid(&pid_file).await;
-        token.cancel();
-        assert_eq!(running.await.unwrap().unwrap_err(), RunError::Cancelled);
-        assert!(
-            gone(grandchild),
-            "the grandchild {grandchild} is still running"
-        );
-    }
-
-    #[tokio::test]
-    async fn dropping_the_run_kills_the_whole_process_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pid");
-        let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
-        let tool = CommandTool::new(spec(&["sh", "-c", &script]), dir.path(), roots()).unwrap();
-        let work = tool.start(&json!({})).unwrap();
-        let running = tokio::spawn(work(JobContext::new(CancellationToken::new())));
-        let grandchild = wait_for_pid(&pid_file).await;
-        running.abort();
-        assert!(running.await.unwrap_err().is_cancelled());
-        assert!(
-            gone(grandchild),
-            "the grandchild {grandchild} is still running"
-        );
-    }
-
-    async fn wait_for_pid(pid_file: &std::path::Path) -> i32 {
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(pid_file) {
-                if let Ok(pid) = text.trim().parse::<i32>() {
-                    return pid;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the command never wrote its pid");
-    }
-
-    /// Whether a process has exited (or is a zombie waiting for its parent).
-    fn gone(pid: i32) -> bool {
-        (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(10));
-            nix::sys::signal::kill(Pid::from_raw(pid), None).is_err()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z"))
-        })
     }
 
     #[tokio::test]
