@@ -167,7 +167,7 @@ fn list_jobs(c: &mut Criterion) {
 
 /// Replay throughput on a shipped trace, parsed per line as the CLI does.
 fn replay(c: &mut Criterion) {
-    use smart_async::replay::{Replay, ReplayConfig, TraceRecord, DEFAULT_POLL_COST_S};
+    use smart_async::{Replay, ReplayConfig, TraceRecord, DEFAULT_POLL_COST_S};
     let trace = include_str!("../data/traces/slow_mode.jsonl");
     let calls = trace.lines().count() as u64;
     let mut group = c.benchmark_group("replay");

@@ -27,9 +27,9 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RunningService};
 use rmcp::{ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Map, Value};
-use smart_async::mcp::SmartServer;
-use smart_async::tools::{Tool, ToolOutput, ToolWork};
+use smart_async::SmartServer;
 use smart_async::{Engine, EngineConfig, JobContext};
+use smart_async::{Tool, ToolOutput, ToolWork};
 use tokio::process::{Child, Command};
 
 const CALLS: usize = 2000;

@@ -34,8 +34,8 @@ use rmcp::service::{RequestContext, SubscriptionContext, SubscriptionSink};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use smart_async::http::HttpLimits;
-use smart_async::mcp::SmartServer;
+use smart_async::HttpLimits;
+use smart_async::SmartServer;
 use smart_async::{Engine, EngineConfig, JobContext, Progress, StaticTable};
 use tokio_util::sync::CancellationToken;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use smart_async::mcp::SmartServer;
-use smart_async::tools::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
+use smart_async::SmartServer;
+use smart_async::{parse_args, schema_of, Tool, ToolOutput, ToolWork};
 use smart_async::{Engine, EngineConfig, JobContext, RunError};
 
 /// Renders a report: 0.2 s per page, so a 500-page report would time a client out.

@@ -55,7 +55,7 @@ pub const KNOWN_CLIENTS: &[(&str, f64, &str)] = &[
 pub enum BudgetSource {
     /// The server's budget: nothing is known about this client.
     Server,
-    /// The built-in table of known clients ([`KNOWN_CLIENTS`]).
+    /// The built-in table of known clients.
     Known,
     /// The config file's `[clients]` table.
     Configured,

@@ -39,7 +39,7 @@ pub struct HttpLimits {
 }
 
 impl HttpLimits {
-    /// Loopback names and `bound_ip`, no browser origin, [`DEFAULT_MAX_SESSIONS`].
+    /// Loopback names and `bound_ip`, no browser origin, at most 1000 sessions.
     pub fn loopback(bound_ip: std::net::IpAddr) -> HttpLimits {
         let mut allowed_hosts = vec![
             "localhost".to_owned(),

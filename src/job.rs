@@ -240,7 +240,7 @@ const OVERDUE_POLL_SHARE: f64 = 0.25;
 impl Job {
     /// Seconds a client should wait before asking again: until the predicted end
     /// while one is ahead, then a share of the time run so far; between
-    /// [`MIN_POLL_S`] and [`MAX_POLL_S`].
+    /// 0.5 s and 30 s.
     pub fn poll_interval_s(&self, now_ms: u64) -> f64 {
         let wait_s = match (self.eta_s(now_ms), self.elapsed_s(now_ms)) {
             (Some(eta_s), _) if eta_s > 0.0 => eta_s,

@@ -6,8 +6,10 @@
 //! inline that overruns its deadline becomes a job, so a wrong guess costs waiting,
 //! never a timeout.
 //!
-//! The core is pure ([`features`], [`predictor`], [`policy`]); the [`Engine`] is the
-//! shell that runs calls, keeps jobs and learns.
+//! The core is pure ([`Features`], [`RuntimeModel`], [`Policy`]); the [`Engine`] is
+//! the shell that runs calls, keeps jobs and learns, and the [`SmartServer`] serves it
+//! over MCP: with tools of its own ([`Tool`]), in front of another server
+//! ([`Upstream`]), or around an rmcp handler of yours ([`SmartServer::wrap`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), smart_async::EngineError> {
@@ -22,46 +24,63 @@
 //! # Ok(()) }
 //! ```
 
-pub mod clients;
-pub mod config;
-pub mod engine;
-pub mod features;
-pub mod http;
-pub mod job;
+mod clients;
+mod config;
+mod engine;
+mod features;
+mod http;
+mod job;
 mod job_answer;
-pub mod jobs;
-pub mod jsonrpc;
+mod jobs;
+mod jsonrpc;
 mod learner;
 mod lock;
-pub mod mcp;
-pub mod policy;
-pub mod predictor;
-pub mod proxy;
+mod mcp;
+mod policy;
+mod predictor;
+mod proxy;
 mod reap;
-pub mod replay;
+mod replay;
 mod run_error;
-pub mod stats;
-pub mod store;
-pub mod tools;
+mod settings;
+mod stats;
+mod store;
+mod tools;
+mod trace;
 
-pub use clients::{BudgetSource, ClientBudget, ClientStats};
-pub use engine::{
-    CallOutcome, Engine, EngineConfig, EngineError, HearProgress, InlineProgress, ProgressSink,
-    ToolCall, ToolOptions, WorkOutput,
-};
-pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
-pub use jobs::{
-    Job, JobContext, JobError, JobFilter, JobOutput, JobSettings, JobState, JobStatus, Progress,
-};
-pub use learner::POOLED_TOOL;
-pub use policy::{
-    Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable, StaticTableError,
-    DEFAULT_BUDGET_S, DEFAULT_RISK,
-};
-pub use predictor::{Calibration, FeatureEffect, Prediction, RuntimeModel};
+// Serving MCP: the server, the tools it offers, the upstream it fronts, its settings.
+pub use config::{ConfigError, FileConfig};
+pub use http::HttpLimits;
+pub use mcp::{SmartServer, OWN_TOOL_NAMES};
+pub use proxy::{Upstream, UpstreamCommand, UpstreamStartError, DEFAULT_STARTUP_TIMEOUT};
+pub use settings::{data_dir_or_default, default_config_path, default_data_dir};
+pub use settings::{HttpListen, ServerFlags, Settings, SettingsError};
+pub use tools::command::{CommandSpec, CommandTool, ParamSpec, ParamType};
+pub use tools::files::{HashFiles, SearchText};
+pub use tools::roots::{RootError, Roots};
+pub use tools::{output_schema_of, parse_args, schema_of, Tool, ToolFuture, ToolOutput, ToolWork};
+
+// The engine: calls, jobs and what a run ends in.
+pub use engine::{CallOutcome, Engine, EngineConfig, EngineError, ToolCall, ToolOptions};
+pub use engine::{HearProgress, InlineProgress, ProgressSink, WorkOutput};
+pub use engine::{PROGRESS_INTERVAL, PROGRESS_MIN_GAP};
+pub use jobs::{Job, JobContext, JobError, JobFilter, JobOutput, JobSettings, JobState};
+pub use jobs::{JobStatus, Progress};
 pub use run_error::RunError;
+
+// Deciding and learning: the pure core, and what the store keeps of it.
+pub use clients::{BudgetSource, ClientBudget, ClientStats};
+pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
+pub use learner::POOLED_TOOL;
+pub use policy::{Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable};
+pub use policy::{StaticTableError, DEFAULT_BUDGET_S, DEFAULT_RISK};
+pub use predictor::{Calibration, FeatureEffect, Prediction, RuntimeModel};
 pub use stats::{Counters, Outcome, StatsReport, ToolRecord, ToolStats};
-pub use store::{Sample, Store, StoreError};
+pub use store::{Sample, Store, StoreError, FORMAT_VERSION};
+
+// Replaying a trace of runtimes against the policies people use.
+pub use replay::{PolicyScore, Replay, ReplayConfig, ReplayReport, DEFAULT_POLL_COST_S};
+pub use trace::{export_trace, TraceCount, TraceError, TraceFile, TraceRecord, TraceWatch};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]

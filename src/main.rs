@@ -1,25 +1,18 @@
 //! The `smart-async` command: parse flags, turn them into settings, run, and map the
 //! error to an exit code.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use smart_async::config::FileConfig;
-use smart_async::http::HttpLimits;
-use smart_async::mcp::SmartServer;
-use smart_async::proxy::{Upstream, UpstreamCommand};
-use smart_async::replay::{Replay, ReplayConfig, ReplayReport, TraceRecord};
-use smart_async::tools::command::CommandTool;
-use smart_async::tools::files::{HashFiles, SearchText};
-use smart_async::tools::roots::Roots;
-use smart_async::tools::Tool;
-use smart_async::{Engine, EngineConfig, EngineError, StaticTable};
+use smart_async::{
+    data_dir_or_default, default_config_path, default_data_dir, export_trace, Engine, EngineConfig,
+    EngineError, HttpLimits, HttpListen, Replay, ReplayConfig, ReplayReport, ServerFlags, Settings,
+    SmartServer, StaticTable, Store, TraceFile, TraceWatch, Upstream, UpstreamCommand,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Keeps long MCP tool calls from timing out: learns each tool's runtime from its
@@ -63,7 +56,7 @@ enum Command {
         #[arg(long, default_value_t = smart_async::DEFAULT_RISK)]
         risk: f64,
         /// Seconds a needless background costs the caller (one poll).
-        #[arg(long, default_value_t = smart_async::replay::DEFAULT_POLL_COST_S)]
+        #[arg(long, default_value_t = smart_async::DEFAULT_POLL_COST_S)]
         poll_cost_s: f64,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -129,7 +122,7 @@ struct ProxyArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// Seconds the upstream may take to start and answer the MCP handshake.
-    #[arg(long, default_value_t = smart_async::proxy::DEFAULT_STARTUP_TIMEOUT.as_secs_f64())]
+    #[arg(long, default_value_t = smart_async::DEFAULT_STARTUP_TIMEOUT.as_secs_f64())]
     startup_timeout_s: f64,
     /// The upstream MCP server's command and arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD ARGS")]
@@ -164,11 +157,6 @@ struct ServerArgs {
     /// there is one].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-}
-
-/// Where `init` writes the config and `serve` looks for it.
-fn default_config_path() -> Option<PathBuf> {
-    dirs::config_dir().map(|dir| dir.join("smart-async").join("config.toml"))
 }
 
 /// What `init` writes.
@@ -210,126 +198,32 @@ fn init(path: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn default_data_dir() -> anyhow::Result<PathBuf> {
-    dirs::data_dir()
-        .map(|dir| dir.join("smart-async"))
-        .context("this platform has no user data directory: pass --data-dir")
-}
-
-/// Where the HTTP face listens, and which browser pages may call it.
-#[derive(Debug)]
-struct HttpListen {
-    addr: SocketAddr,
-    allowed_origins: Vec<String>,
-}
-
-/// Where to listen: a bare port means loopback.
-fn http_addr(text: &str) -> anyhow::Result<SocketAddr> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse().with_context(|| {
-        format!("--http '{text}' is not PORT or HOST:PORT (for example 8080 or 127.0.0.1:8080)")
-    })
-}
-
-/// The engine's settings and the transport: flags over the config file over
-/// defaults, all checked. Returns the config file too, for what else it declares.
-fn server_settings(
-    args: ServerArgs,
-    default_dir: impl FnOnce() -> anyhow::Result<PathBuf>,
-) -> anyhow::Result<(EngineConfig, FileConfig, Option<HttpListen>)> {
-    let file = match args
-        .config
-        .or_else(|| default_config_path().filter(|path| path.is_file()))
-    {
-        Some(path) => {
-            tracing::info!("config: {}", path.display());
-            FileConfig::load(&path)?
+impl ServerArgs {
+    /// The flags as the settings resolver takes them; `roots` are `serve`'s.
+    fn into_flags(self, roots: Vec<PathBuf>) -> ServerFlags {
+        ServerFlags {
+            config: self.config,
+            data_dir: self.data.data_dir,
+            budget_s: self.budget_s,
+            risk: self.risk,
+            deadline_s: self.deadline_s,
+            http: self.http,
+            allow_origin: self.allow_origin,
+            roots,
         }
-        None => FileConfig::default(),
-    };
-    let data_dir = match args
-        .data
-        .data_dir
-        .or_else(|| file.data_dir.as_ref().map(|d| file.resolve(d)))
-    {
-        Some(dir) => dir,
-        None => default_dir()?,
-    };
-    let mut engine = EngineConfig::new(data_dir);
-    if let Some(budget_s) = args.budget_s.or(file.budget_s) {
-        engine.budget_s = budget_s;
     }
-    if let Some(risk) = args.risk.or(file.risk) {
-        engine.risk = risk;
-    }
-    engine.deadline_s = args.deadline_s.or(file.deadline_s);
-    engine.client_budgets = file.clients.clone();
-    if let Some(table) = &file.static_table {
-        engine.static_table = StaticTable::load(&file.resolve(table))?;
-    }
-    if let Some(max_running) = file.max_running_jobs {
-        anyhow::ensure!(max_running > 0, "max_running_jobs must be at least 1");
-        engine.jobs.max_running = max_running;
-    }
-    if let Some(hours) = file.job_retention_h {
-        anyhow::ensure!(
-            hours.is_finite() && hours >= 0.0,
-            "job_retention_h must be a number of hours ≥ 0"
-        );
-        engine.jobs.retention = Duration::from_secs_f64(hours * 3600.0);
-    }
-    if let Some(max_finished) = file.max_finished_jobs {
-        engine.jobs.max_finished = max_finished;
-    }
-    anyhow::ensure!(
-        args.http.is_some() || args.allow_origin.is_empty(),
-        "--allow-origin is for the HTTP face: add --http PORT"
-    );
-    let http = match args.http.as_deref() {
-        Some(addr) => Some(HttpListen {
-            addr: http_addr(addr)?,
-            allowed_origins: args.allow_origin,
-        }),
-        None => None,
-    };
-    Ok((engine, file, http))
 }
 
-/// The built-in tools over the roots, and the config's command tools.
-fn serve_tools(
-    roots: Vec<PathBuf>,
-    file: &FileConfig,
-) -> anyhow::Result<(Roots, Vec<Arc<dyn Tool>>)> {
-    let roots = if !roots.is_empty() {
-        roots
-    } else if !file.roots.is_empty() {
-        file.roots.iter().map(|r| file.resolve(r)).collect()
-    } else {
-        vec![std::env::current_dir().context("cannot read the current directory: pass --root")?]
-    };
-    let roots = Roots::new(&roots)?;
-    let shared_roots = Arc::new(roots.clone());
-    let mut tools: Vec<Arc<dyn Tool>> = vec![
-        Arc::new(HashFiles::new(shared_roots.clone())),
-        Arc::new(SearchText::new(shared_roots.clone())),
-    ];
-    for spec in file.commands.clone() {
-        let name = spec.name.clone();
-        anyhow::ensure!(
-            !smart_async::mcp::OWN_TOOL_NAMES.contains(&name.as_str()),
-            "command '{name}' has the name of smart-async's own tool, which it would hide: rename it"
-        );
-        anyhow::ensure!(
-            tools.iter().all(|t| t.name() != name),
-            "command '{name}' is declared twice or clashes with a built-in tool: rename it"
-        );
-        let tool = CommandTool::new(spec, &file.base_dir, shared_roots.clone())
-            .map_err(anyhow::Error::msg)?;
-        tools.push(Arc::new(tool));
+/// Resolves the settings, saying which config file was read.
+fn settings(
+    flags: ServerFlags,
+    default_data_dir: impl FnOnce() -> Result<PathBuf, smart_async::SettingsError>,
+) -> anyhow::Result<Settings> {
+    let settings = Settings::resolve(flags, default_data_dir)?;
+    if let Some(path) = &settings.config_path {
+        tracing::info!("config: {}", path.display());
     }
-    Ok((roots, tools))
+    Ok(settings)
 }
 
 async fn open_engine(config: EngineConfig) -> anyhow::Result<Engine> {
@@ -345,8 +239,13 @@ async fn open_engine(config: EngineConfig) -> anyhow::Result<Engine> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (config, file, http) = server_settings(args.server, default_data_dir)?;
-    let (roots, tools) = serve_tools(args.roots, &file)?;
+    let settings = settings(args.server.into_flags(args.roots), default_data_dir)?;
+    let (roots, tools) = settings.tools()?;
+    let Settings {
+        engine: config,
+        http,
+        ..
+    } = settings;
     let data_dir = config.data_dir.clone();
     let budget_s = config.budget_s;
     let engine = open_engine(config).await?;
@@ -382,9 +281,15 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     // Each upstream learns in a database of its own, so that a client can run several
     // proxies at once (a database is one process's at a time).
-    let (config, file, http) = server_settings(args.server, || {
+    let settings = settings(args.server.into_flags(Vec::new()), || {
         Ok(default_data_dir()?.join("proxy").join(command.slug()))
     })?;
+    let Settings {
+        engine: config,
+        file,
+        http,
+        ..
+    } = settings;
     if !file.commands.is_empty() {
         tracing::warn!("the config's command tools are not offered by the proxy: use `smart-async serve` for them");
     }
@@ -482,7 +387,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 async fn stats(tool: Option<String>, json: bool, data: DataDirArg) -> anyhow::Result<()> {
-    let data_dir = data_dir(data)?;
+    let data_dir = data_dir_or_default(data.data_dir)?;
     let config = EngineConfig::new(&data_dir);
     let wanted = tool.clone();
     // Read only: an engine would mark jobs, prune and write (and opening blocks).
@@ -534,13 +439,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn data_dir(data: DataDirArg) -> anyhow::Result<PathBuf> {
-    match data.data_dir {
-        Some(dir) => Ok(dir),
-        None => default_data_dir(),
-    }
-}
-
 /// Replays a trace file, or stdin for `-`, with a progress bar on stderr.
 /// Replays each trace on its own, then scores them together when there are several.
 fn replay_all(traces: &[PathBuf], config: &ReplayConfig, json: bool) -> anyhow::Result<()> {
@@ -577,114 +475,64 @@ fn replay_all(traces: &[PathBuf], config: &ReplayConfig, json: bool) -> anyhow::
     Ok(())
 }
 
-/// Replays one trace (gzip when its name ends in .gz).
-fn replay(trace: &std::path::Path, config: ReplayConfig) -> anyhow::Result<Replay> {
-    use std::io::BufRead;
-    let (reader, size): (Box<dyn BufRead>, Option<u64>) = if trace.as_os_str() == "-" {
-        (Box::new(std::io::stdin().lock()), None)
-    } else {
-        let file = std::fs::File::open(trace)
-            .with_context(|| format!("cannot open the trace {}", trace.display()))?;
-        if trace.extension().is_some_and(|ext| ext == "gz") {
-            let lines = flate2::read::MultiGzDecoder::new(file);
-            // The bar counts decompressed bytes: no total to show against.
-            (
-                Box::new(std::io::BufReader::with_capacity(1 << 16, lines)),
-                None,
-            )
-        } else {
-            let size = file.metadata().ok().map(|m| m.len());
-            (
-                Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
-                size,
-            )
+/// What reading a trace shows on stderr: a bar (of bytes, against the file's size when
+/// it is known) and the first bad lines.
+struct Shown {
+    bar: ProgressBar,
+    skipped: u64,
+}
+
+impl TraceWatch for Shown {
+    fn read(&mut self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn skipped(&mut self, line: usize, reason: &str) {
+        self.skipped += 1;
+        if self.skipped <= MAX_BAD_LINES_SHOWN {
+            self.bar
+                .suspend(|| eprintln!("line {line}: skipped: {reason}"));
         }
-    };
-    let progress = match size {
+    }
+}
+
+/// Replays one trace, with a progress bar on stderr.
+fn replay(trace: &Path, config: ReplayConfig) -> anyhow::Result<Replay> {
+    let file = TraceFile::open(trace)?;
+    let bar = match file.size_bytes() {
         Some(size) => ProgressBar::new(size).with_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         ),
         None => ProgressBar::new_spinner(),
     };
-    progress.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    let mut shown = Shown { bar, skipped: 0 };
     let started = std::time::Instant::now();
     let mut replay = Replay::new(config);
-    let mut skipped = 0u64;
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| {
-            format!(
-                "cannot read line {} of the trace {}",
-                index + 1,
-                trace.display()
-            )
-        })?;
-        progress.inc(line.len() as u64 + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        match TraceRecord::parse(&line) {
-            Ok(record) => replay.step(&record),
-            Err(reason) => {
-                skipped += 1;
-                if skipped <= MAX_BAD_LINES_SHOWN {
-                    progress.suspend(|| eprintln!("line {}: skipped: {reason}", index + 1));
-                }
-            }
-        }
-    }
-    progress.finish_and_clear();
-    let calls = replay.report().calls;
+    let count = file.for_each(&mut shown, |record| replay.step(record));
+    shown.bar.finish_and_clear();
+    let count = count?;
     let elapsed_s = started.elapsed().as_secs_f64();
-    if calls == 0 && skipped > 0 {
-        anyhow::bail!(
-            "no line of the trace {} is a call ({skipped} skipped): a trace has one JSON object \
-             a line, {{\"tool\": NAME, \"args\": {{…}}, \"runtime_s\": SECONDS, \"ok\": true}}; \
-             `smart-async export` writes one from what a server has learned, \
-             examples/make_traces.rs synthetic ones",
-            trace.display()
-        );
-    }
-    if skipped > 0 {
-        eprintln!("{}: {skipped} bad lines skipped", trace.display());
+    if count.skipped > 0 {
+        eprintln!("{}: {} bad lines skipped", trace.display(), count.skipped);
     }
     eprintln!(
-        "{}: replayed {calls} calls in {elapsed_s:.2} s ({:.0} calls/s)",
+        "{}: replayed {} calls in {elapsed_s:.2} s ({:.0} calls/s)",
         trace.display(),
-        calls as f64 / elapsed_s.max(1e-9)
+        count.calls,
+        count.calls as f64 / elapsed_s.max(1e-9)
     );
     Ok(replay)
 }
 
-/// Writes stored samples as trace lines. Features stand in for arguments (the
-/// arguments themselves are not stored); cancelled runs are left out, since their
-/// elapsed time is only a lower bound on a runtime.
+/// Writes the stored samples as a trace to stdout.
 fn export(tool: Option<String>, data: DataDirArg) -> anyhow::Result<()> {
-    use std::io::Write;
-    let data_dir = data_dir(data)?;
-    let store = smart_async::Store::open(&data_dir, 16 << 20)
+    let data_dir = data_dir_or_default(data.data_dir)?;
+    let store = Store::open(&data_dir, 16 << 20)
         .with_context(|| format!("cannot read the samples in {}", data_dir.display()))?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for sample in store.samples(tool.as_deref()) {
-        let sample = sample?;
-        if sample.outcome == smart_async::Outcome::Cancelled {
-            continue;
-        }
-        let args: serde_json::Map<String, serde_json::Value> = sample
-            .features
-            .iter()
-            .map(|f| (f.name.clone(), serde_json::json!(f.value)))
-            .collect();
-        let record = TraceRecord {
-            tool: sample.tool.to_string(),
-            args: serde_json::Value::Object(args),
-            runtime_s: sample.runtime_s,
-            ok: sample.outcome == smart_async::Outcome::Completed,
-        };
-        serde_json::to_writer(&mut out, &record)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    export_trace(&store, tool.as_deref(), out)?;
     Ok(())
 }
 

@@ -195,7 +195,28 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Budget, risk and the static table.
+/// Budget, risk and the static table: what decides a call, from its features and the
+/// models learned so far.
+///
+/// ```
+/// use serde_json::json;
+/// use smart_async::{Call, Features, Mode, Policy, RuntimeModel, Source, StaticTable};
+///
+/// let policy = Policy::new(50.0, 0.05, StaticTable::default())?;
+/// // A tool that takes 2 s per 100 pages, learned from its runs.
+/// let mut model = RuntimeModel::new(false);
+/// for pages in [100, 200, 400, 800, 1200, 1600] {
+///     let features = Features::from_args(&json!({ "pages": pages }));
+///     model.observe(&features, 0.02 * f64::from(pages));
+/// }
+/// let small = Features::from_args(&json!({ "pages": 300 }));
+/// let decision = policy.decide(Call::new("render", &small, false), Some(&model), None);
+/// assert_eq!((decision.mode, decision.source), (Mode::Inline, Source::Learned));
+/// let large = Features::from_args(&json!({ "pages": 20000 }));
+/// let decision = policy.decide(Call::new("render", &large, false), Some(&model), None);
+/// assert_eq!(decision.mode, Mode::Background, "{}", decision.reason());
+/// # Ok::<(), smart_async::PolicyError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     budget_s: f64,

@@ -1,9 +1,8 @@
 //! Offline backtest of decision policies on a runtime trace.
 //!
 //! Replay is online, as a server lives it: for each call every policy decides first,
-//! then learns the call's runtime. A trace is JSON Lines, one call a line:
-//! `{"tool": "...", "args": {...}, "runtime_s": 12.5, "ok": true}` (`ok` optional,
-//! default true; a failed call is scored but not learned from, as in the engine).
+//! then learns the call's runtime (a failed call is scored but not learned from, as
+//! in the engine). The trace's format is [`TraceRecord`]'s.
 //!
 //! Metrics for budget D and poll cost P: *late* = decided inline and runtime > D (the
 //! caller waited the whole budget for nothing); *needless* = decided background and
@@ -11,7 +10,8 @@
 //! `accuracy = 1 − (late + needless)/calls`; rates are shares of all calls;
 //! *coverage* = share of a policy's bounds that the runtime stayed under.
 //!
-//! Pure over plain data: the CLI reads the file and draws the progress bar.
+//! Pure over plain data: [`crate::TraceFile`] reads the file, the CLI draws the
+//! progress bar.
 
 use std::collections::HashMap;
 
@@ -22,49 +22,10 @@ use crate::features::{Features, ASYNC_MODE_ARG};
 use crate::learner::Learner;
 use crate::policy::{Call, Decision, Mode, Policy, StaticTable};
 use crate::stats::Outcome;
+use crate::trace::TraceRecord;
 
 /// Seconds one poll costs a caller (a model turn), by default.
 pub const DEFAULT_POLL_COST_S: f64 = 5.0;
-
-/// One call of a trace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceRecord {
-    /// The tool.
-    pub tool: String,
-    /// Its arguments.
-    #[serde(default)]
-    pub args: Value,
-    /// How long it ran.
-    pub runtime_s: f64,
-    /// Whether it succeeded.
-    #[serde(default = "default_ok", skip_serializing_if = "is_true")]
-    pub ok: bool,
-}
-
-fn default_ok() -> bool {
-    true
-}
-
-fn is_true(ok: &bool) -> bool {
-    *ok
-}
-
-impl TraceRecord {
-    /// Parses one trace line; the error says what is wrong with it.
-    pub fn parse(line: &str) -> Result<TraceRecord, String> {
-        let record: TraceRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        if !(record.runtime_s.is_finite() && record.runtime_s >= 0.0) {
-            return Err(format!(
-                "runtime_s must be a number of seconds ≥ 0, got {}",
-                record.runtime_s
-            ));
-        }
-        if record.tool.is_empty() {
-            return Err("tool is empty".to_owned());
-        }
-        Ok(record)
-    }
-}
 
 /// Budget, risk, poll cost and table for a replay.
 #[derive(Debug, Clone)]
@@ -538,19 +499,6 @@ mod tests {
 
     fn score<'a>(report: &'a ReplayReport, name: &str) -> &'a PolicyScore {
         report.policies.iter().find(|p| p.name == name).unwrap()
-    }
-
-    #[test]
-    fn lines_parse_with_defaults_and_bad_ones_say_why() {
-        let r = TraceRecord::parse(r#"{"tool": "t", "args": {"n": 1}, "runtime_s": 2.5}"#).unwrap();
-        assert!(r.ok);
-        assert!(TraceRecord::parse(r#"{"tool": "t", "runtime_s": -1}"#)
-            .unwrap_err()
-            .contains("≥ 0"));
-        assert!(TraceRecord::parse(r#"{"tool": "t"}"#)
-            .unwrap_err()
-            .contains("runtime_s"));
-        assert!(TraceRecord::parse("not json").is_err());
     }
 
     #[test]

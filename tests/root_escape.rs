@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use smart_async::tools::files::{HashFiles, SearchText};
-use smart_async::tools::roots::Roots;
-use smart_async::tools::Tool;
 use smart_async::JobContext;
+use smart_async::Roots;
+use smart_async::Tool;
+use smart_async::{HashFiles, SearchText};
 use tokio_util::sync::CancellationToken;
 
 /// Calls per test: a86c8a7 leaked in about half of its tries.

@@ -190,7 +190,7 @@ fn a_database_of_another_format_version_is_refused() {
             err,
             StoreError::Version {
                 found: 99,
-                expected: smart_async::store::FORMAT_VERSION,
+                expected: smart_async::FORMAT_VERSION,
                 ..
             }
         ),

@@ -17,7 +17,7 @@ use rmcp::model::{
 use rmcp::service::{ClientServiceExt, RequestContext, RoleClient, RunningService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::json;
-use smart_async::mcp::SmartServer;
+use smart_async::SmartServer;
 use smart_async::{Engine, EngineConfig, JobContext, Progress};
 
 mod common;

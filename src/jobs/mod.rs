@@ -18,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-pub use crate::job::{Job, JobOutput, JobState, JobStatus, Progress, MAX_POLL_S, MIN_POLL_S};
+pub use crate::job::{Job, JobOutput, JobState, JobStatus, Progress};
 use crate::lock::lock;
 use crate::run_error::RunError;
 use crate::store::{Store, StoreError};
@@ -412,6 +412,7 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::{MAX_POLL_S, MIN_POLL_S};
     use crate::policy::Decision;
     use crate::policy::{Mode, Source};
 

@@ -56,12 +56,49 @@ mod wrapped;
 
 use behind::Behind;
 use codec::{error_result, failed_result, protocol_error, Answer};
+pub use job_tools::OWN_TOOL_NAMES;
 use job_tools::{CANCEL_JOB, JOB_STATUS, LIST_JOBS, PREDICTOR_STATS};
-pub use job_tools::{DEFAULT_LIST_LIMIT, OWN_TOOL_NAMES, WAIT_SHARE_OF_BUDGET};
 use progress::{with_progress, ProgressMailbox};
 use wrapped::{Handler, Wrapped};
 
 /// The MCP server: cheap to clone, every clone shares the engine and tools.
+///
+/// Served here over an in-memory pipe to an rmcp client; [`SmartServer::serve_stdio`]
+/// and [`SmartServer::serve_http`] serve it to real ones.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use rmcp::model::CallToolRequestParams;
+/// use rmcp::ServiceExt;
+/// use smart_async::{Engine, EngineConfig, HashFiles, Roots, SmartServer};
+///
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("notes.txt"), "hello")?;
+/// let engine = Engine::open(EngineConfig::new(dir.path().join("db"))).await?;
+/// let roots = Arc::new(Roots::new(&[dir.path().to_path_buf()])?);
+/// let server = SmartServer::new(engine.clone(), vec![Arc::new(HashFiles::new(roots))]);
+///
+/// let (client_end, server_end) = tokio::io::duplex(1 << 16);
+/// tokio::spawn(async move {
+///     if let Ok(running) = server.serve(server_end).await {
+///         let _ = running.waiting().await;
+///     }
+/// });
+/// let client = ().serve(client_end).await?;
+/// let tools = client.list_all_tools().await?;
+/// // The tool, then the job tools and predictor_stats that come with every server.
+/// assert!(tools.iter().any(|tool| tool.name == "hash_files"));
+/// assert!(tools.iter().any(|tool| tool.name == "job_status"));
+/// let args = serde_json::json!({ "path": "notes.txt" });
+/// let call = CallToolRequestParams::new("hash_files").with_arguments(args.as_object().unwrap().clone());
+/// let result = client.call_tool(call).await?;
+/// assert_ne!(result.is_error, Some(true), "{result:?}");
+/// client.cancel().await?;
+/// engine.close().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct SmartServer {
     engine: Engine,

@@ -8,7 +8,7 @@
 //! Bayesian linear regression of `y = ln(runtime_s)` on
 //! `x = [1, u_1-c_1, (u_1-c_1)², u_2-c_2, (u_2-c_2)², …]` with `u_i = ln(1+|f_i|)` and
 //! `c_i` the first value of `u_i` the model saw, under a Normal–Inverse-Gamma prior `β | σ² ~ N(0, σ² Λ₀⁻¹)`, `σ² ~ IG(a₀, b₀)`
-//! (a ridge Λ₀, so the posterior exists from the first sample; see [`ridge`]). The state is the
+//! (a ridge Λ₀, so the posterior exists from the first sample; see [`posterior::ridge`]). The state is the
 //! sufficient statistics `XᵀX, Xᵀy, yᵀy, n`, each scaled by [`FORGETTING_FACTOR`]
 //! before an update so the model follows drift. The posterior (Bishop, *PRML* §3.3;
 //! Murphy, *Conjugate Bayesian analysis of the Gaussian distribution*, 2007, §7.6):
@@ -65,7 +65,6 @@ mod tests;
 pub(crate) use legacy::v2_bytes;
 pub use legacy::{ModelV2, ModelV3};
 use linalg::{dot, leverage};
-pub use posterior::ridge;
 use posterior::{bound_quantile, posterior, BoundQuantile, Posterior};
 use recency::Recency;
 

@@ -40,6 +40,59 @@ pub type ToolFuture = Pin<Box<dyn Future<Output = Result<ToolOutput, RunError>> 
 pub type ToolWork = Box<dyn FnOnce(JobContext) -> ToolFuture + Send>;
 
 /// A tool the server offers.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use serde_json::{json, Map, Value};
+/// use smart_async::{parse_args, schema_of, CallOutcome, Engine, EngineConfig, ToolCall};
+/// use smart_async::{JobContext, Tool, ToolOutput, ToolWork};
+///
+/// struct Count;
+///
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct CountArgs {
+///     /// Up to what.
+///     to: u32,
+/// }
+///
+/// impl Tool for Count {
+///     fn name(&self) -> &str {
+///         "count"
+///     }
+///     fn description(&self) -> &str {
+///         "Count up to a number."
+///     }
+///     fn input_schema(&self) -> Map<String, Value> {
+///         schema_of::<CountArgs>()
+///     }
+///     fn start(&self, args: &Value) -> Result<ToolWork, String> {
+///         // Bad arguments are refused here, before anything runs.
+///         let args: CountArgs = parse_args(self.name(), args)?;
+///         Ok(Box::new(move |ctx: JobContext| {
+///             Box::pin(async move {
+///                 let mut counted = 0;
+///                 while counted < args.to && !ctx.is_cancelled() {
+///                     counted += 1;
+///                 }
+///                 Ok(ToolOutput { text: format!("counted to {counted}"), structured: json!(counted) })
+///             })
+///         }))
+///     }
+/// }
+///
+/// assert!(Count.start(&json!({ "to": "ten" })).err().unwrap().contains("count"));
+/// let dir = tempfile::tempdir()?;
+/// let engine = Engine::open(EngineConfig::new(dir.path())).await?;
+/// let args = json!({ "to": 10 });
+/// let work = Count.start(&args)?;
+/// match engine.call(ToolCall::new("count", args), work).await? {
+///     CallOutcome::Done { result, .. } => assert_eq!(result?.text, "counted to 10"),
+///     other => panic!("a quick count went to the background: {other:?}"),
+/// }
+/// engine.close().await?;
+/// # Ok(()) }
+/// ```
 pub trait Tool: Send + Sync {
     /// Its name.
     fn name(&self) -> &str;

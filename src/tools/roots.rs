@@ -55,7 +55,7 @@ impl Roots {
     }
 
     /// Resolves a path argument to a canonical path inside the roots, with the root it
-    /// lies in: where a [`walk`](super::walk::walk()) of it starts from.
+    /// lies in: where a walk of it starts from.
     pub fn locate(&self, path: &str) -> Result<Located, String> {
         let first = self.roots.first().ok_or_else(|| {
             "no root directory is configured: start the server with --root DIR".to_owned()

@@ -33,7 +33,6 @@ use crate::run_error::RunError;
 mod group;
 mod progress;
 
-pub use group::TERM_GRACE;
 use group::{die_with_the_server, stop_group, GroupGuard};
 use progress::ProgressLines;
 
