@@ -16,6 +16,8 @@
 //! name, and a call keeps at most [`MAX_FEATURES_PER_CALL`] of them: the first ones in
 //! name order. Names longer than [`MAX_NAME_CHARS`] chars are cut.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -73,9 +75,12 @@ pub struct Feature {
 /// assert_eq!(names, ["opts.depth", "opts.follow", "path"]);
 /// assert_eq!(features.get("path"), Some(3.0));
 /// ```
+///
+/// Cloning one is a reference count: a run's features go to its sample and to the
+/// pooled model's pending runs, and are changed only while they are made.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Features {
-    items: Vec<Feature>,
+    items: Arc<Vec<Feature>>,
 }
 
 /// A tool's own source of features, for what the arguments alone do not show (the
@@ -102,9 +107,10 @@ impl Features {
             }
             other => flatten(ROOT_NAME, other, 1, &mut items),
         }
-        let mut features = Features { items };
-        features.normalise();
-        features
+        normalise(&mut items);
+        Features {
+            items: Arc::new(items),
+        }
     }
 
     /// Adds or replaces a feature; a non-finite value is ignored. Keeps the order and the
@@ -114,14 +120,15 @@ impl Features {
             return;
         }
         let name = cut_name(name);
-        match self.items.binary_search_by(|f| f.name.as_str().cmp(&name)) {
+        let items = Arc::make_mut(&mut self.items);
+        match items.binary_search_by(|f| f.name.as_str().cmp(&name)) {
             Ok(at) => {
-                self.items[at].value = value;
-                self.items[at].kind = kind;
+                items[at].value = value;
+                items[at].kind = kind;
             }
             Err(at) => {
-                self.items.insert(at, Feature { name, value, kind });
-                self.items.truncate(MAX_FEATURES_PER_CALL);
+                items.insert(at, Feature { name, value, kind });
+                items.truncate(MAX_FEATURES_PER_CALL);
             }
         }
     }
@@ -148,14 +155,13 @@ impl Features {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
 
-    fn normalise(&mut self) {
-        self.items.sort_by(|a, b| a.name.cmp(&b.name));
-        // Cut names can collide; the first in order wins.
-        self.items
-            .dedup_by(|later, earlier| later.name == earlier.name);
-        self.items.truncate(MAX_FEATURES_PER_CALL);
-    }
+fn normalise(items: &mut Vec<Feature>) {
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    // Cut names can collide; the first in order wins.
+    items.dedup_by(|later, earlier| later.name == earlier.name);
+    items.truncate(MAX_FEATURES_PER_CALL);
 }
 
 fn cut_name(name: &str) -> String {

@@ -34,6 +34,7 @@ pub(super) fn cholesky_into(
 }
 
 /// Solves `L z = b` by forward substitution into `z` (of `b`'s length).
+#[inline]
 fn forward_into(z: &mut [f64], lower: &[f64], b: &[f64]) {
     let dim = b.len();
     for i in 0..dim {
@@ -43,6 +44,7 @@ fn forward_into(z: &mut [f64], lower: &[f64], b: &[f64]) {
 }
 
 /// Solves `L Lᵀ x = b` into `x`: forward, then back substitution in place.
+#[inline]
 pub(super) fn cholesky_solve_into(x: &mut Vec<f64>, lower: &[f64], dim: usize, b: &[f64]) {
     x.clear();
     x.resize(dim, 0.0);
@@ -54,6 +56,7 @@ pub(super) fn cholesky_solve_into(x: &mut Vec<f64>, lower: &[f64], dim: usize, b
 }
 
 /// `xᵀ Λ⁻¹ x = ‖L⁻¹x‖²`.
+#[inline]
 pub(super) fn leverage(lower: &[f64], x: &[f64]) -> f64 {
     let mut z = [0.0; MAX_DIM];
     let z = &mut z[..x.len()];
@@ -61,6 +64,7 @@ pub(super) fn leverage(lower: &[f64], x: &[f64]) -> f64 {
     z.iter().map(|z| z * z).sum()
 }
 
+#[inline]
 pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -32,6 +32,7 @@ pub(super) struct BoundQuantile {
 /// The degrees of freedom the bound's quantile is computed at: rounded down (a little
 /// wider, never narrower) to a grid, so the costly inverse CDF runs only when the grid
 /// point changes, and the quantile stays a pure function of the state.
+#[inline]
 fn quantile_dof(dof: f64) -> f64 {
     if dof < 16.0 {
         (dof * 4.0).floor() / 4.0
@@ -42,6 +43,7 @@ fn quantile_dof(dof: f64) -> f64 {
 
 /// The bound quantile for `dof` and `risk`, reusing `previous` when it is for the same
 /// grid point.
+#[inline]
 pub(super) fn bound_quantile(
     dof: f64,
     risk: f64,

@@ -21,6 +21,7 @@ pub(super) struct Recency {
 }
 
 impl Recency {
+    #[inline]
     pub(super) fn coefficient(&self) -> f64 {
         (self.cross / (self.lagged + AR_PRIOR_WEIGHT))
             .clamp(-MAX_AR_COEFFICIENT, MAX_AR_COEFFICIENT)
@@ -28,6 +29,7 @@ impl Recency {
 
     /// The shift to add to the location and the factor on the scale, when the term's
     /// own record says it helps.
+    #[inline]
     pub(super) fn adjustment(&self) -> Option<(f64, f64)> {
         let last = self.last_residual?;
         let helps = self.errors >= AR_MIN_ERRORS && self.recency_sq < self.plain_sq;
