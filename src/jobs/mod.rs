@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Semaphore};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use crate::job::{Job, JobOutput, JobState, JobStatus, Progress};
@@ -94,8 +94,11 @@ struct Live {
     signals: RunSignals,
     status: watch::Sender<JobStatus>,
     /// The task that runs the work and finishes the job (see [`run`]).
-    task: AbortHandle,
+    task: JoinHandle<()>,
 }
+
+/// How long closing waits for aborted jobs' work to be dropped.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
 /// The job table: the store for records, the live map for running jobs. Cheap to
 /// clone; clones share everything (a job's task holds one).
@@ -230,7 +233,7 @@ impl Jobs {
         }
         let (status, _) = watch::channel(job.status());
         let mut live = self.live();
-        let task = tokio::spawn(supervised).abort_handle();
+        let task = tokio::spawn(supervised);
         live.insert(
             job.id,
             Live {
@@ -396,15 +399,25 @@ impl Jobs {
         for live in &entries {
             live.task.abort();
         }
-        // Give the aborted tasks a turn to drop their futures (and their engine handles).
-        for _ in 0..entries.len().min(64) + 1 {
-            tokio::task::yield_now().await;
+        // An aborted task drops its future (the work, its engine handle) at its next
+        // turn on a worker thread: waited for, so that close returns with the work gone
+        // (issue 16: a test saw a job's work outlive close). Work that holds its thread
+        // without yielding is not waited for past the bound.
+        let (signals, tasks): (Vec<RunSignals>, Vec<JoinHandle<()>>) = entries
+            .into_iter()
+            .map(|live| (live.signals, live.task))
+            .unzip();
+        let dropped = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(ABANDON_WAIT, dropped).await.is_err() {
+            tracing::warn!(
+                "a job's work did not stop within {ABANDON_WAIT:?} of close: it holds its thread"
+            );
         }
         // Work on blocking threads cannot be aborted, only asked: without this a hash
         // of a large tree would hold the process open after shutdown. The supervisors
         // are gone, so nothing records these jobs as cancelled.
-        for live in &entries {
-            live.signals.cancel_token().cancel();
+        for signals in &signals {
+            signals.cancel_token().cancel();
         }
     }
 }
