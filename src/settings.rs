@@ -180,12 +180,9 @@ impl Settings {
             engine.jobs.max_running = max_running;
         }
         if let Some(hours) = file.job_retention_h {
-            let seconds = hours * 3600.0;
-            if !(seconds.is_finite() && seconds >= 0.0) {
-                return Err(SettingsError::Retention);
-            }
-            engine.jobs.retention =
-                Duration::try_from_secs_f64(seconds).map_err(|_| SettingsError::Retention)?;
+            // Refuses a negative, non-finite or too large number of hours.
+            engine.jobs.retention = Duration::try_from_secs_f64(hours * 3600.0)
+                .map_err(|_| SettingsError::Retention)?;
         }
         if let Some(max_finished) = file.max_finished_jobs {
             engine.jobs.max_finished = max_finished;
