@@ -34,9 +34,9 @@ use rmcp::service::{RequestContext, SubscriptionContext, SubscriptionSink};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use smart_async::HttpLimits;
 use smart_async::SmartServer;
 use smart_async::{Engine, EngineConfig, JobContext, Progress, StaticTable};
+use smart_async::{HttpAccess, HttpLimits};
 use tokio_util::sync::CancellationToken;
 
 /// A 1×1 red PNG.
@@ -1067,7 +1067,9 @@ async fn main() -> anyhow::Result<()> {
             stop.cancel();
         }
     });
-    server.serve_http(listener, shutdown, limits).await?;
+    server
+        .serve_http(listener, shutdown, limits, HttpAccess::default())
+        .await?;
     engine.close().await?;
     Ok(())
 }

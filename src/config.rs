@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
 use crate::tools::command::CommandSpec;
 
 /// The config file's contents.
@@ -34,6 +35,18 @@ pub struct FileConfig {
     pub job_retention_h: Option<f64>,
     /// Finished jobs kept at most.
     pub max_finished_jobs: Option<usize>,
+    /// Background jobs running and pending at once per principal.
+    pub max_jobs_per_principal: Option<usize>,
+    /// Finished jobs kept at most per principal.
+    pub max_finished_jobs_per_principal: Option<usize>,
+    /// Background jobs a principal may start per minute.
+    pub max_job_starts_per_minute: Option<u32>,
+    /// The HTTP face (`[http]`): hosts, origins, limits, TLS.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Who may call over HTTP (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Budgets by client name (`[clients]`, `"claude-ai" = 50`).
     #[serde(default)]
     pub clients: BTreeMap<String, f64>,
@@ -43,6 +56,35 @@ pub struct FileConfig {
     /// The directory relative paths are anchored to (the file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// The `[http]` table: what only the HTTP face uses. Flags add to the lists and win
+/// over the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Host names the server is reached by, besides the loopback ones.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call it.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// The largest request body taken, in bytes.
+    pub max_request_bytes: Option<usize>,
+    /// Requests served at once at most.
+    pub max_concurrent_requests: Option<usize>,
+    /// Sessions held at most.
+    pub max_sessions: Option<usize>,
+    /// The MCP endpoint's canonical URL when a reverse proxy serves it.
+    pub public_url: Option<String>,
+    /// The TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address with no `[auth]` (a gateway in front
+    /// authenticates).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 /// A config file that cannot be used.

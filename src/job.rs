@@ -8,6 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::policy::Decision;
+use crate::principal::Principal;
 use crate::run_error::RunError;
 
 /// A job's status, without its payload.
@@ -190,6 +191,10 @@ pub struct Job {
     /// before it was recorded.
     #[serde(default)]
     pub run_id: Uuid,
+    /// Who started it: only they (and admins) see it. Jobs stored before owners were
+    /// recorded, and every job over stdio, are the local user's.
+    #[serde(default, skip_serializing_if = "Principal::is_local")]
+    pub owner: Principal,
     /// What the work last reported of its progress, while it runs (live only, never
     /// stored).
     #[serde(skip)]

@@ -243,17 +243,30 @@ fn stateless(object: &serde_json::Map<String, Value>) -> bool {
         .is_some_and(|version| version >= model::ProtocolVersion::V_2026_07_28.as_str())
 }
 
-/// The refusal of a message longer than [`MAX_MESSAGE_BYTES`], of which `prefix` is
-/// the start: its id is read from there when it comes early.
-pub fn oversized(prefix: &[u8]) -> Refusal {
+/// The refusal of a message longer than `limit_bytes` (stdio's is
+/// [`MAX_MESSAGE_BYTES`]), of which `prefix` is the start: its id is read from there
+/// when it comes early.
+pub fn oversized(prefix: &[u8], limit_bytes: usize) -> Refusal {
     Refusal::new(
         early_id(prefix),
         INVALID_REQUEST,
         format!(
-            "invalid request: the message is longer than {} MiB; send large inputs as files inside the roots and pass their paths",
-            MAX_MESSAGE_BYTES / (1024 * 1024)
+            "invalid request: the message is longer than {}; send large inputs as files inside the roots and pass their paths",
+            byte_size(limit_bytes)
         ),
     )
+}
+
+/// A size in bytes as people read it: `16 MiB`, `64 KiB`, `1000 bytes`.
+fn byte_size(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// Whether rmcp can hold this id: a string, or an integer that fits an `i64`.
@@ -593,7 +606,7 @@ mod tests {
     #[test]
     fn an_oversized_message_is_answered_with_its_early_id() {
         let prefix = br#"{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"x","arguments":{"blob":"aaaa"#;
-        let refusal = oversized(prefix);
+        let refusal = oversized(prefix, MAX_MESSAGE_BYTES);
         assert_eq!(
             (refusal.id, refusal.code),
             (Value::from("big"), INVALID_REQUEST)

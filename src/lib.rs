@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod clients;
 mod config;
 mod engine;
@@ -38,6 +39,7 @@ mod lock;
 mod mcp;
 mod policy;
 mod predictor;
+mod principal;
 mod proxy;
 mod reap;
 mod replay;
@@ -45,16 +47,22 @@ mod run_error;
 mod settings;
 mod stats;
 mod store;
+mod tls;
 mod tools;
 mod trace;
 
 // Serving MCP: the server, the tools it offers, the upstream it fronts, its settings.
+pub use auth::jwt::JwtConfig;
+pub use auth::tokens::{new_token, TokenEntry};
+pub use auth::{AuthConfig, AuthConfigError, Authenticator};
 pub use config::{ConfigError, FileConfig};
-pub use http::HttpLimits;
+pub use http::{HttpAccess, HttpLimits};
 pub use mcp::{SmartServer, OWN_TOOL_NAMES};
+pub use principal::{Caller, Principal};
 pub use proxy::{Upstream, UpstreamCommand, UpstreamStartError, DEFAULT_STARTUP_TIMEOUT};
 pub use settings::{data_dir_or_default, default_config_path, default_data_dir};
 pub use settings::{HttpListen, ServerFlags, Settings, SettingsError};
+pub use tls::{TlsError, TlsFiles};
 pub use tools::command::{CommandSpec, CommandTool, ParamSpec, ParamType};
 pub use tools::files::{HashFiles, SearchText};
 pub use tools::roots::{RootError, Roots};

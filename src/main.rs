@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use smart_async::{
     data_dir_or_default, default_config_path, default_data_dir, export_trace, Engine, EngineConfig,
-    EngineError, HttpLimits, HttpListen, Replay, ReplayConfig, ReplayReport, ServerFlags, Settings,
+    EngineError, HttpListen, Replay, ReplayConfig, ReplayReport, ServerFlags, Settings,
     SmartServer, StaticTable, Store, TraceFile, TraceWatch, Upstream, UpstreamCommand,
 };
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,13 @@ enum Command {
         #[command(flatten)]
         data: DataDirArg,
     },
+    /// Make a static bearer token for the HTTP face: prints the token (give it to its
+    /// holder, once) and the [[auth.tokens]] entry to add to the config (it holds
+    /// only the token's SHA-256).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Show what has been learned per tool, read from the database.
     ///
     /// The database can be open in one process at a time: stop a server that uses
@@ -95,6 +102,16 @@ enum Command {
         json: bool,
         #[command(flatten)]
         data: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// A fresh random token for the principal NAME.
+    New {
+        /// Who the token is for: the owner of the jobs its calls start.
+        #[arg(value_name = "NAME")]
+        principal: String,
     },
 }
 
@@ -138,9 +155,31 @@ struct ServerArgs {
     http: Option<String>,
     /// With --http: a browser page's origin allowed to call the server, exactly as the
     /// browser sends it (http://localhost:6274); repeatable. Without it, requests
-    /// that carry an Origin header are refused.
-    #[arg(long, value_name = "ORIGIN")]
+    /// that carry an Origin header from another host are refused.
+    #[arg(
+        long = "allowed-origin",
+        visible_alias = "allow-origin",
+        value_name = "ORIGIN"
+    )]
     allow_origin: Vec<String>,
+    /// With --http: a host name the server is reached by (mcp.example.com), besides
+    /// the loopback names; repeatable. A request for any other Host is refused.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// With --http on an address other machines reach: serve without [auth], because
+    /// a gateway in front authenticates every request.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    /// With --http: serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// With --http: the private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// With --http behind a reverse proxy: the MCP endpoint's public URL
+    /// (https://mcp.example.com/mcp), named in the OAuth metadata.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     #[command(flatten)]
     data: DataDirArg,
     /// Seconds a call may take inline; calls predicted longer run as jobs [default: 50].
@@ -157,6 +196,21 @@ struct ServerArgs {
     /// there is one].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// `token new NAME`: the token on stdout, alone on its first line, then the entry.
+fn new_token(principal: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !principal.trim().is_empty() && principal.len() <= 128,
+        "the principal must be a name of 1 to 128 characters"
+    );
+    let (token, sha256) = smart_async::new_token();
+    let quoted = toml::Value::String(principal.to_owned());
+    println!("{token}");
+    println!();
+    println!("# Give the token above to {principal}, once; add this to the config's [auth]:");
+    println!("[[auth.tokens]]\nprincipal = {quoted}\nsha256 = \"{sha256}\"");
+    Ok(())
 }
 
 /// What `init` writes.
@@ -209,6 +263,11 @@ impl ServerArgs {
             deadline_s: self.deadline_s,
             http: self.http,
             allow_origin: self.allow_origin,
+            allowed_hosts: self.allowed_hosts,
+            allow_unauthenticated: self.allow_unauthenticated,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            public_url: self.public_url,
             roots,
         }
     }
@@ -342,18 +401,27 @@ async fn run_server(
     match http {
         Some(HttpListen {
             addr,
-            allowed_origins,
+            limits,
+            access,
         }) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr}: is another server using that port?")
             })?;
             let bound = listener.local_addr()?;
+            let scheme = if access.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let who = if access.auth.is_some() {
+                "callers with a bearer token"
+            } else {
+                "any caller (no [auth] configured)"
+            };
             tracing::info!(
-                "listening for MCP clients on http://{bound}/mcp (Streamable HTTP); Ctrl-C stops"
+                "listening for MCP clients on {scheme}://{bound}/mcp (Streamable HTTP), serving {who}; Ctrl-C stops"
             );
-            let mut limits = HttpLimits::loopback(bound.ip());
-            limits.allowed_origins = allowed_origins;
-            server.serve_http(listener, shutdown, limits).await
+            server.serve_http(listener, shutdown, limits, access).await
         }
         None => {
             tracing::info!(
@@ -414,6 +482,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Proxy(args) => proxy(args).await,
         Command::Stats { tool, json, data } => stats(tool, json, data).await,
         Command::Init { path, force } => init(path, force),
+        Command::Token {
+            action: TokenAction::New { principal },
+        } => new_token(&principal),
         Command::Replay {
             traces,
             budget_s,

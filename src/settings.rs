@@ -22,10 +22,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::{ConfigError, FileConfig};
 use crate::engine::EngineConfig;
+use crate::http::{HttpAccess, HttpLimits};
 use crate::mcp::OWN_TOOL_NAMES;
 use crate::policy::{StaticTable, StaticTableError};
+use crate::tls::TlsFiles;
 use crate::tools::command::CommandTool;
 use crate::tools::files::{HashFiles, SearchText};
 use crate::tools::roots::{RootError, Roots};
@@ -47,19 +50,31 @@ pub struct ServerFlags {
     pub deadline_s: Option<f64>,
     /// `--http`: PORT or HOST:PORT.
     pub http: Option<String>,
-    /// `--allow-origin`, repeatable.
+    /// `--allowed-origin` (or `--allow-origin`), repeatable.
     pub allow_origin: Vec<String>,
+    /// `--allowed-host`, repeatable.
+    pub allowed_hosts: Vec<String>,
+    /// `--allow-unauthenticated`.
+    pub allow_unauthenticated: bool,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--public-url`.
+    pub public_url: Option<String>,
     /// `--root`, repeatable (`serve` only).
     pub roots: Vec<PathBuf>,
 }
 
-/// Where the HTTP face listens, and which browser pages may call it.
-#[derive(Debug, Clone, PartialEq)]
+/// Where the HTTP face listens, who may call it and how much it takes.
+#[derive(Debug, Clone)]
 pub struct HttpListen {
     /// The address to bind.
     pub addr: SocketAddr,
-    /// Origins allowed besides the server's own.
-    pub allowed_origins: Vec<String>,
+    /// Hosts, origins and limits.
+    pub limits: HttpLimits,
+    /// Authentication, the public URL, TLS.
+    pub access: HttpAccess,
 }
 
 /// Everything a server runs with.
@@ -93,9 +108,26 @@ pub enum SettingsError {
     /// `job_retention_h` is negative or not a number.
     #[error("job_retention_h must be a number of hours ≥ 0")]
     Retention,
-    /// `--allow-origin` without `--http`.
-    #[error("--allow-origin is for the HTTP face: add --http PORT")]
-    OriginWithoutHttp,
+    /// An HTTP-only flag without `--http`.
+    #[error("{0} is for the HTTP face: add --http PORT")]
+    OnlyForHttp(&'static str),
+    /// The `[auth]` table cannot be used.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// A non-loopback address with no authentication.
+    #[error("--http {0} can be reached from other machines, and no [auth] is configured: anyone who reaches the port could run the server's tools. Configure [[auth.tokens]] or [auth.jwt] (README, \"Deploy over HTTP\"), or pass --allow-unauthenticated if a gateway in front authenticates every request")]
+    Unauthenticated(SocketAddr),
+    /// Only one of the TLS certificate and key.
+    #[error("TLS needs both --tls-cert and --tls-key (or tls_cert and tls_key in [http])")]
+    TlsHalf,
+    /// A limit of 0.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+    /// A public URL that is not one.
+    #[error(
+        "public_url '{0}' must be the MCP endpoint's full URL, such as https://mcp.example.com/mcp"
+    )]
+    PublicUrl(String),
     /// `--http` is not an address.
     #[error("--http '{0}' is not PORT or HOST:PORT (for example 8080 or 127.0.0.1:8080)")]
     HttpAddr(String),
@@ -147,15 +179,13 @@ impl Settings {
         flags: ServerFlags,
         default_data_dir: impl FnOnce() -> Result<PathBuf, SettingsError>,
     ) -> Result<Settings, SettingsError> {
-        let config_path = flags
-            .config
-            .or_else(|| default_config_path().filter(|path| path.is_file()));
+        let config_path =
+            (flags.config.clone()).or_else(|| default_config_path().filter(|path| path.is_file()));
         let file = match &config_path {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let data_dir = match flags
-            .data_dir
+        let data_dir = match (flags.data_dir.clone())
             .or_else(|| file.data_dir.as_ref().map(|d| file.resolve(d)))
         {
             Some(dir) => dir,
@@ -187,13 +217,46 @@ impl Settings {
         if let Some(max_finished) = file.max_finished_jobs {
             engine.jobs.max_finished = max_finished;
         }
+        for (name, value) in [
+            ("max_jobs_per_principal", file.max_jobs_per_principal),
+            (
+                "max_finished_jobs_per_principal",
+                file.max_finished_jobs_per_principal,
+            ),
+            (
+                "max_job_starts_per_minute",
+                file.max_job_starts_per_minute.map(|n| n as usize),
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(SettingsError::ZeroLimit(name));
+            }
+        }
+        if let Some(max) = file.max_jobs_per_principal {
+            engine.jobs.max_active_per_principal = max;
+        }
+        if let Some(max) = file.max_finished_jobs_per_principal {
+            engine.jobs.max_finished_per_principal = max;
+        }
+        if let Some(max) = file.max_job_starts_per_minute {
+            engine.jobs.max_starts_per_minute = max;
+        }
         let http = match flags.http.as_deref() {
-            Some(addr) => Some(HttpListen {
-                addr: http_addr(addr)?,
-                allowed_origins: flags.allow_origin,
-            }),
-            None if !flags.allow_origin.is_empty() => return Err(SettingsError::OriginWithoutHttp),
-            None => None,
+            Some(addr) => Some(http_listen(http_addr(addr)?, flags.clone(), &file)?),
+            None => {
+                let http_only = [
+                    ("--allowed-origin", !flags.allow_origin.is_empty()),
+                    ("--allowed-host", !flags.allowed_hosts.is_empty()),
+                    ("--allow-unauthenticated", flags.allow_unauthenticated),
+                    ("--tls-cert", flags.tls_cert.is_some()),
+                    ("--tls-key", flags.tls_key.is_some()),
+                    ("--public-url", flags.public_url.is_some()),
+                ];
+                if let Some((flag, _)) = http_only.iter().find(|(_, given)| *given) {
+                    return Err(SettingsError::OnlyForHttp(flag));
+                }
+                None
+            }
         };
         Ok(Settings {
             engine,
@@ -235,6 +298,80 @@ impl Settings {
         }
         Ok((roots, tools))
     }
+}
+
+/// The HTTP face's settings: flags over the file's `[http]` and `[auth]`.
+fn http_listen(
+    addr: SocketAddr,
+    flags: ServerFlags,
+    file: &FileConfig,
+) -> Result<HttpListen, SettingsError> {
+    let table = &file.http;
+    let mut limits = HttpLimits::loopback(addr.ip());
+    for host in table.allowed_hosts.iter().chain(&flags.allowed_hosts) {
+        if !limits
+            .allowed_hosts
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(host))
+        {
+            limits.allowed_hosts.push(host.clone());
+        }
+    }
+    limits.allowed_origins = (table.allowed_origins.iter().chain(&flags.allow_origin))
+        .cloned()
+        .collect();
+    for (name, value, slot) in [
+        (
+            "max_request_bytes",
+            table.max_request_bytes,
+            &mut limits.max_request_bytes,
+        ),
+        (
+            "max_concurrent_requests",
+            table.max_concurrent_requests,
+            &mut limits.max_concurrent_requests,
+        ),
+        ("max_sessions", table.max_sessions, &mut limits.max_sessions),
+    ] {
+        match value {
+            Some(0) => return Err(SettingsError::ZeroLimit(name)),
+            Some(value) => *slot = value,
+            None => {}
+        }
+    }
+    let auth = Authenticator::new(&file.auth, &file.base_dir)?.map(Arc::new);
+    if auth.is_none()
+        && !addr.ip().is_loopback()
+        && !(flags.allow_unauthenticated || table.allow_unauthenticated)
+    {
+        return Err(SettingsError::Unauthenticated(addr));
+    }
+    let cert = flags
+        .tls_cert
+        .or_else(|| table.tls_cert.as_ref().map(|p| file.resolve(p)));
+    let key = flags
+        .tls_key
+        .or_else(|| table.tls_key.as_ref().map(|p| file.resolve(p)));
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => return Err(SettingsError::TlsHalf),
+    };
+    let public_url = flags.public_url.or_else(|| table.public_url.clone());
+    if let Some(url) = &public_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(SettingsError::PublicUrl(url.clone()));
+        }
+    }
+    Ok(HttpListen {
+        addr,
+        limits,
+        access: HttpAccess {
+            auth,
+            public_url,
+            tls,
+        },
+    })
 }
 
 /// Where to listen: a bare port means loopback.
@@ -279,7 +416,7 @@ mod tests {
         assert_eq!(settings.engine.jobs.max_running, 2);
         assert_eq!(settings.engine.jobs.retention, Duration::from_secs(5400));
         assert_eq!(settings.engine.data_dir, dir.path().join("data"));
-        assert_eq!(settings.http, None);
+        assert!(settings.http.is_none());
     }
 
     #[test]
@@ -335,13 +472,10 @@ mod tests {
         given.http = Some("8080".into());
         given.allow_origin = vec!["http://localhost:6274".into()];
         let settings = Settings::resolve(given, no_default).unwrap();
-        assert_eq!(
-            settings.http,
-            Some(HttpListen {
-                addr: "127.0.0.1:8080".parse().unwrap(),
-                allowed_origins: vec!["http://localhost:6274".into()],
-            })
-        );
+        let http = settings.http.unwrap();
+        assert_eq!(http.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(http.limits.allowed_origins, ["http://localhost:6274"]);
+        assert!(http.access.auth.is_none() && http.access.tls.is_none());
     }
 
     #[test]

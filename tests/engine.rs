@@ -497,6 +497,7 @@ async fn jobs_over_the_concurrency_limit_wait_as_pending() {
             status: Some(JobStatus::Completed),
             tool: Some("t".into()),
             limit: Some(1),
+            ..JobFilter::default()
         })
         .unwrap();
     assert_eq!(pending.len(), 1);

@@ -60,7 +60,7 @@ async fn break_10_a_foreign_origin_and_an_empty_host_are_refused_with_403() {
     let (status, answer) = post(&addr, &format!("{host}Origin: http://evil.example\r\n")).await;
     assert!(status.contains(" 403 "), "{answer}");
     assert!(
-        answer.contains("--allow-origin http://evil.example"),
+        answer.contains("--allowed-origin http://evil.example"),
         "{answer}"
     );
     let (status, answer) = post(&addr, "Host: \r\n").await;

@@ -22,6 +22,7 @@ use crate::features::Features;
 use crate::jobs::{now_ms, Job, JobContext, JobOutput, JobState, JobWork, OnEnd, Progress};
 use crate::lock::lock;
 use crate::policy::{Decision, Mode};
+use crate::principal::Principal;
 use crate::run_error::{panic_message, RunError};
 use crate::stats::Outcome;
 
@@ -80,6 +81,9 @@ pub struct ToolCall {
     /// Hears how an inline call is going, every [`PROGRESS_INTERVAL`] and when the tool
     /// reports.
     pub on_progress: Option<ProgressSink>,
+    /// Who the call is made for: the owner of its job, and whose client budget it
+    /// learns (the local user unless the server authenticates callers).
+    pub owner: Principal,
 }
 
 impl ToolCall {
@@ -92,6 +96,7 @@ impl ToolCall {
             client: None,
             cancel: None,
             on_progress: None,
+            owner: Principal::Local,
         }
     }
 }
@@ -105,6 +110,7 @@ impl std::fmt::Debug for ToolCall {
             .field("client", &self.client)
             .field("cancel", &self.cancel.is_some())
             .field("on_progress", &self.on_progress.is_some())
+            .field("owner", &self.owner)
             .finish()
     }
 }
@@ -476,6 +482,7 @@ fn new_job(call: ToolCall, decision: Decision, created_at_ms: u64, run_id: Uuid)
         decision,
         promoted: false,
         run_id,
+        owner: call.owner,
         progress: None,
     }
 }

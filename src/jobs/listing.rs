@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 use super::{Job, JobFilter, JobStatus};
+use crate::principal::Principal;
 
 /// Newest first: creation time descending, then id.
 type Key = (Reverse<u64>, Uuid);
@@ -30,6 +31,7 @@ enum Entry {
     Ended {
         status: JobStatus,
         tool: String,
+        owner: Principal,
         finished_at_ms: Option<u64>,
         unstored: Option<Job>,
     },
@@ -58,6 +60,7 @@ impl Listing {
             Entry::Ended {
                 status: job.status(),
                 tool: job.tool.clone(),
+                owner: job.owner.clone(),
                 finished_at_ms: job.finished_at_ms,
                 unstored: Some(job.clone()),
             }
@@ -94,12 +97,18 @@ impl Listing {
         self.entries
             .iter()
             .filter(|(_, entry)| {
-                let (status, tool) = match entry {
-                    Entry::Live(job) => (job.status(), job.tool.as_str()),
-                    Entry::Ended { status, tool, .. } => (*status, tool.as_str()),
+                let (status, tool, owner) = match entry {
+                    Entry::Live(job) => (job.status(), job.tool.as_str(), &job.owner),
+                    Entry::Ended {
+                        status,
+                        tool,
+                        owner,
+                        ..
+                    } => (*status, tool.as_str(), owner),
                 };
                 filter.status.is_none_or(|wanted| status == wanted)
                     && filter.tool.as_deref().is_none_or(|wanted| tool == wanted)
+                    && filter.owner.as_ref().is_none_or(|wanted| owner == wanted)
             })
             .take(filter.limit.unwrap_or(usize::MAX))
             .map(|((_, id), entry)| match entry {
@@ -180,6 +189,7 @@ mod tests {
             status: Some(JobStatus::Running),
             tool: Some("a".to_owned()),
             limit: Some(1),
+            ..JobFilter::default()
         };
         assert_eq!(ids(&listing.select(&running_a)), [3]);
         listing.record(&job(3, 20, "a", JobState::Cancelled));
@@ -211,7 +221,7 @@ mod tests {
                 listing.record(&record);
                 latest.insert(n, record);
             }
-            let filter = JobFilter { status: status.map(|s| state(s).status()), tool: None, limit };
+            let filter = JobFilter { status: status.map(|s| state(s).status()), tool: None, limit, owner: None };
             let mut expected: Vec<&Job> = latest
                 .values()
                 .filter(|j| filter.status.is_none_or(|s| j.status() == s))

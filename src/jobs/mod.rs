@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 pub use crate::job::{Job, JobOutput, JobState, JobStatus, Progress};
 use crate::lock::lock;
+use crate::principal::Principal;
 use crate::run_error::RunError;
 use crate::store::{Store, StoreError};
 
@@ -41,6 +42,8 @@ pub struct JobFilter {
     pub tool: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
+    /// Only jobs of this principal.
+    pub owner: Option<Principal>,
 }
 
 /// Job errors.
@@ -76,6 +79,13 @@ pub struct JobSettings {
     pub max_running: usize,
     /// How long cancelled work may take to stop before it is aborted.
     pub cancel_grace: Duration,
+    /// How many background jobs one principal may have running and pending at once;
+    /// a start past it is refused (a promoted call is never refused, it runs already).
+    pub max_active_per_principal: usize,
+    /// How many finished jobs are kept at most per principal.
+    pub max_finished_per_principal: usize,
+    /// How many background jobs one principal may start in a minute.
+    pub max_starts_per_minute: u32,
 }
 
 impl Default for JobSettings {
@@ -85,9 +95,19 @@ impl Default for JobSettings {
             max_finished: 1000,
             max_running: 4,
             cancel_grace: Duration::from_secs(5),
+            max_active_per_principal: DEFAULT_MAX_ACTIVE_PER_PRINCIPAL,
+            max_finished_per_principal: DEFAULT_MAX_FINISHED_PER_PRINCIPAL,
+            max_starts_per_minute: DEFAULT_MAX_STARTS_PER_MINUTE,
         }
     }
 }
+
+/// Background jobs one principal may have running and pending at once, by default.
+pub const DEFAULT_MAX_ACTIVE_PER_PRINCIPAL: usize = 100;
+/// Finished jobs kept per principal, by default.
+pub const DEFAULT_MAX_FINISHED_PER_PRINCIPAL: usize = 500;
+/// Background jobs one principal may start per minute, by default.
+pub const DEFAULT_MAX_STARTS_PER_MINUTE: u32 = 120;
 
 /// A job while it runs in this process.
 struct Live {
@@ -454,6 +474,7 @@ mod tests {
             },
             promoted: false,
             run_id: Uuid::nil(),
+            owner: crate::principal::Principal::Local,
             progress: None,
         }
     }

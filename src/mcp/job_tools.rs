@@ -11,12 +11,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::caller::{listed_owner, visible_job};
 use super::codec::{failed_result, stored_result, text_and_structured};
 use crate::engine::Engine;
 use crate::job_answer::JobAnswer;
 use crate::jobs::{now_ms, Job, JobFilter, JobState, JobStatus};
 use crate::jsonrpc::excerpt;
 use crate::policy::{Seconds, Source};
+use crate::principal::Caller;
 use crate::run_error::RunError;
 use crate::tools::{parse_args, schema_of};
 
@@ -157,6 +159,7 @@ pub(super) async fn job_status(
     engine: &Engine,
     args: &Value,
     budget_s: f64,
+    caller: &Caller,
 ) -> Result<CallToolResult, String> {
     let args: JobStatusArgs = parse_args(JOB_STATUS, args)?;
     let id = parse_job_id(&args.job_id)?;
@@ -168,11 +171,16 @@ pub(super) async fn job_status(
     }
     // The wait must end inside this client's own budget, or the answer comes late.
     let wait = Duration::from_secs_f64(wait_s.min(max_wait_s(budget_s)));
+    visible_job(engine, id, caller).map_err(|e| e.to_string())?;
     let job = engine.wait_job(id, wait).await.map_err(|e| e.to_string())?;
     Ok(job_report(&job, engine.run_slot_free()))
 }
 
-pub(super) fn list_jobs(engine: &Engine, args: &Value) -> Result<CallToolResult, String> {
+pub(super) fn list_jobs(
+    engine: &Engine,
+    args: &Value,
+    caller: &Caller,
+) -> Result<CallToolResult, String> {
     let args: ListJobsArgs = parse_args(LIST_JOBS, args)?;
     let status = args
         .status
@@ -184,6 +192,7 @@ pub(super) fn list_jobs(engine: &Engine, args: &Value) -> Result<CallToolResult,
         status,
         tool: args.tool,
         limit: Some(args.limit.unwrap_or(DEFAULT_LIST_LIMIT)),
+        owner: listed_owner(caller),
     };
     let jobs = engine.list_jobs(&filter).map_err(|e| e.to_string())?;
     let now = now_ms();
@@ -202,9 +211,14 @@ pub(super) fn list_jobs(engine: &Engine, args: &Value) -> Result<CallToolResult,
     Ok(text_and_structured(text, structured))
 }
 
-pub(super) async fn cancel_job(engine: &Engine, args: &Value) -> Result<CallToolResult, String> {
+pub(super) async fn cancel_job(
+    engine: &Engine,
+    args: &Value,
+    caller: &Caller,
+) -> Result<CallToolResult, String> {
     let args: CancelJobArgs = parse_args(CANCEL_JOB, args)?;
     let id = parse_job_id(&args.job_id)?;
+    visible_job(engine, id, caller).map_err(|e| e.to_string())?;
     let job = engine.cancel_job(id).await.map_err(|e| e.to_string())?;
     Ok(job_report(&job, engine.run_slot_free()))
 }

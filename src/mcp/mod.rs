@@ -46,6 +46,7 @@ use crate::proxy::Upstream;
 use crate::tools::{with_async_mode, Tool};
 
 mod behind;
+mod caller;
 mod codec;
 mod http;
 mod job_tools;
@@ -301,6 +302,7 @@ impl SmartServer {
     ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + Send + 'a {
         let mut call = ToolCall::new(tool, args);
         call.client = self.client_name(ctx);
+        call.owner = caller::caller(ctx).principal;
         call.cancel = Some(ctx.ct.clone());
         let progress = ctx.meta.get_progress_token().map(|token| {
             // Notifications are sent from this request's own task, where rmcp knows
@@ -603,11 +605,22 @@ impl ServerHandler for SmartServer {
             let answer = match name.as_ref() {
                 JOB_STATUS => {
                     let client = self.client_name(&ctx);
-                    let budget_s = self.engine.client_budget(client.as_deref()).budget_s;
-                    Box::pin(job_tools::job_status(&self.engine, &args, budget_s)).await
+                    let caller = caller::caller(&ctx);
+                    let budget = self.engine.client_budget(client.as_deref());
+                    let budget_s = budget.budget_s;
+                    Box::pin(job_tools::job_status(
+                        &self.engine,
+                        &args,
+                        budget_s,
+                        &caller,
+                    ))
+                    .await
                 }
-                LIST_JOBS => job_tools::list_jobs(&self.engine, &args),
-                CANCEL_JOB => Box::pin(job_tools::cancel_job(&self.engine, &args)).await,
+                LIST_JOBS => job_tools::list_jobs(&self.engine, &args, &caller::caller(&ctx)),
+                CANCEL_JOB => {
+                    let caller = caller::caller(&ctx);
+                    Box::pin(job_tools::cancel_job(&self.engine, &args, &caller)).await
+                }
                 PREDICTOR_STATS => job_tools::predictor_stats(&self.engine, &args),
                 name => match &self.backend {
                     Backend::Local { tools, .. } => match tools.get_key_value(name) {
@@ -640,9 +653,9 @@ impl ServerHandler for SmartServer {
     async fn get_task(
         &self,
         request: GetTaskParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        let job = tasks::job_of_task(&self.engine, &request.task_id)?;
+        let job = tasks::job_of_task(&self.engine, &request.task_id, &caller::caller(&ctx))?;
         Ok(GetTaskResult::new(tasks::detailed_task(&self.engine, &job)))
     }
 
@@ -652,9 +665,9 @@ impl ServerHandler for SmartServer {
     async fn cancel_task(
         &self,
         request: CancelTaskParams,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let job = tasks::job_of_task(&self.engine, &request.task_id)?;
+        let job = tasks::job_of_task(&self.engine, &request.task_id, &caller::caller(&ctx))?;
         match Box::pin(self.engine.cancel_job(job.id)).await {
             Ok(_) | Err(EngineError::Job(JobError::Finished { .. })) => Ok(()),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),

@@ -160,7 +160,9 @@ where
         loop {
             let sifted = match self.read_line().await {
                 Ok(None) => return None,
-                Ok(Some(Line::Oversized(start))) => Sifted::Refused(jsonrpc::oversized(&start)),
+                Ok(Some(Line::Oversized(start))) => {
+                    Sifted::Refused(jsonrpc::oversized(&start, MAX_MESSAGE_BYTES))
+                }
                 Ok(Some(Line::Whole(line))) => jsonrpc::sift(&line),
                 Err(e) => {
                     tracing::error!("reading stdin failed: {e}; closing the connection");

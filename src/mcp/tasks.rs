@@ -6,11 +6,13 @@ use rmcp::service::RequestContext;
 use rmcp::RoleServer;
 use uuid::Uuid;
 
+use super::caller::visible_job;
 use super::codec::{failed_result, protocol_error, result_object, stored_result};
 use super::job_tools::job_summary;
 use crate::engine::{Engine, EngineError};
 use crate::jobs::{now_ms, Job, JobError, JobState, JobStatus};
 use crate::jsonrpc::excerpt;
+use crate::principal::Caller;
 
 /// A job as the tasks extension shows it.
 pub(super) fn task_of(engine: &Engine, job: &Job) -> Task {
@@ -64,7 +66,12 @@ pub(super) fn detailed_task(engine: &Engine, job: &Job) -> DetailedTask {
 }
 
 /// The job behind a task id; an unknown id is invalid params, as the extension says.
-pub(super) fn job_of_task(engine: &Engine, task_id: &str) -> Result<Job, ErrorData> {
+/// Another principal's task is unknown to the caller.
+pub(super) fn job_of_task(
+    engine: &Engine,
+    task_id: &str,
+    caller: &Caller,
+) -> Result<Job, ErrorData> {
     let unknown = || {
         ErrorData::invalid_params(
             format!(
@@ -75,7 +82,7 @@ pub(super) fn job_of_task(engine: &Engine, task_id: &str) -> Result<Job, ErrorDa
         )
     };
     let id = Uuid::parse_str(task_id.trim()).map_err(|_| unknown())?;
-    match engine.job(id) {
+    match visible_job(engine, id, caller) {
         Ok(job) => Ok(job),
         Err(EngineError::Job(JobError::NotFound(_))) => Err(unknown()),
         Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
