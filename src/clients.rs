@@ -9,12 +9,36 @@
 //!
 //! Pure: names and seconds in, budgets out. The engine persists [`ClientRecord`]s.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Seconds;
+use crate::principal::Principal;
+
+/// Between a principal and a client's name in the key of an authenticated
+/// principal's record (a unit separator: no client name holds one).
+const PRINCIPAL_SEPARATOR: char = '\u{1f}';
+
+/// The key a client's record is kept under: its name for the local user (as every
+/// record was before principals), `PRINCIPAL␟NAME` for an authenticated principal,
+/// so that one principal's cancels never lower another's budget.
+pub fn record_key<'a>(client: &'a str, owner: &Principal) -> Cow<'a, str> {
+    match owner.name() {
+        None => Cow::Borrowed(client),
+        Some(principal) => Cow::Owned(format!("{principal}{PRINCIPAL_SEPARATOR}{client}")),
+    }
+}
+
+/// The principal (if any) and the client name of a record key.
+fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.split_once(PRINCIPAL_SEPARATOR) {
+        Some((principal, client)) => (Some(principal), client),
+        None => (None, key),
+    }
+}
 
 /// How many of a client's recent inline cancellations are kept.
 const KEPT_CANCELS: usize = 8;
@@ -166,15 +190,17 @@ impl ClientBudgets {
         self.records.insert(name, record);
     }
 
-    /// The budget for a client (`None`: the client did not say who it is).
+    /// The budget for a client by its [`record_key`] (`None`: the client did not say
+    /// who it is): configured and known budgets by its name, learned ones by its key.
     pub fn budget(&self, client: Option<&str>) -> ClientBudget {
         let server = ClientBudget {
             budget_s: self.server_budget_s,
             source: BudgetSource::Server,
         };
-        let Some(name) = client else {
+        let Some(key) = client else {
             return server;
         };
+        let name = split_key(key).1;
         let configured = self
             .configured
             .iter()
@@ -197,7 +223,7 @@ impl ClientBudgets {
         };
         let learned_s = self
             .records
-            .get(name)
+            .get(key)
             .and_then(|r| r.learned_timeout_s)
             .map(|timeout_s| timeout_s * TIMEOUT_MARGIN);
         match learned_s {
@@ -234,11 +260,13 @@ impl ClientBudgets {
         names.sort_unstable();
         names
             .into_iter()
-            .map(|name| {
-                let record = self.records.get(name).cloned().unwrap_or_default();
-                let budget = self.budget(Some(name));
+            .map(|key| {
+                let record = self.records.get(key).cloned().unwrap_or_default();
+                let budget = self.budget(Some(key));
+                let (principal, name) = split_key(key);
                 ClientStats {
                     name: name.to_owned(),
+                    principal: principal.map(str::to_owned),
                     budget_s: budget.budget_s,
                     source: budget.source,
                     learned_timeout_s: record.learned_timeout_s,
@@ -255,6 +283,9 @@ impl ClientBudgets {
 pub struct ClientStats {
     /// Its `clientInfo.name`.
     pub name: String,
+    /// The authenticated principal whose calls these are; `None`: the local user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     /// The budget its calls are decided against.
     pub budget_s: f64,
     /// Where that budget came from.
@@ -269,10 +300,13 @@ pub struct ClientStats {
 
 impl fmt::Display for ClientStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(principal) = &self.principal {
+            write!(f, " (for {principal})")?;
+        }
         write!(
             f,
-            "{}: budget {} ({})",
-            self.name,
+            ": budget {} ({})",
             Seconds(self.budget_s),
             self.source.name()
         )?;
@@ -294,6 +328,43 @@ impl fmt::Display for ClientStats {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 17: client budgets learned from one principal's cancels do not lower
+    /// another principal's budget.
+    #[test]
+    fn one_principals_cancels_do_not_lower_anothers_budget() {
+        let mut budgets = budgets();
+        let alice = record_key("My-Agent", &Principal::named("alice"));
+        for _ in 0..CANCELS_TO_LEARN {
+            budgets.record_mut(&alice).observe_cancel(10.0);
+        }
+        assert_eq!(
+            budgets.budget(Some(&alice)),
+            ClientBudget {
+                budget_s: 10.0 * TIMEOUT_MARGIN,
+                source: BudgetSource::Learned
+            }
+        );
+        let configured = ClientBudget {
+            budget_s: 20.0,
+            source: BudgetSource::Configured,
+        };
+        let bob = record_key("My-Agent", &Principal::named("bob"));
+        assert_eq!(budgets.budget(Some(&bob)), configured);
+        assert_eq!(budgets.budget(Some("My-Agent")), configured);
+        let stats = budgets.stats();
+        let alices = stats.iter().find(|s| s.principal.is_some()).unwrap();
+        assert_eq!(
+            (alices.name.as_str(), alices.principal.as_deref()),
+            ("My-Agent", Some("alice"))
+        );
+        assert!(
+            alices
+                .to_string()
+                .starts_with("My-Agent (for alice): budget"),
+            "{alices}"
+        );
+    }
 
     fn budgets() -> ClientBudgets {
         let configured = BTreeMap::from([("My-Agent".to_owned(), 20.0)]);

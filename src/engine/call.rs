@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Engine, EngineError};
+use crate::clients::record_key;
 use crate::features::Features;
 use crate::jobs::{now_ms, Job, JobContext, JobOutput, JobState, JobWork, OnEnd, Progress};
 use crate::lock::lock;
@@ -98,6 +99,13 @@ impl ToolCall {
             on_progress: None,
             owner: Principal::Local,
         }
+    }
+}
+
+impl ToolCall {
+    /// The key its client's budget is kept under (see [`record_key`]).
+    fn client_key(&self) -> Option<std::borrow::Cow<'_, str>> {
+        (self.client.as_deref()).map(|client| record_key(client, &self.owner))
     }
 }
 
@@ -198,7 +206,7 @@ impl Engine {
             &call.args,
             &features,
             expensive,
-            call.client.as_deref(),
+            call.client_key().as_deref(),
             true,
         );
         if decision.mode == Mode::Background {
@@ -272,8 +280,8 @@ impl Engine {
                     // Recorded first, so the lesson is in before anything the work does
                     // on its way out can be seen.
                     self.record(&call.tool, features, runtime_s, Outcome::Cancelled, &decision);
-                    if let Some(client) = &call.client {
-                        self.client_gave_up(client, runtime_s);
+                    if let Some(client) = call.client_key() {
+                        self.client_gave_up(&client, runtime_s);
                     }
                     cancel.cancel();
                     let grace = self.inner.jobs.settings().cancel_grace;
@@ -342,8 +350,8 @@ impl Engine {
             ),
         };
         self.record(&call.tool, features, runtime_s, outcome, &decision);
-        if let Some(client) = &call.client {
-            self.client_waited(client, runtime_s);
+        if let Some(client) = call.client_key() {
+            self.client_waited(&client, runtime_s);
         }
         CallOutcome::Done {
             result,

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::clients::{ClientBudget, ClientBudgets, ClientStats};
+use crate::clients::{record_key, ClientBudget, ClientBudgets, ClientStats};
 use crate::features::{FeatureExtractor, Features, ASYNC_MODE_ARG};
 use crate::jobs::{now_ms, Job, JobContext, JobError, JobFilter, JobSettings, Jobs};
 use crate::learner::Learner;
@@ -25,6 +25,7 @@ use crate::lock::lock;
 use crate::policy::{
     Call, Decision, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
 };
+use crate::principal::Principal;
 use crate::run_error::RunError;
 use crate::stats::{Outcome, StatsReport, ToolStats};
 use crate::store::{Sample, Store, StoreError, DEFAULT_CACHE_BYTES};
@@ -285,7 +286,14 @@ impl Engine {
 
     /// The budget `client`'s calls are decided against (`None`: an unnamed client).
     pub fn client_budget(&self, client: Option<&str>) -> ClientBudget {
-        lock(&self.inner.knowledge).clients.budget(client)
+        self.client_budget_of(client, &Principal::Local)
+    }
+
+    /// The budget `client`'s calls made for `owner` are decided against: what one
+    /// principal's cancels taught is not another's.
+    pub fn client_budget_of(&self, client: Option<&str>, owner: &Principal) -> ClientBudget {
+        let key = client.map(|client| record_key(client, owner));
+        lock(&self.inner.knowledge).clients.budget(key.as_deref())
     }
 
     /// What is known of each client: its budget, where that came from, and the

@@ -122,18 +122,31 @@ impl Listing {
             .collect()
     }
 
-    /// Ended jobs, the most recently ended first (never-ended times last).
-    pub(crate) fn ended_newest_first(&self) -> Vec<(Uuid, Option<u64>)> {
-        let mut ended: Vec<(Uuid, Option<u64>)> = self
+    /// Ended jobs with their owners, the most recently ended first (never-ended
+    /// times last).
+    pub(crate) fn ended_newest_first(&self) -> Vec<(Uuid, Option<u64>, Principal)> {
+        let mut ended: Vec<(Uuid, Option<u64>, Principal)> = self
             .entries
             .iter()
             .filter_map(|((_, id), entry)| match entry {
-                Entry::Ended { finished_at_ms, .. } => Some((*id, *finished_at_ms)),
+                Entry::Ended {
+                    finished_at_ms,
+                    owner,
+                    ..
+                } => Some((*id, *finished_at_ms, owner.clone())),
                 Entry::Live(_) => None,
             })
             .collect();
-        ended.sort_by_key(|(_, finished_at_ms)| Reverse(*finished_at_ms));
+        ended.sort_by_key(|(_, finished_at_ms, _)| Reverse(*finished_at_ms));
         ended
+    }
+
+    /// How many of `owner`'s jobs are running or pending.
+    pub(crate) fn active_of(&self, owner: &Principal) -> usize {
+        self.entries
+            .values()
+            .filter(|entry| matches!(entry, Entry::Live(job) if job.owner == *owner))
+            .count()
     }
 }
 

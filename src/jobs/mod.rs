@@ -26,11 +26,13 @@ use crate::store::{Store, StoreError};
 
 mod context;
 mod listing;
+mod queued;
 mod run;
 
 pub use context::JobContext;
 pub(crate) use context::RunSignals;
-use listing::{Listed, Listing};
+use listing::Listed;
+use queued::Queued;
 pub(crate) use run::{JobWork, OnEnd};
 
 /// Which jobs to list.
@@ -60,6 +62,24 @@ pub enum JobError {
         id: Uuid,
         /// How it ended.
         status: JobStatus,
+    },
+    /// The caller has as many background jobs running and pending as one may.
+    #[error("{owner} has {limit} background jobs running or waiting, the most one caller may have (max_jobs_per_principal): wait for one to end, or cancel one (list_jobs, cancel_job)")]
+    TooManyActive {
+        /// Whose jobs.
+        owner: Principal,
+        /// The limit.
+        limit: usize,
+    },
+    /// The caller has started as many background jobs this minute as one may.
+    #[error("{owner} has started {limit} background jobs within a minute, the most one caller may (max_job_starts_per_minute): retry in {retry_s} s")]
+    TooManyStarts {
+        /// Whose jobs.
+        owner: Principal,
+        /// The limit.
+        limit: u32,
+        /// Seconds until the oldest start leaves the minute.
+        retry_s: u64,
     },
     /// The store failed.
     #[error(transparent)]
@@ -134,46 +154,6 @@ pub(crate) struct Jobs {
     settings: JobSettings,
 }
 
-/// Job states as queued (see [`Jobs::queued`]).
-#[derive(Default)]
-struct Queued {
-    /// Every job, newest first, in its latest state.
-    listing: Listing,
-    /// States the store refused, by job, each with the number of the write that queued
-    /// it: a job reads from here until [`Jobs::write_unwritten`] or its next state is
-    /// stored, so a failing disk never costs a result the work already gave. A newer
-    /// state replaces a refused one as it is queued, so a retry never lands after it.
-    refused: HashMap<Uuid, (u64, Job)>,
-    writes: u64,
-}
-
-impl Queued {
-    fn next_write(&mut self) -> u64 {
-        self.writes += 1;
-        self.writes
-    }
-
-    /// What became of write number `write` of `job`: stored, it leaves (unless a newer
-    /// state was queued since); refused, it is kept (unless a newer one is).
-    fn settle(&mut self, write: u64, job: &Job, stored: bool) {
-        let newer_queued = self
-            .refused
-            .get(&job.id)
-            .is_some_and(|(latest, _)| *latest > write);
-        if newer_queued {
-            return;
-        }
-        if stored {
-            self.refused.remove(&job.id);
-            if job.status().is_terminal() {
-                self.listing.stored(job.id);
-            }
-        } else {
-            self.refused.insert(job.id, (write, job.clone()));
-        }
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -235,21 +215,27 @@ impl Jobs {
     /// Makes the job durable, then runs `supervised` as its task. The task is spawned
     /// with the live table locked, so that it cannot end (and leave the table) before
     /// it is in it: from its creation a job can be cancelled, waited on and abandoned.
+    /// A job started in the background is first admitted by its owner's limits
+    /// (under the lock its record is listed with, so a burst cannot pass them); a
+    /// promoted one runs already and is not refused.
     async fn register(
         &self,
         job: &Job,
         signals: RunSignals,
         supervised: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), JobError> {
         let pending = {
             let mut queued = self.queued();
+            if !job.promoted {
+                queued.admit(&job.owner, &self.settings, job.created_at_ms)?;
+            }
             queued.listing.record(job);
             self.store.put_job(job)
         };
         if let Err(e) = pending.await {
             // It never existed for anyone but a list that looked meanwhile.
             self.queued().listing.remove(&[job.id]);
-            return Err(e);
+            return Err(e.into());
         }
         let (status, _) = watch::channel(job.status());
         let mut live = self.live();
@@ -389,20 +375,25 @@ impl Jobs {
         Ok(jobs)
     }
 
-    /// Removes finished jobs older than the retention age and past the count; returns
-    /// how many.
+    /// Removes finished jobs older than the retention age, past the count and past
+    /// their owner's count; returns how many.
     pub(crate) async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
         let oldest_kept_ms = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
+        let mut kept_of: HashMap<Principal, usize> = HashMap::new();
         let removed: Vec<Uuid> = self
             .queued()
             .listing
             .ended_newest_first()
             .into_iter()
             .enumerate()
-            .filter(|(rank, (_, finished_at_ms))| {
-                finished_at_ms.unwrap_or(0) < oldest_kept_ms || *rank >= self.settings.max_finished
+            .filter(|(rank, (_, finished_at_ms, owner))| {
+                let rank_of_owner = kept_of.entry(owner.clone()).or_default();
+                *rank_of_owner += 1;
+                finished_at_ms.unwrap_or(0) < oldest_kept_ms
+                    || *rank >= self.settings.max_finished
+                    || *rank_of_owner > self.settings.max_finished_per_principal
             })
-            .map(|(_, (id, _))| id)
+            .map(|(_, (id, ..))| id)
             .collect();
         if !removed.is_empty() {
             self.store.remove_jobs(&removed).await?;
@@ -556,6 +547,102 @@ mod tests {
         let json = serde_json::to_value(&typed).unwrap();
         assert_eq!(json["error"]["kind"], "timed_out");
         assert_eq!(serde_json::from_value::<JobState>(json).unwrap(), typed);
+    }
+
+    #[test]
+    fn a_principal_is_held_to_its_active_jobs_and_others_are_not() {
+        let settings = JobSettings {
+            max_active_per_principal: 2,
+            max_starts_per_minute: 3,
+            ..JobSettings::default()
+        };
+        let alice = Principal::named("alice");
+        let mut queued = Queued::default();
+        let running = |queued: &mut Queued, owner: &Principal, at_ms: u64| {
+            queued.admit(owner, &settings, at_ms)?;
+            let mut started = job(JobState::Running, None, None);
+            started.owner = owner.clone();
+            queued.listing.record(&started);
+            Ok::<Job, JobError>(started)
+        };
+        let first = running(&mut queued, &alice, 0).unwrap();
+        running(&mut queued, &alice, 1).unwrap();
+        let error = running(&mut queued, &alice, 2).unwrap_err();
+        assert!(
+            matches!(error, JobError::TooManyActive { limit: 2, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("alice has 2 background jobs"),
+            "{error}"
+        );
+        // Bob is not held back by alice's jobs.
+        running(&mut queued, &Principal::named("bob"), 3).unwrap();
+        // One of alice's ends: she may start again, up to three in the minute.
+        let mut ended = first;
+        ended.state = JobState::Cancelled;
+        queued.listing.record(&ended);
+        running(&mut queued, &alice, 10_000).unwrap();
+    }
+
+    #[test]
+    fn starts_leave_the_minute_and_the_error_says_when() {
+        let settings = JobSettings {
+            max_active_per_principal: 100,
+            max_starts_per_minute: 2,
+            ..JobSettings::default()
+        };
+        let alice = Principal::named("alice");
+        let mut queued = Queued::default();
+        queued.admit(&alice, &settings, 1_000).unwrap();
+        queued.admit(&alice, &settings, 30_000).unwrap();
+        let error = queued.admit(&alice, &settings, 40_000).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JobError::TooManyStarts {
+                    limit: 2,
+                    retry_s: 21,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("retry in 21 s"), "{error}");
+        queued.admit(&alice, &settings, 61_000).unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_at_most_the_count_per_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let settings = JobSettings {
+            max_finished_per_principal: 2,
+            ..JobSettings::default()
+        };
+        let jobs = Jobs::open(store, settings).await.unwrap();
+        let now = 100_000;
+        let mut alices = Vec::new();
+        for i in 1..=3 {
+            let mut ended = job(JobState::Cancelled, Some(now - i * 1000), None);
+            ended.owner = Principal::named("alice");
+            jobs.update(&ended).await.unwrap();
+            alices.push(ended.id);
+        }
+        let mut bobs = job(JobState::Cancelled, Some(now - 9000), None);
+        bobs.owner = Principal::named("bob");
+        jobs.update(&bobs).await.unwrap();
+        assert_eq!(jobs.prune(now).await.unwrap(), 1, "alice's oldest");
+        let left: Vec<Uuid> = jobs
+            .list(&JobFilter::default())
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert!(
+            !left.contains(&alices[2]) && left.contains(&bobs.id),
+            "{left:?}"
+        );
     }
 
     #[tokio::test]

@@ -13,10 +13,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Job, JobContext, JobOutput, JobState, Jobs};
+use super::{now_ms, Job, JobContext, JobError, JobOutput, JobState, Jobs};
 use crate::run_error::{panic_message, RunError};
 use crate::stats::Outcome;
-use crate::store::StoreError;
 
 /// A job's work, its output as the job keeps it.
 pub(crate) type JobWork = Pin<Box<dyn Future<Output = Result<JobOutput, RunError>> + Send>>;
@@ -43,7 +42,7 @@ impl Jobs {
         ctx: JobContext,
         work: impl FnOnce(JobContext) -> JobWork + Send + 'static,
         on_end: OnEnd,
-    ) -> Result<Job, StoreError> {
+    ) -> Result<Job, JobError> {
         let jobs = self.clone();
         let signals = ctx.signals().clone();
         let cancel = ctx.token().clone();
@@ -83,7 +82,7 @@ impl Jobs {
         work: JobWork,
         started: Instant,
         on_end: OnEnd,
-    ) -> Result<Job, StoreError> {
+    ) -> Result<Job, JobError> {
         let jobs = self.clone();
         let cancel = ctx.token().clone();
         let running = job.clone();

@@ -3,7 +3,7 @@
 //! keeps the same as a [`JobOutput`], which reads back into the same result; a run's failure
 //! becomes an `isError` result or a JSON-RPC error by its kind.
 
-use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock, JsonObject};
+use rmcp::model::{CallToolResponse, CallToolResult, ConstString, ContentBlock, JsonObject};
 use rmcp::ErrorData;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::wrapped::Handled;
 use crate::engine::WorkOutput;
 use crate::job::JobOutput;
+use crate::jsonrpc::excerpt;
 use crate::proxy::{MarkComplete, Proxied};
 use crate::run_error::RunError;
 use crate::tools::ToolOutput;
@@ -115,4 +116,27 @@ pub(super) fn stored_result(output: JobOutput) -> CallToolResult {
         JobOutput::Tool { text, structured } => text_and_structured(text, structured),
         JobOutput::Value { value } => text_and_structured(value.to_string(), value),
     }
+}
+
+/// The -32601 answer, saying what it is (rmcp's names only the method).
+pub(super) fn method_not_found<M: ConstString>() -> ErrorData {
+    not_found_method(M::VALUE)
+}
+
+pub(super) fn not_found_method(method: &str) -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+        format!("method not found: {}", excerpt(method)),
+        None,
+    )
+}
+
+pub(super) fn unknown_tool(name: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!(
+            "unknown tool '{}': tools/list shows the available ones",
+            excerpt(name)
+        ),
+        None,
+    )
 }

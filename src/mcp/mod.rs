@@ -21,8 +21,8 @@ use std::task::Poll;
 use futures_util::FutureExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, CompleteRequestMethod,
-    CompleteRequestParams, CompleteResult, ConstString, CreateTaskResult, CustomRequest,
-    CustomResult, GetPromptRequestMethod, GetPromptRequestParams, GetPromptResponse, GetTaskParams,
+    CompleteRequestParams, CompleteResult, CreateTaskResult, CustomRequest, CustomResult,
+    GetPromptRequestMethod, GetPromptRequestParams, GetPromptResponse, GetTaskParams,
     GetTaskResult, Implementation, ListPromptsRequestMethod, ListPromptsResult,
     ListResourceTemplatesRequestMethod, ListResourceTemplatesResult, ListResourcesRequestMethod,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestMethod,
@@ -39,7 +39,6 @@ use serde_json::Value;
 
 use crate::engine::{BoxedWork, CallOutcome, Engine, EngineError, ToolCall};
 use crate::jobs::JobError;
-use crate::jsonrpc::excerpt;
 use crate::lock::lock;
 use crate::policy::Seconds;
 use crate::proxy::Upstream;
@@ -56,7 +55,8 @@ mod tasks;
 mod wrapped;
 
 use behind::Behind;
-use codec::{error_result, failed_result, protocol_error, Answer};
+use codec::{error_result, failed_result, method_not_found, not_found_method, protocol_error};
+use codec::{unknown_tool, Answer};
 pub use job_tools::OWN_TOOL_NAMES;
 use job_tools::{CANCEL_JOB, JOB_STATUS, LIST_JOBS, PREDICTOR_STATS};
 use progress::{with_progress, ProgressMailbox};
@@ -359,29 +359,6 @@ impl SmartServer {
     }
 }
 
-/// The -32601 answer, saying what it is (rmcp's names only the method).
-fn method_not_found<M: ConstString>() -> ErrorData {
-    not_found_method(M::VALUE)
-}
-
-fn not_found_method(method: &str) -> ErrorData {
-    ErrorData::new(
-        rmcp::model::ErrorCode::METHOD_NOT_FOUND,
-        format!("method not found: {}", excerpt(method)),
-        None,
-    )
-}
-
-fn unknown_tool(name: &str) -> ErrorData {
-    ErrorData::invalid_params(
-        format!(
-            "unknown tool '{}': tools/list shows the available ones",
-            excerpt(name)
-        ),
-        None,
-    )
-}
-
 /// A wrapped handler's tool as smart-async lists it: with `async_mode`.
 fn with_async_mode_listed(mut tool: McpTool) -> McpTool {
     tool.input_schema = Arc::new(with_async_mode((*tool.input_schema).clone()));
@@ -606,7 +583,8 @@ impl ServerHandler for SmartServer {
                 JOB_STATUS => {
                     let client = self.client_name(&ctx);
                     let caller = caller::caller(&ctx);
-                    let budget = self.engine.client_budget(client.as_deref());
+                    let budget =
+                        (self.engine).client_budget_of(client.as_deref(), &caller.principal);
                     let budget_s = budget.budget_s;
                     Box::pin(job_tools::job_status(
                         &self.engine,
