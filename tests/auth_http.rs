@@ -611,3 +611,72 @@ async fn an_allowed_host_is_served_and_another_host_is_refused() {
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await.unwrap().contains("--allowed-host"));
 }
+
+#[tokio::test]
+async fn tls_serves_https_with_the_given_certificate() {
+    let (token, entry) = token_for("alice");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes the test's certificate");
+    assert!(made.status.success(), "{made:?}");
+    let server = Server::start(
+        &format!("[auth]\n{entry}"),
+        &["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)],
+    )
+    .await;
+    let url = format!("https://{}/mcp", server.addr);
+    let metadata_url = format!(
+        "https://{}/.well-known/oauth-protected-resource/mcp",
+        server.addr
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        // A self-signed certificate for a name the test does not connect by.
+        let tls = ureq::tls::TlsConfig::builder()
+            .disable_verification(true)
+            .build();
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .tls_config(tls)
+                .http_status_as_error(false)
+                .build(),
+        );
+        let post = |authorization: Option<&str>| {
+            let mut request = agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream");
+            if let Some(authorization) = authorization {
+                request = request.header("authorization", authorization);
+            }
+            let response = request.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#).unwrap();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|value| value.to_str().unwrap().to_owned());
+            (response.status().as_u16(), challenge)
+        };
+        (post(None), post(Some(&format!("Bearer {token}"))))
+    })
+    .await
+    .unwrap();
+    let ((refused, challenge), (served, _)) = answer;
+    assert_eq!(refused, 401);
+    assert_eq!(
+        challenge.unwrap(),
+        format!("Bearer resource_metadata=\"{metadata_url}\""),
+        "the metadata is named with https"
+    );
+    assert_eq!(served, 200);
+    // Plain HTTP to the TLS port is not served.
+    let plain = reqwest::get(server.url("/mcp")).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}

@@ -66,8 +66,8 @@ impl Server {
     }
 
     async fn connect(&self, token: &str) -> RunningService<RoleClient, ()> {
-        let config = StreamableHttpClientTransportConfig::with_uri(self.url())
-            .auth_header(token.to_owned());
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(self.url()).auth_header(token.to_owned());
         ().serve(StreamableHttpClientTransport::from_config(config))
             .await
             .unwrap()
@@ -188,7 +188,8 @@ async fn a_body_past_the_configured_size_gets_413_with_the_limit() {
         "[http]\nmax_request_bytes = 2048\n[auth]\n{entry}"
     ))
     .await;
-    let big = json!({"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"pad": "x".repeat(4096)}});
+    let big =
+        json!({"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"pad": "x".repeat(4096)}});
     let refused = server.post(&token, big.to_string()).send().await.unwrap();
     assert_eq!(refused.status(), 413);
     let answer: serde_json::Value = refused.json().await.unwrap();
