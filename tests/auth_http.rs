@@ -680,3 +680,38 @@ async fn tls_serves_https_with_the_given_certificate() {
     let plain = reqwest::get(server.url("/mcp")).await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
+
+/// The README's "Deploy over HTTP" config is the config the server takes: with a real
+/// digest for its placeholder, it resolves to what it says.
+#[test]
+fn the_readmes_deploy_config_resolves_as_documented() {
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let section = readme.split("## Deploy over HTTP").nth(1).unwrap();
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let (_, digest) = smart_async::new_token();
+    let config = block.replace("3f8c…", &digest);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let flags = smart_async::ServerFlags {
+        config: Some(path),
+        data_dir: Some(dir.path().join("data")),
+        http: Some("0.0.0.0:8443".into()),
+        ..Default::default()
+    };
+    let settings = smart_async::Settings::resolve(flags, smart_async::default_data_dir).unwrap();
+    let http = settings.http.unwrap();
+    assert!(http
+        .limits
+        .allowed_hosts
+        .contains(&"mcp.example.com".to_owned()));
+    assert_eq!(http.limits.max_request_bytes, 4_194_304);
+    assert!(http.access.auth.is_some() && http.access.tls.is_some());
+    assert_eq!(settings.engine.jobs.max_active_per_principal, 100);
+}
