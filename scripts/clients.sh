@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end tests with real third-party MCP clients: the official Python SDK (pytest,
-# tests/clients/test_python_sdk.py), the MCP Inspector CLI
-# (tests/clients/inspector_e2e.sh) and the official TypeScript clients, the classic SDK
-# and the 2026-07-28 client with the tasks extension (node --test,
+# tests/clients/test_*.py: the server, the proxy, and bearer-token authentication over
+# Streamable HTTP), the MCP Inspector CLI (tests/clients/inspector_e2e.sh) and the
+# official TypeScript clients, the classic SDK (over stdio, and over HTTP with a bearer
+# token) and the 2026-07-28 client with the tasks extension (node --test,
 # tests/clients/ts_*.test.mjs). Needs Python 3.11+ with venv, Node 20+ with npm, and a
 # Rust toolchain; installs the pinned client packages into tests/clients.
 #
@@ -64,7 +65,7 @@ echo "== Python SDK (pytest tests/clients)"
 echo "== MCP Inspector CLI (tests/clients/inspector_e2e.sh)"
 bash "$CLIENTS/inspector_e2e.sh" || status=1
 
-# The two files run side by side: their servers mostly sleep, not compute.
+# The files run two at a time: their servers mostly sleep, not compute.
 echo "== TypeScript SDK clients (node --test tests/clients/ts_*.test.mjs)"
 (cd "$CLIENTS" && node --test --test-concurrency=2 ts_*.test.mjs) || status=1
 

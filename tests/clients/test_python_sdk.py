@@ -9,8 +9,6 @@ HTTP (`serve --http`, started here). Run through scripts/clients.sh.
 from __future__ import annotations
 
 import hashlib
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from harness import READ_TIMEOUT_S, binary_params, call_ok, free_port, run, server_bin, text_of
+from harness import READ_TIMEOUT_S, HttpServer, binary_params, call_ok, run, serve_args, text_of
 
 # A server that ignores `server/discover` makes the auto-mode probe wait 10 s.
 MAX_CONNECT_S = 5.0
@@ -49,10 +47,6 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "root"
     root.mkdir()
     return data, root
-
-
-def serve_args(data: Path, root: Path, *extra: str) -> list[str]:
-    return ["serve", "--data-dir", str(data), "--root", str(root), *extra]
 
 
 def stdio_params(data: Path, root: Path, *extra: str, exit_file: Path | None = None) -> StdioServerParameters:
@@ -241,56 +235,10 @@ def test_learning_survives_restart(dirs: tuple[Path, Path], record_property: Any
 # ------------------------------------------------------------ c. Streamable HTTP
 
 
-class HttpServer:
-    """`smart-async serve --http` as a child process, stopped with Ctrl-C (SIGINT)."""
-
-    def __init__(self, data: Path, root: Path, log: Path) -> None:
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        for _ in range(5):  # another process may take the port between probe and bind
-            port = free_port()
-            with open(log, "wb") as err:
-                self.proc = subprocess.Popen(
-                    [server_bin(), *serve_args(data, root, "--http", f"127.0.0.1:{port}")],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                )
-            if self._wait_listening():
-                self.url = f"http://127.0.0.1:{port}/mcp"
-                return
-            self.kill()
-        pytest.fail(f"the HTTP server did not start:\n{self.logs()}")
-
-    def _wait_listening(self, timeout_s: float = 15.0) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if "listening for MCP clients" in self.logs():
-                return True
-            if self.proc is not None and self.proc.poll() is not None:
-                return False
-            time.sleep(0.05)
-        return False
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, timeout_s: float = 10.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout_s)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def http_server(dirs: tuple[Path, Path]) -> Iterator[tuple[HttpServer, Path]]:
     data, root = dirs
-    server = HttpServer(data, root, data.parent / "server.log")
+    server = HttpServer(serve_args(data, root), data.parent / "server.log")
     try:
         yield server, root
     finally:

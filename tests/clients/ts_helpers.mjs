@@ -5,14 +5,20 @@
 // config file declaring a few command tools, starts the real `smart-async serve`
 // over stdio through the client's own StdioClientTransport, and closes the client
 // (which stops the server) at the end. The server's stderr is captured so that a
-// failing assertion can show what the server logged.
+// failing assertion can show what the server logged. Tests of the Streamable HTTP
+// face start `serve --http` as a child process instead (startHttpServer), optionally
+// with [auth] tokens made by the real `smart-async token new` (writeAuthConfig).
 
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { appendFileSync, mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client as ClassicClient } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport as ClassicStdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport as ClassicHttpClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { Client as ModernClient } from '@modelcontextprotocol/client';
 import { StdioClientTransport as ModernStdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { createTaskSessionFromClient } from '@modelcontextprotocol/ext-tasks/client';
@@ -113,6 +119,138 @@ export function stdioParams(wd, extra = []) {
         env: process.env.RUST_LOG ? { RUST_LOG: process.env.RUST_LOG } : {},
         stderr: 'pipe',
     };
+}
+
+// ------------------------------------------------------------ HTTP and tokens
+
+/**
+ * A fresh token for `principal` from `smart-async token new`: {token, entry}, the
+ * token its first stdout line, entry the `[[auth.tokens]]` table it prints.
+ */
+export function newToken(principal) {
+    const out = execFileSync(serverBin(), ['token', 'new', principal], { encoding: 'utf8', timeout: 30_000 });
+    const lines = out.split('\n');
+    const token = lines[0].trim();
+    if (!token || /\s/.test(token)) throw new Error(`token new ${principal}: no token on the first line:\n${out}`);
+    const start = lines.findIndex((line) => line.trim() === '[[auth.tokens]]');
+    if (start < 0) throw new Error(`token new ${principal}: no [[auth.tokens]] entry:\n${out}`);
+    const entry = lines.slice(start).join('\n').trim();
+    const sha256 = createHash('sha256').update(token).digest('hex');
+    if (!entry.includes(`principal = "${principal}"`) || !entry.includes(`sha256 = "${sha256}"`) || entry.includes(token)) {
+        throw new Error(`token new ${principal}: the entry should name the principal and hold the token's SHA-256 (${sha256}):\n${entry}`);
+    }
+    return { token, entry };
+}
+
+/**
+ * Appends an [auth] table to the working directory's config: `admins`, and a token
+ * per principal (newToken). Returns {principal: token}.
+ */
+export function writeAuthConfig(wd, principals, { admins = [] } = {}) {
+    const tokens = {};
+    const entries = [];
+    for (const principal of principals) {
+        const { token, entry } = newToken(principal);
+        tokens[principal] = token;
+        entries.push(entry);
+    }
+    const adminList = admins.map((name) => JSON.stringify(name)).join(', ');
+    appendFileSync(wd.config, `\n[auth]\nadmins = [${adminList}]\n\n${entries.join('\n\n')}\n`);
+    return tokens;
+}
+
+/** A TCP port free on 127.0.0.1 a moment ago. */
+export function freePort() {
+    return new Promise((resolve, reject) => {
+        const probe = createServer();
+        probe.once('error', reject);
+        probe.listen(0, '127.0.0.1', () => {
+            const { port } = probe.address();
+            probe.close(() => resolve(port));
+        });
+    });
+}
+
+/** Resolves when `proc` exits ({code, signal}), or with null after `ms`. */
+function exitOf(proc, ms) {
+    if (proc.exitCode !== null || proc.signalCode !== null) {
+        return Promise.resolve({ code: proc.exitCode, signal: proc.signalCode });
+    }
+    return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(null), ms);
+        proc.once('exit', (code, signal) => {
+            clearTimeout(timer);
+            resolve({ code, signal });
+        });
+    });
+}
+
+/**
+ * `smart-async serve --http 127.0.0.1:PORT` for a working directory (serveArgs plus
+ * `extra`), up once it logs that it listens. Returns {url, origin, log, proc, stop};
+ * `stop()` sends Ctrl-C (SIGINT) and resolves the exit {code, signal}. After `t` it is
+ * stopped (killed if Ctrl-C does not stop it within 10 s).
+ */
+export async function startHttpServer(t, wd, extra = []) {
+    for (let attempt = 0; attempt < 5; attempt++) { // the port may be taken between probe and bind
+        const port = await freePort();
+        const proc = spawn(serverBin(), serveArgs(wd, [...extra, '--http', `127.0.0.1:${port}`]), {
+            cwd: wd.dir,
+            stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        const log = captureStderr(proc);
+        const listening = await new Promise((resolve) => {
+            const timer = setTimeout(() => resolve(false), 15_000);
+            const check = () => {
+                if (log.text.includes('listening for MCP clients')) done(true);
+            };
+            const done = (value) => {
+                clearTimeout(timer);
+                proc.stderr.off('data', check);
+                proc.off('exit', onExit);
+                resolve(value);
+            };
+            const onExit = () => done(false);
+            proc.stderr.on('data', check);
+            proc.once('exit', onExit);
+            check();
+        });
+        const stop = async () => {
+            if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGINT');
+            const exit = await exitOf(proc, 10_000);
+            if (exit) return exit;
+            proc.kill('SIGKILL');
+            return (await exitOf(proc, 10_000)) ?? { code: null, signal: 'SIGKILL' };
+        };
+        if (!listening) {
+            await stop();
+            if (attempt === 4) throw new Error(`the HTTP server did not start:\n${tail(log)}`);
+            continue;
+        }
+        onCleanup(t, stop);
+        const origin = `http://127.0.0.1:${port}`;
+        return { url: `${origin}/mcp`, origin, log, proc, stop };
+    }
+}
+
+/** Request headers that carry `Authorization: Bearer TOKEN` (none without a token). */
+export function bearer(token) {
+    return token === undefined ? {} : { Authorization: `Bearer ${token}` };
+}
+
+/**
+ * The classic TypeScript SDK's Client over its StreamableHTTPClientTransport to `url`,
+ * every request carrying the bearer token (requestInit.headers). Returns {client,
+ * transport, clientErrors}; the client is closed after `t`. Rejects as connect does.
+ */
+export async function connectClassicHttp(t, url, { token, name = 'smart-async-ts-classic-http' } = {}) {
+    const transport = new ClassicHttpClientTransport(new URL(url), { requestInit: { headers: bearer(token) } });
+    const client = new ClassicClient({ name, version: '0.0.0' });
+    const clientErrors = [];
+    client.onerror = (error) => clientErrors.push(String(error));
+    onCleanup(t, () => client.close());
+    await client.connect(transport);
+    return { client, transport, clientErrors };
 }
 
 /** Collects a transport's piped stderr (the server's log) into a string, capped. */
