@@ -223,9 +223,18 @@ pub(super) async fn cancel_job(
     Ok(job_report(&job, engine.run_slot_free()))
 }
 
-pub(super) fn predictor_stats(engine: &Engine, args: &Value) -> Result<CallToolResult, String> {
+/// What is learned per tool is everyone's; the client budgets shown are the caller's
+/// own (an admin's: all), so one principal does not learn who else calls.
+pub(super) fn predictor_stats(
+    engine: &Engine,
+    args: &Value,
+    caller: &Caller,
+) -> Result<CallToolResult, String> {
     let args: StatsArgs = parse_args(PREDICTOR_STATS, args)?;
-    let report = engine.report(args.tool.as_deref());
+    let mut report = engine.report(args.tool.as_deref());
+    report
+        .clients
+        .retain(|client| caller.admin || client.principal.as_deref() == caller.principal.name());
     if let (Some(tool), true) = (&args.tool, report.tools.is_empty()) {
         return Err(format!(
             "{PREDICTOR_STATS}: nothing has been learned about tool '{tool}' yet"

@@ -599,7 +599,9 @@ impl ServerHandler for SmartServer {
                     let caller = caller::caller(&ctx);
                     Box::pin(job_tools::cancel_job(&self.engine, &args, &caller)).await
                 }
-                PREDICTOR_STATS => job_tools::predictor_stats(&self.engine, &args),
+                PREDICTOR_STATS => {
+                    job_tools::predictor_stats(&self.engine, &args, &caller::caller(&ctx))
+                }
                 name => match &self.backend {
                     Backend::Local { tools, .. } => match tools.get_key_value(name) {
                         Some((name, tool)) => match tool.start(&args) {
