@@ -715,3 +715,40 @@ fn the_readmes_deploy_config_resolves_as_documented() {
     assert!(http.access.auth.is_some() && http.access.tls.is_some());
     assert_eq!(settings.engine.jobs.max_active_per_principal, 100);
 }
+
+#[tokio::test]
+async fn with_allow_unauthenticated_a_non_loopback_bind_serves_the_local_user() {
+    let setup = Setup::new();
+    let port = free_local_addr().rsplit(':').next().unwrap().to_owned();
+    let bind = format!("0.0.0.0:{port}");
+    let _process = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .args(setup.args(&["--http", &bind, "--allow-unauthenticated"]))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = common::connect_http(&format!("127.0.0.1:{port}")).await;
+    let listed = client.list_all_tools().await.unwrap();
+    assert!(listed.iter().any(|tool| tool.name == "job_status"));
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_is_a_503_that_says_so() {
+    let unreachable = free_local_addr();
+    let config = format!(
+        "[auth.jwt]\nissuer = \"https://issuer.example\"\njwks = \"http://{unreachable}/jwks.json\"\naudience = \"{AUDIENCE}\"\n"
+    );
+    let server = Server::start(&config, &[]).await;
+    let issuer = Issuer::start().await;
+    let (key, _) = issuer.key("k1");
+    let token = sign(&key, "k1", &issuer.claims("alice", json!({})));
+    let response = server.initialize(Some(&format!("Bearer {token}"))).await;
+    assert_eq!(response.status(), 503);
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("keys cannot be fetched"));
+}

@@ -203,3 +203,30 @@ async fn a_body_past_the_configured_size_gets_413_with_the_limit() {
     let served = server.post(&token, INITIALIZE.into()).send().await.unwrap();
     assert_eq!(served.status(), 200, "a small body is served");
 }
+
+#[tokio::test]
+async fn a_principal_past_its_starts_per_minute_is_told_when_to_retry() {
+    let (alice_token, alice) = token_entry("alice");
+    let (bob_token, bob) = token_entry("bob");
+    let server = Server::start(&format!(
+        "max_job_starts_per_minute = 2\n[auth]\n{alice}\n{bob}"
+    ))
+    .await;
+    let alice = server.connect(&alice_token).await;
+    let bob = server.connect(&bob_token).await;
+    let quick = json!({"seconds": 0, "async_mode": true});
+    for _ in 0..2 {
+        let started = call(&alice, "sleep", quick.clone()).await;
+        assert!(!is_error(&started), "{}", text(&started));
+    }
+    let refused = call(&alice, "sleep", quick.clone()).await;
+    assert!(is_error(&refused));
+    assert!(
+        text(&refused).contains("alice has started 2 background jobs within a minute")
+            && text(&refused).contains("retry in"),
+        "{}",
+        text(&refused)
+    );
+    let bobs = call(&bob, "sleep", quick).await;
+    assert!(!is_error(&bobs), "bob is served: {}", text(&bobs));
+}

@@ -314,7 +314,10 @@ impl Engine {
         }
         caller_gone.disarm();
         // Overran the deadline: the same work goes on as a job.
-        let started_ms = now_ms().saturating_sub(started.elapsed().as_millis() as u64);
+        // Rounded up: a truncated elapsed time put the start up to 1 ms late, and a 1 s
+        // run then read 0.999 s (seen in tests/engine.rs).
+        let elapsed_ms = (started.elapsed().as_micros() as u64).div_ceil(1000);
+        let started_ms = now_ms().saturating_sub(elapsed_ms);
         let mut job = new_job(call, decision, started_ms, ctx.run_id());
         job.state = JobState::Running;
         job.started_at_ms = Some(started_ms);

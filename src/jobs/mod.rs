@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use crate::job::{Job, JobOutput, JobState, JobStatus, Progress};
@@ -153,6 +154,8 @@ pub(crate) struct Jobs {
     /// one writer applies the states in the order they were listed.
     queued: Arc<Mutex<Queued>>,
     permits: Arc<Semaphore>,
+    /// Every job's task, running or just ended, for close to wait on.
+    tasks: TaskTracker,
     settings: JobSettings,
 }
 
@@ -198,6 +201,7 @@ impl Jobs {
             live: Arc::default(),
             queued: Arc::new(Mutex::new(queued)),
             permits: Arc::new(Semaphore::new(settings.max_running.max(1))),
+            tasks: TaskTracker::new(),
             settings,
         })
     }
@@ -241,7 +245,7 @@ impl Jobs {
         }
         let (status, _) = watch::channel(job.status());
         let mut live = self.live();
-        let task = tokio::spawn(supervised);
+        let task = self.tasks.spawn(supervised);
         live.insert(
             job.id,
             Live {
@@ -415,14 +419,17 @@ impl Jobs {
         }
         // An aborted task drops its future (the work, its engine handle) at its next
         // turn on a worker thread: waited for, so that close returns with the work gone
-        // (issue 16: a test saw a job's work outlive close). Work that holds its thread
-        // without yielding is not waited for past the bound.
-        let (signals, tasks): (Vec<RunSignals>, Vec<JoinHandle<()>>) = entries
-            .into_iter()
-            .map(|live| (live.signals, live.task))
-            .unzip();
-        let dropped = futures_util::future::join_all(tasks);
-        if tokio::time::timeout(ABANDON_WAIT, dropped).await.is_err() {
+        // (issue 16: a test saw a job's work outlive close). So are the tasks of jobs
+        // that had just ended and left the live table but not yet returned (issue 17:
+        // a cancelled job's task still held the engine, and with it the store, when
+        // a test reopened the database). Work that holds its thread without yielding
+        // is not waited for past the bound.
+        let signals: Vec<RunSignals> = entries.into_iter().map(|live| live.signals).collect();
+        self.tasks.close();
+        if tokio::time::timeout(ABANDON_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "a job's work did not stop within {ABANDON_WAIT:?} of close: it holds its thread"
             );
