@@ -242,7 +242,7 @@ impl Settings {
             engine.jobs.max_starts_per_minute = max;
         }
         let http = match flags.http.as_deref() {
-            Some(addr) => Some(http_listen(http_addr(addr)?, flags.clone(), &file)?),
+            Some(addr) => Some(http_listen(http_addr(addr)?, &flags, &file)?),
             None => {
                 let http_only = [
                     ("--allowed-origin", !flags.allow_origin.is_empty()),
@@ -303,7 +303,7 @@ impl Settings {
 /// The HTTP face's settings: flags over the file's `[http]` and `[auth]`.
 fn http_listen(
     addr: SocketAddr,
-    flags: ServerFlags,
+    flags: &ServerFlags,
     file: &FileConfig,
 ) -> Result<HttpListen, SettingsError> {
     let table = &file.http;
@@ -346,18 +346,15 @@ fn http_listen(
     {
         return Err(SettingsError::Unauthenticated(addr));
     }
-    let cert = flags
-        .tls_cert
-        .or_else(|| table.tls_cert.as_ref().map(|p| file.resolve(p)));
-    let key = flags
-        .tls_key
-        .or_else(|| table.tls_key.as_ref().map(|p| file.resolve(p)));
+    let cert =
+        (flags.tls_cert.clone()).or_else(|| table.tls_cert.as_ref().map(|p| file.resolve(p)));
+    let key = (flags.tls_key.clone()).or_else(|| table.tls_key.as_ref().map(|p| file.resolve(p)));
     let tls = match (cert, key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
         _ => return Err(SettingsError::TlsHalf),
     };
-    let public_url = flags.public_url.or_else(|| table.public_url.clone());
+    let public_url = (flags.public_url.clone()).or_else(|| table.public_url.clone());
     if let Some(url) = &public_url {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(SettingsError::PublicUrl(url.clone()));

@@ -13,112 +13,16 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{call, free_local_addr, is_error, path_str, structured, text, Setup, BIN};
+use common::AuthServer as Server;
+use common::{call, free_local_addr, is_error, path_str, structured, text, token_for, Setup, BIN};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rmcp::model::{ClientConfig, ClientRequest, GetTaskParams, Request};
+use rmcp::model::{ClientRequest, GetTaskParams, Request};
 use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{Peer, RoleClient, ServiceExt};
+use rmcp::{Peer, RoleClient};
 use serde_json::{json, Value};
 
 type Client = RunningService<RoleClient, ()>;
-
-/// A server started with a config, stopped when dropped.
-struct Server {
-    addr: String,
-    _setup: Setup,
-    _process: tokio::process::Child,
-}
-
-impl Server {
-    async fn start(config: &str, extra: &[&str]) -> Server {
-        let setup = Setup::new();
-        let addr = free_local_addr();
-        let config_path = setup.data.path().join("config.toml");
-        std::fs::write(&config_path, format!("{config}\n{}", common::TEST_CONFIG)).unwrap();
-        let process = tokio::process::Command::new(BIN)
-            .arg("serve")
-            .args(setup.args(&["--http", &addr, "--config", path_str(&config_path)]))
-            .args(extra)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Server {
-            addr,
-            _setup: setup,
-            _process: process,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// An `initialize` POST with this `Authorization` header, if any.
-    async fn initialize(&self, authorization: Option<&str>) -> reqwest::Response {
-        let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-        let mut request = reqwest::Client::new()
-            .post(self.url("/mcp"))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
-        if let Some(authorization) = authorization {
-            request = request.header("authorization", authorization);
-        }
-        request.send().await.unwrap()
-    }
-
-    fn transport(&self, token: &str) -> StreamableHttpClientTransport<reqwest::Client> {
-        let config = StreamableHttpClientTransportConfig::with_uri(self.url("/mcp"))
-            .auth_header(token.to_owned());
-        StreamableHttpClientTransport::from_config(config)
-    }
-
-    async fn connect(&self, token: &str) -> Client {
-        ().serve(self.transport(token)).await.unwrap()
-    }
-
-    /// A client that declared the tasks extension, for `tasks/get` and `tasks/cancel`.
-    async fn connect_tasks(&self, token: &str) -> RunningService<RoleClient, ClientConfig> {
-        common::client_info("tasks", true)
-            .serve(self.transport(token))
-            .await
-            .unwrap()
-    }
-}
-
-/// A static token for `principal`, made by `smart-async token new`: the token and the
-/// config entry it printed.
-fn token_for(principal: &str) -> (String, String) {
-    let output = std::process::Command::new(BIN)
-        .args(["token", "new", principal])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let printed = String::from_utf8(output.stdout).unwrap();
-    let token = printed.lines().next().unwrap().to_owned();
-    let entry = printed
-        .lines()
-        .skip_while(|line| *line != "[[auth.tokens]]")
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        !entry.contains(&token),
-        "the entry holds no token: {printed}"
-    );
-    (token, entry)
-}
 
 fn challenge(response: &reqwest::Response) -> String {
     response

@@ -7,91 +7,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{call, free_local_addr, is_error, path_str, structured, text, Setup, BIN};
-use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{RoleClient, ServiceExt};
+use common::AuthServer as Server;
+use common::{call, is_error, structured, text, token_for, INITIALIZE};
 use serde_json::json;
-
-struct Server {
-    addr: String,
-    _setup: Setup,
-    _process: tokio::process::Child,
-}
-
-fn token_entry(principal: &str) -> (String, String) {
-    let output = std::process::Command::new(BIN)
-        .args(["token", "new", principal])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8(output.stdout).unwrap();
-    let token = printed.lines().next().unwrap().to_owned();
-    let entry: Vec<&str> = printed
-        .lines()
-        .skip_while(|line| *line != "[[auth.tokens]]")
-        .collect();
-    (token, entry.join("\n"))
-}
-
-impl Server {
-    async fn start(config: &str) -> Server {
-        let setup = Setup::new();
-        let addr = free_local_addr();
-        let path = setup.data.path().join("config.toml");
-        std::fs::write(&path, format!("{config}\n{}", common::TEST_CONFIG)).unwrap();
-        let process = tokio::process::Command::new(BIN)
-            .arg("serve")
-            .args(setup.args(&["--http", &addr, "--config", path_str(&path)]))
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Server {
-            addr,
-            _setup: setup,
-            _process: process,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-
-    async fn connect(&self, token: &str) -> RunningService<RoleClient, ()> {
-        let config =
-            StreamableHttpClientTransportConfig::with_uri(self.url()).auth_header(token.to_owned());
-        ().serve(StreamableHttpClientTransport::from_config(config))
-            .await
-            .unwrap()
-    }
-
-    fn post(&self, token: &str, body: String) -> reqwest::RequestBuilder {
-        reqwest::Client::new()
-            .post(self.url())
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("authorization", format!("Bearer {token}"))
-            .body(body)
-    }
-}
-
-const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
 #[tokio::test]
 async fn a_principal_past_its_background_jobs_is_refused_and_others_are_served() {
-    let (alice_token, alice) = token_entry("alice");
-    let (bob_token, bob) = token_entry("bob");
-    let server = Server::start(&format!(
-        "max_jobs_per_principal = 2\n[auth]\n{alice}\n{bob}"
-    ))
+    let (alice_token, alice) = token_for("alice");
+    let (bob_token, bob) = token_for("bob");
+    let server = Server::start(
+        &format!("max_jobs_per_principal = 2\n[auth]\n{alice}\n{bob}"),
+        &[],
+    )
     .await;
     let alice = server.connect(&alice_token).await;
     let bob = server.connect(&bob_token).await;
@@ -120,15 +47,20 @@ async fn a_principal_past_its_background_jobs_is_refused_and_others_are_served()
 
 #[tokio::test]
 async fn requests_past_the_concurrency_limit_get_503_until_one_ends() {
-    let (token, entry) = token_entry("alice");
-    let server = Server::start(&format!(
-        "[http]\nmax_concurrent_requests = 2\n[auth]\n{entry}"
-    ))
+    let (token, entry) = token_for("alice");
+    let server = Server::start(
+        &format!("[http]\nmax_concurrent_requests = 2\n[auth]\n{entry}"),
+        &[],
+    )
     .await;
     // Two open event streams (one per session) hold both slots.
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let opened = server.post(&token, INITIALIZE.into()).send().await.unwrap();
+        let opened = server
+            .post(Some(&token), INITIALIZE.into())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(opened.status(), 200);
         let session = opened.headers()["mcp-session-id"]
             .to_str()
@@ -136,14 +68,14 @@ async fn requests_past_the_concurrency_limit_get_503_until_one_ends() {
             .to_owned();
         let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
         server
-            .post(&token, initialized.to_string())
+            .post(Some(&token), initialized.to_string())
             .header("mcp-session-id", &session)
             .header("mcp-protocol-version", "2025-11-25")
             .send()
             .await
             .unwrap();
         let stream = reqwest::Client::new()
-            .get(server.url())
+            .get(server.url("/mcp"))
             .header("accept", "text/event-stream")
             .header("authorization", format!("Bearer {token}"))
             .header("mcp-session-id", &session)
@@ -154,7 +86,11 @@ async fn requests_past_the_concurrency_limit_get_503_until_one_ends() {
         assert_eq!(stream.status(), 200);
         streams.push(stream);
     }
-    let refused = server.post(&token, INITIALIZE.into()).send().await.unwrap();
+    let refused = server
+        .post(Some(&token), INITIALIZE.into())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
     assert!(refused
@@ -167,7 +103,7 @@ async fn requests_past_the_concurrency_limit_get_503_until_one_ends() {
     let mut status = 0;
     for _ in 0..100 {
         status = server
-            .post(&token, INITIALIZE.into())
+            .post(Some(&token), INITIALIZE.into())
             .send()
             .await
             .unwrap()
@@ -183,14 +119,19 @@ async fn requests_past_the_concurrency_limit_get_503_until_one_ends() {
 
 #[tokio::test]
 async fn a_body_past_the_configured_size_gets_413_with_the_limit() {
-    let (token, entry) = token_entry("alice");
-    let server = Server::start(&format!(
-        "[http]\nmax_request_bytes = 2048\n[auth]\n{entry}"
-    ))
+    let (token, entry) = token_for("alice");
+    let server = Server::start(
+        &format!("[http]\nmax_request_bytes = 2048\n[auth]\n{entry}"),
+        &[],
+    )
     .await;
     let big =
         json!({"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"pad": "x".repeat(4096)}});
-    let refused = server.post(&token, big.to_string()).send().await.unwrap();
+    let refused = server
+        .post(Some(&token), big.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 413);
     let answer: serde_json::Value = refused.json().await.unwrap();
     assert!(
@@ -200,17 +141,22 @@ async fn a_body_past_the_configured_size_gets_413_with_the_limit() {
             .contains("longer than 2 KiB"),
         "{answer}"
     );
-    let served = server.post(&token, INITIALIZE.into()).send().await.unwrap();
+    let served = server
+        .post(Some(&token), INITIALIZE.into())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status(), 200, "a small body is served");
 }
 
 #[tokio::test]
 async fn a_principal_past_its_starts_per_minute_is_told_when_to_retry() {
-    let (alice_token, alice) = token_entry("alice");
-    let (bob_token, bob) = token_entry("bob");
-    let server = Server::start(&format!(
-        "max_job_starts_per_minute = 2\n[auth]\n{alice}\n{bob}"
-    ))
+    let (alice_token, alice) = token_for("alice");
+    let (bob_token, bob) = token_for("bob");
+    let server = Server::start(
+        &format!("max_job_starts_per_minute = 2\n[auth]\n{alice}\n{bob}"),
+        &[],
+    )
     .await;
     let alice = server.connect(&alice_token).await;
     let bob = server.connect(&bob_token).await;

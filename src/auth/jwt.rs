@@ -91,7 +91,7 @@ pub(crate) enum JwtRefusal {
     KeysUnavailable(String),
 }
 
-/// A JWT that passed: who it is for, and the scopes it carries.
+/// A JWT that passed: who it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Verified {
     pub(crate) principal: String,
@@ -228,11 +228,7 @@ impl JwtVerifier {
             }
         };
         let granted = scopes_of(&claims);
-        let missing: Vec<String> = (self.config.scopes.iter())
-            .filter(|scope| !granted.contains(&scope.as_str()))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
+        if (self.config.scopes.iter()).any(|scope| !granted.contains(&scope.as_str())) {
             return Err(JwtRefusal::Scope(self.config.scopes.clone()));
         }
         Ok(Verified { principal })
@@ -333,10 +329,16 @@ impl JwtVerifier {
 
     /// Keys from a URL are dropped once [`KEYS_MAX_AGE`] old, so the next token fetches.
     pub(crate) fn expire_old_keys(&self) {
+        let stale = |held: &Keys| {
+            matches!(self.source, Source::Url(_))
+                && held.fetched.is_some_and(|at| at.elapsed() > KEYS_MAX_AGE)
+        };
+        // Read first: every request passes here, and only an hourly one writes.
+        if !stale(&read(&self.keys)) {
+            return;
+        }
         let mut held = write(&self.keys);
-        if matches!(self.source, Source::Url(_))
-            && held.fetched.is_some_and(|at| at.elapsed() > KEYS_MAX_AGE)
-        {
+        if stale(&held) {
             held.keys.clear();
             held.fetched = None;
         }

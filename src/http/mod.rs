@@ -84,18 +84,6 @@ impl HttpLimits {
         }
     }
 
-    /// Why a request with these headers may not be served, if it may not: its host
-    /// or origin, or the session cap.
-    pub fn refusal(
-        &self,
-        method: &Method,
-        headers: &HeaderMap,
-        sessions: usize,
-    ) -> Option<Response> {
-        self.forbidden(headers)
-            .or_else(|| self.past_session_cap(method, headers, sessions))
-    }
-
     /// 403 for a missing or foreign `Host`, or an `Origin` that was not allowed.
     fn forbidden(&self, headers: &HeaderMap) -> Option<Response> {
         let host = headers
@@ -185,8 +173,8 @@ fn host_name(value: &str) -> &str {
 pub trait Sessions: Send + Sync + 'static {
     /// How many.
     fn count(&self) -> impl std::future::Future<Output = usize> + Send;
-    /// Whether the session `id` is one of them.
-    fn holds(&self, id: &str) -> impl std::future::Future<Output = bool> + Send;
+    /// Their ids.
+    fn ids(&self) -> impl std::future::Future<Output = Vec<String>> + Send;
 }
 
 /// Who may call the HTTP face, and how it is reached.
@@ -270,12 +258,8 @@ impl<S: Sessions> Guard<S> {
             }
             owners.keys().cloned().collect()
         };
-        let mut ended = Vec::new();
-        for id in stale {
-            if !self.sessions.holds(&id).await {
-                ended.push(id);
-            }
-        }
+        let held = self.sessions.ids().await;
+        let ended: Vec<String> = stale.into_iter().filter(|id| !held.contains(id)).collect();
         let mut owners = lock(&self.session_owners);
         for id in ended {
             owners.remove(&id);
@@ -366,8 +350,9 @@ mod tests {
         pairs: &[(&'static str, &str)],
         sessions: usize,
     ) -> Option<StatusCode> {
-        limits
-            .refusal(&Method::POST, &headers(pairs), sessions)
+        let headers = headers(pairs);
+        (limits.forbidden(&headers))
+            .or_else(|| limits.past_session_cap(&Method::POST, &headers, sessions))
             .map(|response| response.status())
     }
 

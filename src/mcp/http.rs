@@ -107,11 +107,8 @@ impl Sessions for LocalSessionManager {
         self.sessions.read().await.len()
     }
 
-    async fn holds(&self, id: &str) -> bool {
-        self.sessions
-            .read()
-            .await
-            .keys()
-            .any(|session| session.as_ref() == id)
+    async fn ids(&self) -> Vec<String> {
+        let sessions = self.sessions.read().await;
+        sessions.keys().map(|id| id.to_string()).collect()
     }
 }

@@ -250,3 +250,109 @@ pub fn assert_the_whole_error_result(view: &Value) {
     assert_eq!(view["content"][1]["type"], "image");
     assert_eq!(view["result"]["retry_after_s"], 60);
 }
+
+/// `smart-async serve --http` on a free loopback port with a config (the test command
+/// tools appended) and extra flags, stopped when dropped.
+pub struct AuthServer {
+    pub addr: String,
+    _setup: Setup,
+    _process: tokio::process::Child,
+}
+
+impl AuthServer {
+    pub async fn start(config: &str, extra: &[&str]) -> AuthServer {
+        let setup = Setup::new();
+        let addr = free_local_addr();
+        let path = setup.data.path().join("config.toml");
+        std::fs::write(&path, format!("{config}\n{TEST_CONFIG}")).unwrap();
+        let process = tokio::process::Command::new(BIN)
+            .arg("serve")
+            .args(setup.args(&["--http", &addr, "--config", path_str(&path)]))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        AuthServer {
+            addr,
+            _setup: setup,
+            _process: process,
+        }
+    }
+
+    /// `http://ADDR` and `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A Streamable HTTP transport to `/mcp` that sends `token` as its bearer.
+    pub fn transport(&self, token: &str) -> StreamableHttpClientTransport<reqwest::Client> {
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                self.url("/mcp"),
+            )
+            .auth_header(token.to_owned());
+        StreamableHttpClientTransport::from_config(config)
+    }
+
+    pub async fn connect(&self, token: &str) -> Client {
+        ().serve(self.transport(token)).await.unwrap()
+    }
+
+    /// A client that declared the tasks extension, for `tasks/get` and `tasks/cancel`.
+    pub async fn connect_tasks(&self, token: &str) -> RunningService<RoleClient, ClientConfig> {
+        client_info("tasks", true)
+            .serve(self.transport(token))
+            .await
+            .unwrap()
+    }
+
+    /// A POST of `body` to `/mcp`, with `token` as its bearer when given.
+    pub fn post(&self, token: Option<&str>, body: String) -> reqwest::RequestBuilder {
+        let request = reqwest::Client::new()
+            .post(self.url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        match token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// An `initialize` POST with this `Authorization` header, if any.
+    pub async fn initialize(&self, authorization: Option<&str>) -> reqwest::Response {
+        let mut request = self.post(None, INITIALIZE.to_owned());
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// An `initialize` request of a 2025-11-25 client.
+pub const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+/// A static token for `principal`, made by `smart-async token new`: the token and the
+/// `[[auth.tokens]]` entry it printed.
+pub fn token_for(principal: &str) -> (String, String) {
+    let output = std::process::Command::new(BIN)
+        .args(["token", "new", principal])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let token = printed.lines().next().unwrap().to_owned();
+    let entry: Vec<&str> = printed
+        .lines()
+        .skip_while(|line| *line != "[[auth.tokens]]")
+        .collect();
+    (token, entry.join("\n"))
+}
