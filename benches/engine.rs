@@ -165,28 +165,5 @@ fn list_jobs(c: &mut Criterion) {
     runtime.block_on(engine.close()).expect("close");
 }
 
-/// Replay throughput on a shipped trace, parsed per line as the CLI does.
-fn replay(c: &mut Criterion) {
-    use smart_async::{Replay, ReplayConfig, TraceRecord, DEFAULT_POLL_COST_S};
-    let trace = include_str!("../data/traces/slow_mode.jsonl");
-    let calls = trace.lines().count() as u64;
-    let mut group = c.benchmark_group("replay");
-    group.throughput(criterion::Throughput::Elements(calls));
-    group.bench_function("slow_mode trace, all policies", |b| {
-        b.iter(|| {
-            let policy = Policy::new(50.0, 0.05, StaticTable::default()).expect("valid policy");
-            let mut replay = Replay::new(ReplayConfig {
-                policy,
-                poll_cost_s: DEFAULT_POLL_COST_S,
-            });
-            for line in trace.lines() {
-                replay.step(&TraceRecord::parse(line).expect("a valid line"));
-            }
-            black_box(replay.report())
-        })
-    });
-    group.finish();
-}
-
-criterion_group!(benches, decide, engine_paths, list_jobs, replay);
+criterion_group!(benches, decide, engine_paths, list_jobs);
 criterion_main!(benches);

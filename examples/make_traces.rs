@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 /// Calls per trace.
 const CALLS: usize = 3000;
 const SEED: u64 = 20261124;
+/// The recency trace's own seed (see there).
+const RECENCY_SEED: u64 = 5;
 
 /// Multiplicative noise with the given spread of ln(runtime).
 fn noise(rng: &mut StdRng, sigma: f64) -> f64 {
@@ -141,5 +143,44 @@ fn main() -> std::io::Result<()> {
         })
         .collect();
     write(&dir, "no_signal", calls.into_iter())?;
+
+    // Runs that repeat: a user's simulations come in long sessions of similar size
+    // (about 200 calls each, the size in the arguments) and in one of two hidden modes
+    // (a full solve takes 8× a quick pass of the same mesh) that switches about once in
+    // 250 calls. As on a real cluster log, about 97% of consecutive calls fall on the
+    // same side of a 50 s budget: the last run says much the arguments do not.
+    // A seed of its own: the share of same-side pairs swings from 92% to 99% between
+    // seeds (it hangs on how many sessions land near the budget); of seeds 1 to 8, this
+    // is the one nearest the 97% measured on the real log. The traces above keep theirs.
+    let mut rng = StdRng::seed_from_u64(RECENCY_SEED);
+    let mut session_cells = 0.0;
+    let mut full_solve = false;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            if i == 0 || rng.random_bool(0.005) {
+                session_cells = log_uniform(&mut rng, 20.0, 20_000.0);
+            }
+            if rng.random_bool(0.004) {
+                full_solve = !full_solve;
+            }
+            let cells = (session_cells * noise(&mut rng, 0.15)).round().max(1.0);
+            let mode = if full_solve { 8.0 } else { 1.0 };
+            let runtime = 0.02 * cells.powf(0.9) * mode * noise(&mut rng, 0.25);
+            (
+                "simulate".to_owned(),
+                json!({"cells": cells, "solver": "implicit"}),
+                runtime,
+            )
+        })
+        .collect();
+    let same_side = calls
+        .windows(2)
+        .filter(|pair| (pair[0].2 > 50.0) == (pair[1].2 > 50.0))
+        .count();
+    println!(
+        "recency: {:.1}% of consecutive calls on the same side of 50 s",
+        100.0 * same_side as f64 / (CALLS - 1) as f64
+    );
+    write(&dir, "recency", calls.into_iter())?;
     Ok(())
 }

@@ -24,6 +24,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = tempfile::tempdir()?;
     let mut config = EngineConfig::new(data_dir.path());
     config.budget_s = 2.0;
+    // A poll scaled with the budget, as the default 5 s is to 50 s: with a 5 s poll, a
+    // 2 s budget would make waiting inline the cheaper mistake almost always.
+    config.poll_cost_s = 0.2;
     let engine = Engine::open(config).await?;
 
     // Calls of 1 to 20 images: all within the budget, answered inline, and learned.

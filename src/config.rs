@@ -18,8 +18,12 @@ use crate::tools::command::CommandSpec;
 pub struct FileConfig {
     /// Seconds a call may take inline.
     pub budget_s: Option<f64>,
-    /// Share of runtimes allowed above the bound.
+    /// Share of runtimes allowed above the bound (default: each call's break-even
+    /// risk).
     pub risk: Option<f64>,
+    /// Seconds a needless background costs a caller (one poll), for the break-even
+    /// risk.
+    pub poll_cost_s: Option<f64>,
     /// Seconds before an inline call is promoted to a job (default: the budget).
     pub deadline_s: Option<f64>,
     /// Where the database lives.

@@ -80,14 +80,16 @@ pub use run_error::RunError;
 pub use clients::{BudgetSource, ClientBudget, ClientStats};
 pub use features::{Feature, FeatureExtractor, FeatureKind, Features};
 pub use learner::POOLED_TOOL;
+pub use policy::DEFAULT_RISK;
+pub use policy::{break_even_risk, StaticTableError, DEFAULT_BUDGET_S, DEFAULT_POLL_COST_S};
 pub use policy::{Call, Decision, Mode, Policy, PolicyError, Source, StaticRule, StaticTable};
-pub use policy::{StaticTableError, DEFAULT_BUDGET_S, DEFAULT_RISK};
 pub use predictor::{Calibration, FeatureEffect, Prediction, RuntimeModel};
 pub use stats::{Counters, Outcome, StatsReport, ToolRecord, ToolStats};
 pub use store::{Sample, Store, StoreError, FORMAT_VERSION};
 
 // Replaying a trace of runtimes against the policies people use.
-pub use replay::{PolicyScore, Replay, ReplayConfig, ReplayReport, DEFAULT_POLL_COST_S};
+pub use replay::{PolicyScore, Replay, ReplayConfig, ReplayReport, UnknownPolicy};
+pub use replay::{POLICY_NAMES, WARMUP_CALLS};
 pub use trace::{export_trace, TraceCount, TraceError, TraceFile, TraceRecord, TraceWatch};
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -52,12 +52,17 @@ enum Command {
         /// Seconds a call may take inline.
         #[arg(long, default_value_t = smart_async::DEFAULT_BUDGET_S)]
         budget_s: f64,
-        /// Share of runtimes allowed above the learned bound.
-        #[arg(long, default_value_t = smart_async::DEFAULT_RISK)]
-        risk: f64,
+        /// Share of runtimes allowed above the learned bound [default: the break-even
+        /// risk, poll cost / (budget + poll cost)].
+        #[arg(long)]
+        risk: Option<f64>,
         /// Seconds a needless background costs the caller (one poll).
         #[arg(long, default_value_t = smart_async::DEFAULT_POLL_COST_S)]
         poll_cost_s: f64,
+        /// Only these policies, comma-separated or repeated (learned, static,
+        /// always_sync, last2_avg, p90_history, oracle) [default: all].
+        #[arg(long = "policy", value_name = "NAME", value_delimiter = ',')]
+        policies: Vec<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -185,9 +190,14 @@ struct ServerArgs {
     /// Seconds a call may take inline; calls predicted longer run as jobs [default: 50].
     #[arg(long, allow_negative_numbers = true)]
     budget_s: Option<f64>,
-    /// Share of runtimes allowed above the predicted bound [default: 0.05].
+    /// Share of runtimes allowed above the predicted bound [default: each call's
+    /// break-even risk, poll cost / (budget + poll cost)].
     #[arg(long, allow_negative_numbers = true)]
     risk: Option<f64>,
+    /// Seconds a call sent to the background needlessly costs its caller (one poll),
+    /// which the default risk weighs [default: 5].
+    #[arg(long, allow_negative_numbers = true)]
+    poll_cost_s: Option<f64>,
     /// Seconds an inline call runs before it becomes a job [default: the budget].
     #[arg(long, allow_negative_numbers = true)]
     deadline_s: Option<f64>,
@@ -260,6 +270,7 @@ impl ServerArgs {
             data_dir: self.data.data_dir,
             budget_s: self.budget_s,
             risk: self.risk,
+            poll_cost_s: self.poll_cost_s,
             deadline_s: self.deadline_s,
             http: self.http,
             allow_origin: self.allow_origin,
@@ -490,21 +501,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             budget_s,
             risk,
             poll_cost_s,
+            policies,
             json,
         } => {
-            let policy = smart_async::Policy::new(budget_s, risk, StaticTable::default())?;
-            anyhow::ensure!(
-                poll_cost_s.is_finite() && poll_cost_s >= 0.0,
-                "--poll-cost-s must be a number of seconds ≥ 0"
-            );
-            replay_all(
-                &traces,
-                &ReplayConfig {
-                    policy,
-                    poll_cost_s,
-                },
-                json,
-            )
+            let policy = match risk {
+                Some(risk) => smart_async::Policy::new(budget_s, risk, StaticTable::default())?
+                    .with_poll_cost_s(poll_cost_s)?,
+                None => {
+                    smart_async::Policy::break_even(budget_s, poll_cost_s, StaticTable::default())?
+                }
+            };
+            let config = ReplayConfig { policy, policies };
+            // A wrong name is reported before any trace is read.
+            Replay::new(config.clone())?;
+            replay_all(&traces, &config, json)
         }
         Command::Export { tool, data } => export(tool, data),
     }
@@ -580,7 +590,7 @@ fn replay(trace: &Path, config: ReplayConfig) -> anyhow::Result<Replay> {
     bar.set_draw_target(ProgressDrawTarget::stderr());
     let mut shown = Shown { bar, skipped: 0 };
     let started = std::time::Instant::now();
-    let mut replay = Replay::new(config);
+    let mut replay = Replay::new(config)?;
     let count = file.for_each(&mut shown, |record| replay.step(record));
     shown.bar.finish_and_clear();
     let count = count?;

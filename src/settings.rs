@@ -46,6 +46,8 @@ pub struct ServerFlags {
     pub budget_s: Option<f64>,
     /// `--risk`.
     pub risk: Option<f64>,
+    /// `--poll-cost-s`.
+    pub poll_cost_s: Option<f64>,
     /// `--deadline-s`.
     pub deadline_s: Option<f64>,
     /// `--http`: PORT or HOST:PORT.
@@ -195,8 +197,9 @@ impl Settings {
         if let Some(budget_s) = flags.budget_s.or(file.budget_s) {
             engine.budget_s = budget_s;
         }
-        if let Some(risk) = flags.risk.or(file.risk) {
-            engine.risk = risk;
+        engine.risk = flags.risk.or(file.risk);
+        if let Some(poll_cost_s) = flags.poll_cost_s.or(file.poll_cost_s) {
+            engine.poll_cost_s = poll_cost_s;
         }
         engine.deadline_s = flags.deadline_s.or(file.deadline_s);
         engine.client_budgets = file.clients.clone();
@@ -408,7 +411,7 @@ mod tests {
         given.budget_s = Some(30.0);
         let settings = Settings::resolve(given, no_default).unwrap();
         assert_eq!(settings.engine.budget_s, 30.0, "the flag");
-        assert_eq!(settings.engine.risk, 0.1, "the file");
+        assert_eq!(settings.engine.risk, Some(0.1), "the file");
         assert_eq!(settings.engine.deadline_s, None, "the default");
         assert_eq!(settings.engine.jobs.max_running, 2);
         assert_eq!(settings.engine.jobs.retention, Duration::from_secs(5400));

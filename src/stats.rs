@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::ClientStats;
 use crate::policy::{Decision, Mode, Seconds, Source};
-use crate::predictor::{FeatureEffect, ModelV2, ModelV3, RuntimeModel};
+use crate::predictor::{FeatureEffect, ModelV2, ModelV3, ModelV5, RuntimeModel};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,9 +22,37 @@ pub enum Outcome {
     /// The work returned an error or panicked: counted, not taught (a run that fails
     /// fast says nothing about how long a good one takes).
     Failed,
-    /// The run was cancelled: counted, not taught. Its elapsed time is only a lower
-    /// bound on the runtime, and the model has no censored-data term to use it.
+    /// The run was cancelled (by its caller, `cancel_job`, or a shutdown that cut it
+    /// off): its elapsed time is a lower bound on its runtime, taught as a censored
+    /// sample ([`RuntimeModel::observe_at_least`]).
     Cancelled,
+    /// The run passed its hard time limit and was stopped: a failure to its caller,
+    /// counted with the failed runs, and taught as censored at the limit.
+    TimedOut,
+}
+
+impl Outcome {
+    /// Whether the run was cut off, so that its elapsed time is only a lower bound.
+    pub fn is_censored(self) -> bool {
+        matches!(self, Outcome::Cancelled | Outcome::TimedOut)
+    }
+
+    /// Where the run is counted in [`Counters::outcomes`]: a timeout is a failure.
+    fn counted_as(self) -> usize {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::Failed | Outcome::TimedOut => 1,
+            Outcome::Cancelled => 2,
+        }
+    }
+
+    /// How a run that returned this error ended.
+    pub fn of_error(error: &crate::RunError) -> Outcome {
+        match error {
+            crate::RunError::TimedOut { .. } => Outcome::TimedOut,
+            _ => Outcome::Failed,
+        }
+    }
 }
 
 /// Counters kept per tool next to its model.
@@ -36,7 +64,7 @@ pub struct Counters {
     pub promotions: u64,
     /// Calls the engine chose to background (not asked) that finished within budget.
     pub needless_backgrounds: u64,
-    /// Runs by how they ended, in [`Outcome`] order: completed, failed, cancelled.
+    /// Runs by how they ended: completed, failed (timed out included), cancelled.
     pub outcomes: [u64; 3],
 }
 
@@ -48,7 +76,7 @@ impl Counters {
 
     /// Counts a finished run of a call decided by `decision` (against its budget).
     pub fn finished(&mut self, decision: &Decision, outcome: Outcome, runtime_s: f64) {
-        self.outcomes[outcome as usize] += 1;
+        self.outcomes[outcome.counted_as()] += 1;
         let chosen_background =
             decision.mode == Mode::Background && decision.source != Source::Explicit;
         if outcome == Outcome::Completed && chosen_background && runtime_s <= decision.budget_s {
@@ -90,12 +118,14 @@ impl ToolRecord {
         postcard::from_bytes(bytes)
     }
 
-    /// Reads a record as an earlier store format wrote it: 2 (before feature scales)
-    /// or 3 (when a model kept the risk of its bound); `None` for another format.
+    /// Reads a record as an earlier store format wrote it: 2 (before feature scales),
+    /// 3 (when a model kept the risk of its bound), 4 or 5 (before censored runs and the
+    /// calibration offset); `None` for another format.
     pub fn from_bytes_of(format: u32, bytes: &[u8]) -> Option<Result<ToolRecord, postcard::Error>> {
         let read = match format {
             2 => postcard::from_bytes::<(ModelV2, Counters)>(bytes).map(|(m, c)| (m.0, c)),
             3 => postcard::from_bytes::<(ModelV3, Counters)>(bytes).map(|(m, c)| (m.0, c)),
+            4 | 5 => postcard::from_bytes::<(ModelV5, Counters)>(bytes).map(|(m, c)| (m.0, c)),
             _ => return None,
         };
         Some(read.map(|(model, counters)| ToolRecord { model, counters }))
@@ -122,14 +152,17 @@ impl ToolRecord {
             recency_coefficient: model.recency_coefficient(),
             coverage: calibration.coverage(),
             coverage_target: 1.0 - risk,
+            calibration_offset: calibration.offset,
+            bound_level: model.bound_level(risk).filter(|_| calibration.checked > 0),
             checked_predictions: calibration.checked,
             mean_abs_error_ln: calibration.mean_abs_error_ln(),
             decisions,
             promotions: self.counters.promotions,
             needless_backgrounds: self.counters.needless_backgrounds,
-            completed: self.counters.outcomes[Outcome::Completed as usize],
-            failed: self.counters.outcomes[Outcome::Failed as usize],
-            cancelled: self.counters.outcomes[Outcome::Cancelled as usize],
+            completed: self.counters.outcomes[Outcome::Completed.counted_as()],
+            failed: self.counters.outcomes[Outcome::Failed.counted_as()],
+            cancelled: self.counters.outcomes[Outcome::Cancelled.counted_as()],
+            censored: model.censored(),
         }
     }
 }
@@ -156,6 +189,12 @@ pub struct ToolStats {
     pub coverage: Option<f64>,
     /// The share the bound aims for, `1 - risk`.
     pub coverage_target: f64,
+    /// What online calibration adds to the model's own quantile, in units of its
+    /// scale: negative when the model's spread was too wide.
+    pub calibration_offset: f64,
+    /// The level of the model's own predictive distribution the calibrated bound sits
+    /// at (`coverage_target` for a model whose spread is right); `None` before a check.
+    pub bound_level: Option<f64>,
     /// How many of the model's bounds that decided a call the coverage is over.
     pub checked_predictions: u64,
     /// Mean absolute error of `ln(runtime)` over those predictions.
@@ -172,6 +211,9 @@ pub struct ToolStats {
     pub failed: u64,
     /// Runs that were cancelled.
     pub cancelled: u64,
+    /// Runs cut off (cancelled, stopped at shutdown or by their hard timeout) that the
+    /// model was taught as censored: they ran at least their elapsed time.
+    pub censored: u64,
 }
 
 /// Everything `predictor_stats` and `smart-async stats` show: per tool (the pooled
@@ -249,11 +291,17 @@ impl fmt::Display for ToolStats {
         )?;
         writeln!(
             f,
-            "  bound coverage: {} of {} checked (target {:.0}%)   mean |error| (ln): {}",
+            "  bound coverage: {} of {} checked (target {:.1}%)   mean |error| (ln): {}",
             Opt(self.coverage, |v, f| write!(f, "{:.1}%", v * 100.0)),
             self.checked_predictions,
             self.coverage_target * 100.0,
             Opt(self.mean_abs_error_ln, |v, f| write!(f, "{v:.3}")),
+        )?;
+        writeln!(
+            f,
+            "  calibration: offset {:+.2} scales, bound at the model's {} quantile",
+            self.calibration_offset,
+            Opt(self.bound_level, |v, f| write!(f, "{:.1}%", v * 100.0)),
         )?;
         let decisions: Vec<String> = self
             .decisions
@@ -272,8 +320,8 @@ impl fmt::Display for ToolStats {
         )?;
         write!(
             f,
-            "  runs: {} completed, {} failed, {} cancelled; promotions (late) {}; needless backgrounds {}",
-            self.completed, self.failed, self.cancelled, self.promotions, self.needless_backgrounds
+            "  runs: {} completed, {} failed, {} cancelled ({} taught as censored); promotions (late) {}; needless backgrounds {}",
+            self.completed, self.failed, self.cancelled, self.censored, self.promotions, self.needless_backgrounds
         )
     }
 }

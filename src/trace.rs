@@ -26,6 +26,14 @@ pub struct TraceRecord {
     /// Whether it succeeded.
     #[serde(default = "default_ok", skip_serializing_if = "is_true")]
     pub ok: bool,
+    /// The run was cut off (cancelled, stopped at shutdown or by its hard timeout) after
+    /// `runtime_s`: it would have run at least that long.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub censored: bool,
+}
+
+fn is_false(censored: &bool) -> bool {
+    !*censored
 }
 
 fn default_ok() -> bool {
@@ -215,23 +223,20 @@ impl TraceFile {
 
 impl TraceRecord {
     /// A stored run as a trace line, its features standing in for its arguments (the
-    /// arguments themselves are not stored); `None` for a cancelled run, whose elapsed
-    /// time is only a lower bound on a runtime.
-    pub fn from_sample(sample: &Sample) -> Option<TraceRecord> {
-        if sample.outcome == Outcome::Cancelled {
-            return None;
-        }
+    /// arguments themselves are not stored); a run cut off is a censored line.
+    pub fn from_sample(sample: &Sample) -> TraceRecord {
         let args: serde_json::Map<String, Value> = sample
             .features
             .iter()
             .map(|f| (f.name.clone(), serde_json::json!(f.value)))
             .collect();
-        Some(TraceRecord {
+        TraceRecord {
             tool: sample.tool.to_string(),
             args: Value::Object(args),
             runtime_s: sample.runtime_s,
-            ok: sample.outcome == Outcome::Completed,
-        })
+            ok: sample.outcome != Outcome::Failed,
+            censored: sample.outcome.is_censored(),
+        }
     }
 }
 
@@ -244,9 +249,7 @@ pub fn export_trace(
 ) -> Result<u64, TraceError> {
     let mut lines = 0;
     for sample in store.samples(tool) {
-        let Some(record) = TraceRecord::from_sample(&sample?) else {
-            continue;
-        };
+        let record = TraceRecord::from_sample(&sample?);
         serde_json::to_writer(&mut out, &record)
             .map_err(|e| TraceError::Write(std::io::Error::other(e)))?;
         out.write_all(b"\n").map_err(TraceError::Write)?;
@@ -355,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sample_is_a_line_with_its_features_for_arguments_and_a_cancel_is_left_out() {
+    fn a_sample_is_a_line_with_its_features_for_arguments_and_a_cut_run_is_censored() {
         let features = Features::from_args(&serde_json::json!({"kb": 300}));
         let mut sample = Sample {
             tool: "resize".into(),
@@ -364,11 +367,16 @@ mod tests {
             outcome: Outcome::Failed,
             finished_at_ms: 0,
         };
-        let record = TraceRecord::from_sample(&sample).unwrap();
+        let record = TraceRecord::from_sample(&sample);
         assert_eq!(record.tool, "resize");
         assert_eq!(record.args["kb"], serde_json::json!(300.0));
-        assert!(!record.ok);
+        assert!(!record.ok && !record.censored);
         sample.outcome = Outcome::Cancelled;
-        assert_eq!(TraceRecord::from_sample(&sample), None);
+        let line = serde_json::to_string(&TraceRecord::from_sample(&sample)).unwrap();
+        assert!(
+            line.ends_with(r#""runtime_s":2.5,"censored":true}"#),
+            "{line}"
+        );
+        assert!(TraceRecord::parse(&line).unwrap().censored);
     }
 }

@@ -99,7 +99,7 @@ fn traces() -> Vec<std::path::PathBuf> {
 #[test]
 fn replay_json_has_exactly_the_documented_shape_on_every_shipped_trace() {
     let traces = traces();
-    assert_eq!(traces.len(), 6);
+    assert_eq!(traces.len(), 7);
     for trace in traces {
         let out = smart_async(&["replay", trace.to_str().unwrap(), "--json"]);
         assert!(
@@ -114,7 +114,18 @@ fn replay_json_has_exactly_the_documented_shape_on_every_shipped_trace() {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys, ["budget_s", "calls", "policies"]);
+        assert_eq!(
+            keys,
+            [
+                "break_even_risk",
+                "budget_s",
+                "calls",
+                "policies",
+                "poll_cost_s",
+                "risk",
+                "unscored"
+            ]
+        );
         assert_eq!(report["calls"], 3000);
         let names: Vec<&str> = report["policies"]
             .as_array()
@@ -147,6 +158,7 @@ fn replay_json_has_exactly_the_documented_shape_on_every_shipped_trace() {
                     "accuracy",
                     "background",
                     "coverage",
+                    "coverage_after_1000",
                     "late",
                     "late_rate",
                     "name",
@@ -168,6 +180,46 @@ fn replay_json_has_exactly_the_documented_shape_on_every_shipped_trace() {
             "prints its throughput: {stderr}"
         );
     }
+}
+
+/// `--policy` runs only the policies named (issue 18); a wrong name is refused before
+/// any trace is read, naming the ones there are; `--risk` is reported beside the
+/// break-even risk it overrides.
+#[test]
+fn replay_runs_only_the_policies_asked_for() {
+    let trace = &traces()[0];
+    let out = smart_async(&[
+        "replay",
+        trace.to_str().unwrap(),
+        "--policy",
+        "learned,oracle",
+        "--risk",
+        "0.05",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = (report["policies"].as_array().unwrap().iter())
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["learned", "oracle"]);
+    assert_eq!(report["risk"], 0.05);
+    assert!((report["break_even_risk"].as_f64().unwrap() - 1.0 / 11.0).abs() < 1e-12);
+    let out = smart_async(&["replay", trace.to_str().unwrap(), "--policy", "p99"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no policy is named 'p99'") && stderr.contains("last2_avg"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("calls/s"),
+        "refused before reading: {stderr}"
+    );
 }
 
 /// Issue 15: a trace in another format (the archive's SWF) replayed "0 calls" and

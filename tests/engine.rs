@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use smart_async::break_even_risk;
 use smart_async::{
     BudgetSource, CallOutcome, Engine, EngineConfig, EngineError, Features, InlineProgress, Job,
     JobError, JobFilter, JobOutput, JobSettings, JobState, JobStatus, Mode, Progress, RunError,
-    RuntimeModel, Source, ToolCall, ToolOptions, DEFAULT_RISK,
+    RuntimeModel, Source, ToolCall, ToolOptions,
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -262,7 +263,7 @@ async fn the_pooled_model_is_taught_every_completed_run_in_order() {
     let decision = engine.predict("cold_tool", &args).await;
     assert_eq!(decision.source, Source::Pooled, "{}", decision.reason());
     let expected = reference
-        .predict(&Features::from_args(&args), DEFAULT_RISK)
+        .predict(&Features::from_args(&args), break_even_risk(50.0, 5.0))
         .unwrap();
     assert_eq!(decision.predicted_s, Some(expected.median_s));
     assert_eq!(decision.upper_bound_s, Some(expected.upper_bound_s));
@@ -272,7 +273,7 @@ async fn the_pooled_model_is_taught_every_completed_run_in_order() {
 }
 
 #[tokio::test]
-async fn cancelling_a_running_job_stops_its_work_and_teaches_nothing() {
+async fn cancelling_a_running_job_stops_its_work_and_teaches_only_a_lower_bound() {
     let (engine, _dir) = engine_with(|_| {}).await;
     let stopped = Arc::new(AtomicBool::new(false));
     let flag = stopped.clone();
@@ -301,7 +302,9 @@ async fn cancelling_a_running_job_stops_its_work_and_teaches_nothing() {
         "the work saw the cancellation"
     );
     let stats = &engine.stats(Some("loop"))[0];
-    assert_eq!((stats.samples, stats.cancelled), (0, 1));
+    // Only what it had run is taught, as a lower bound (issue 18).
+    assert_eq!(stats.cancelled, 1);
+    assert_eq!(stats.samples, stats.censored, "{stats:?}");
 
     match engine.cancel_job(job.id).await {
         Err(EngineError::Job(JobError::Finished { status, .. })) => {
@@ -659,7 +662,7 @@ async fn cancelled_inline_call(engine: &Engine, client: &str, after_s: f64) -> C
 }
 
 #[tokio::test]
-async fn a_caller_cancel_stops_inline_work_and_is_counted_not_taught() {
+async fn a_caller_cancel_stops_inline_work_and_is_taught_only_as_a_lower_bound() {
     let (engine, _dir) = engine_with(|_| {}).await;
     let cancel = CancellationToken::new();
     let (token_tx, token_rx) = tokio::sync::oneshot::channel();
@@ -684,7 +687,11 @@ async fn a_caller_cancel_stops_inline_work_and_is_counted_not_taught() {
     );
     assert!(token.is_cancelled(), "the work was told to stop");
     let stats = &engine.stats(Some("t"))[0];
-    assert_eq!((stats.samples, stats.cancelled), (0, 1));
+    assert_eq!(stats.cancelled, 1);
+    assert_eq!(
+        stats.samples, stats.censored,
+        "taught only as a lower bound: {stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -994,5 +1001,79 @@ async fn closing_drops_the_work_of_running_pending_and_promoted_jobs_and_reopeni
             job.id
         );
     }
+    // What the cut-off jobs had run was learned at close as a lower bound (issue 18):
+    // the running job and the promoted call, each at least the 0.2 s it ran; the pending
+    // job never ran and teaches nothing.
+    let t = &engine.stats(Some("t"))[0];
+    assert_eq!((t.samples, t.censored), (1, 1), "{t:?}");
+    assert!(t.intercept_ln.is_some_and(|ln| ln.exp() >= 0.2), "{t:?}");
+    let u = &engine.stats(Some("u"))[0];
+    assert_eq!((u.samples, u.censored), (1, 1), "{u:?}");
     engine.close().await.unwrap();
+}
+
+/// Censored learning (issue 18): a tool whose every call is cancelled at 0.3 s (by its
+/// user, once it became a job at the 0.25 s budget) is learned as running longer than
+/// that, and once warm its next call goes straight to the background. Dropping cut
+/// runs, as before, it stayed cold and every call ran inline first. The risk is fixed:
+/// with a 0.25 s budget the break-even risk (5 / 5.25) would keep nearly every call
+/// inline, which is right for such a client but not what this test is about.
+#[tokio::test]
+async fn a_tool_whose_calls_are_always_cancelled_is_learned_as_slow() {
+    let (engine, _dir) = engine_with(|c| {
+        c.budget_s = 0.25;
+        c.risk = Some(0.05);
+    })
+    .await;
+    // One feature (the scene's name): three coefficients, warm at six runs.
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        let call = ToolCall::new("render", json!({"scene": "city"}));
+        let work = |ctx: smart_async::JobContext| async move {
+            ctx.cancelled().await;
+            Err::<Value, _>(RunError::Cancelled)
+        };
+        let job = expect_job(engine.call(call, work).await.unwrap());
+        assert!(job.promoted);
+        tokio::time::sleep(Duration::from_millis(300).saturating_sub(started.elapsed())).await;
+        engine.cancel_job(job.id).await.unwrap();
+    }
+    let stats = &engine.stats(Some("render"))[0];
+    assert_eq!((stats.samples, stats.censored, stats.cancelled), (6, 6, 6));
+    assert_eq!(stats.state, "warm");
+    let decision = engine.predict("render", &json!({"scene": "city"})).await;
+    assert_eq!(
+        (decision.mode, decision.source),
+        (Mode::Background, Source::Learned),
+        "{}",
+        decision.reason()
+    );
+    assert!(
+        decision.predicted_s.is_some_and(|s| s > 0.3),
+        "{decision:?}"
+    );
+}
+
+/// A run stopped by its hard time limit failed for its caller, and ran at least the
+/// limit: counted as failed, taught as censored.
+#[tokio::test]
+async fn a_timed_out_run_is_a_failure_taught_as_a_lower_bound() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let outcome = engine
+        .call(ToolCall::new("build", json!({})), |_ctx| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err::<Value, _>(RunError::TimedOut { after_s: 0.05 })
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        expect_done(outcome).0,
+        Err(RunError::TimedOut { .. })
+    ));
+    let stats = &engine.stats(Some("build"))[0];
+    assert_eq!(
+        (stats.failed, stats.samples, stats.censored),
+        (1, 1, 1),
+        "{stats:?}"
+    );
 }

@@ -331,9 +331,14 @@ async fn learning_survives_a_restart_and_decides_from_arguments() {
     let lines = String::from_utf8_lossy(&export.stdout);
     assert_eq!(
         lines.lines().count(),
-        15,
-        "14 training calls and the small one; the cancelled run is left out"
+        16,
+        "14 training calls, the cancelled run (censored) and the small one"
     );
+    let censored: Vec<Value> = (lines.lines())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|line: &Value| line["censored"] == true)
+        .collect();
+    assert_eq!(censored.len(), 1, "{lines}");
     let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(first["tool"], "hash_files");
     assert_eq!(first["args"]["path.bytes"], 16.0 * 1024.0);
@@ -353,7 +358,9 @@ async fn learning_survives_a_restart_and_decides_from_arguments() {
         .unwrap();
     let replayed = replay.wait_with_output().unwrap();
     let report: Value = serde_json::from_slice(&replayed.stdout).unwrap();
-    assert_eq!(report["calls"], 15);
+    // The cut run is scored only if it had already passed the budget.
+    let scored = report["calls"].as_u64().unwrap();
+    assert_eq!(scored + report["unscored"].as_u64().unwrap(), 16);
     assert_eq!(report["budget_s"], 0.5);
 }
 

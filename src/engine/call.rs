@@ -344,7 +344,10 @@ impl Engine {
         let runtime_s = started.elapsed().as_secs_f64();
         let (result, outcome) = match ended {
             Ok(Ok(value)) => (Ok(value), Outcome::Completed),
-            Ok(Err(error)) => (Err(error), Outcome::Failed),
+            Ok(Err(error)) => {
+                let outcome = Outcome::of_error(&error);
+                (Err(error), outcome)
+            }
             Err(panic) => (
                 Err(RunError::Panicked {
                     message: panic_message(&*panic),

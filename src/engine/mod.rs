@@ -23,7 +23,7 @@ use crate::jobs::{now_ms, Job, JobContext, JobError, JobFilter, JobSettings, Job
 use crate::learner::Learner;
 use crate::lock::lock;
 use crate::policy::{
-    Call, Decision, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_RISK,
+    Call, Decision, Policy, PolicyError, StaticTable, DEFAULT_BUDGET_S, DEFAULT_POLL_COST_S,
 };
 use crate::principal::Principal;
 use crate::run_error::RunError;
@@ -45,8 +45,13 @@ pub struct EngineConfig {
     pub budget_s: f64,
     /// Seconds an inline call runs before it is promoted to a job; the budget if unset.
     pub deadline_s: Option<f64>,
-    /// Share of runtimes allowed above the predicted bound.
-    pub risk: f64,
+    /// Share of runtimes allowed above the predicted bound, fixed; `None` (the
+    /// default) takes each call's break-even risk from its budget and the poll cost
+    /// ([`crate::break_even_risk`]).
+    pub risk: Option<f64>,
+    /// Seconds a call sent to the background needlessly costs its caller (one poll),
+    /// which the break-even risk weighs (see [`DEFAULT_POLL_COST_S`]).
+    pub poll_cost_s: f64,
     /// The cold-start table.
     pub static_table: StaticTable,
     /// Job retention, concurrency and cancel grace.
@@ -63,13 +68,25 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The policy these settings make.
+    fn policy(&self) -> Result<Policy, PolicyError> {
+        let table = self.static_table.clone();
+        let policy = Policy::break_even(self.budget_s, self.poll_cost_s, table)?;
+        match self.risk {
+            Some(risk) => Policy::new(self.budget_s, risk, policy.table().clone())?
+                .with_poll_cost_s(self.poll_cost_s),
+            None => Ok(policy),
+        }
+    }
+
     /// The defaults, with the database in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
             budget_s: DEFAULT_BUDGET_S,
             deadline_s: None,
-            risk: DEFAULT_RISK,
+            risk: None,
+            poll_cost_s: DEFAULT_POLL_COST_S,
             static_table: StaticTable::default(),
             jobs: JobSettings::default(),
             cache_bytes: DEFAULT_CACHE_BYTES,
@@ -191,7 +208,7 @@ impl Engine {
     /// Opens the database, loads what was learned, fails jobs a previous process left
     /// unfinished ("interrupted by restart") and starts the retention sweeper.
     pub async fn open(config: EngineConfig) -> Result<Engine, EngineError> {
-        let policy = Policy::new(config.budget_s, config.risk, config.static_table)?;
+        let policy = config.policy()?;
         if let Some(deadline_s) = config.deadline_s {
             if !(deadline_s.is_finite() && deadline_s > 0.0) {
                 return Err(EngineError::Deadline(deadline_s));
@@ -326,7 +343,7 @@ impl Engine {
         }
         Ok(StatsReport {
             budget_s: config.budget_s,
-            tools: Learner::new(tools, pooled).stats(tool, config.risk),
+            tools: Learner::new(tools, pooled).stats(tool, config.policy()?.risk()),
             clients: clients.stats(),
         })
     }

@@ -25,6 +25,38 @@ pub(crate) type JobWork = Pin<Box<dyn Future<Output = Result<JobOutput, RunError
 /// ended has its sample on record too.
 pub(crate) type OnEnd = Box<dyn FnOnce(&Job, Outcome, f64) + Send>;
 
+/// The owner's [`OnEnd`], called exactly once: by the supervisor when the run ends, or,
+/// should the run's task be dropped first (a shutdown aborts every task), on drop, as
+/// a run cancelled after the time it had run: what it ran is learned as a lower bound
+/// on its runtime, not lost. A job that never started has nothing to teach.
+struct EndOnce {
+    on_end: Option<OnEnd>,
+    job: Job,
+    started: Option<Instant>,
+}
+
+impl EndOnce {
+    fn new(on_end: OnEnd, job: &Job, started: Option<Instant>) -> EndOnce {
+        EndOnce {
+            on_end: Some(on_end),
+            job: job.clone(),
+            started,
+        }
+    }
+}
+
+impl Drop for EndOnce {
+    fn drop(&mut self) {
+        if let (Some(on_end), Some(started)) = (self.on_end.take(), self.started) {
+            on_end(
+                &self.job,
+                Outcome::Cancelled,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}
+
 /// How a run ended, as seen by its supervisor.
 #[derive(Debug)]
 enum RunEnd {
@@ -48,6 +80,7 @@ impl Jobs {
         let cancel = ctx.token().clone();
         let mut running = job.clone();
         let supervised = async move {
+            let mut on_end = EndOnce::new(on_end, &running, None);
             let Some(_slot) = jobs.acquire_slot(&cancel).await else {
                 jobs.finish(running, RunEnd::Cancelled, Instant::now(), on_end)
                     .await;
@@ -56,6 +89,7 @@ impl Jobs {
             running.state = JobState::Running;
             running.started_at_ms = Some(now_ms());
             let started = Instant::now();
+            on_end.started = Some(started);
             let grace = jobs.settings.cancel_grace;
             // The work is polled first: recording that it started waits for the store's
             // writer, which may be flushing, and a cancel that came meanwhile would find
@@ -89,6 +123,7 @@ impl Jobs {
         let slot = self.try_slot();
         let supervised = async move {
             let _slot = slot;
+            let on_end = EndOnce::new(on_end, &running, Some(started));
             let end = run_to_end(work, &cancel, jobs.settings.cancel_grace).await;
             jobs.finish(running, end, started, on_end).await;
         };
@@ -102,11 +137,14 @@ impl Jobs {
     }
 
     /// Learns from the run, then makes the job's end durable and tells waiters.
-    async fn finish(&self, mut job: Job, end: RunEnd, started: Instant, on_end: OnEnd) {
+    async fn finish(&self, mut job: Job, end: RunEnd, started: Instant, mut on_end: EndOnce) {
         let runtime_s = started.elapsed().as_secs_f64();
         let (state, outcome) = match end {
             RunEnd::Returned(Ok(result)) => (JobState::Completed { result }, Outcome::Completed),
-            RunEnd::Returned(Err(error)) => (JobState::Failed { error }, Outcome::Failed),
+            RunEnd::Returned(Err(error)) => {
+                let outcome = Outcome::of_error(&error);
+                (JobState::Failed { error }, outcome)
+            }
             RunEnd::Panicked(message) => (
                 JobState::Failed {
                     error: RunError::Panicked { message },
@@ -117,7 +155,9 @@ impl Jobs {
         };
         job.state = state;
         job.finished_at_ms = Some(now_ms());
-        on_end(&job, outcome, runtime_s);
+        if let Some(on_end) = on_end.on_end.take() {
+            on_end(&job, outcome, runtime_s);
+        }
         if let Err(e) = self.update(&job).await {
             tracing::error!(job = %job.id, error = %e, "could not store the job's end: it is read from memory and written again every second");
         }

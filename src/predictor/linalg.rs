@@ -64,6 +64,43 @@ pub(super) fn leverage(lower: &[f64], x: &[f64]) -> f64 {
     z.iter().map(|z| z * z).sum()
 }
 
+/// `M ← discount·M + x xᵀ` on the lower triangle (`j ≤ i`) of the `dim × dim` row-major
+/// `matrix`, and `v ← discount·v + x·y`: a discounted least-squares update. Only the
+/// lower triangle is kept (the factorisation reads nothing else), which halves the cost
+/// of the update that every run pays; the upper triangle keeps what it last held.
+#[inline]
+pub(super) fn discounted_update(
+    matrix: &mut [f64],
+    vector: &mut [f64],
+    x: &[f64],
+    y: f64,
+    discount: f64,
+) {
+    let dim = x.len();
+    for (i, (&xi, cell)) in x.iter().zip(vector.iter_mut()).enumerate() {
+        let row = &mut matrix[i * dim..i * dim + i + 1];
+        for (cell, &xj) in row.iter_mut().zip(&x[..=i]) {
+            *cell = discount * *cell + xi * xj;
+        }
+        *cell = discount * *cell + xi * y;
+    }
+}
+
+/// A `dim × dim` least-squares system grown to `new_dim`: the new rows and columns
+/// are zero (the past samples count at the new regressors' center).
+pub(super) fn grow_system(matrix: &mut Vec<f64>, vector: &mut Vec<f64>, new_dim: usize) {
+    let dim = vector.len();
+    if new_dim <= dim {
+        return;
+    }
+    let mut grown = vec![0.0; new_dim * new_dim];
+    for i in 0..dim {
+        grown[i * new_dim..i * new_dim + dim].copy_from_slice(&matrix[i * dim..(i + 1) * dim]);
+    }
+    *matrix = grown;
+    vector.resize(new_dim, 0.0);
+}
+
 #[inline]
 pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

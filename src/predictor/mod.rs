@@ -54,19 +54,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{Features, MAX_FEATURES_PER_CALL};
 
+mod calibration;
+mod censored;
 mod legacy;
 mod linalg;
 mod posterior;
 mod recency;
+mod spread;
 #[cfg(test)]
 mod tests;
 
+pub use calibration::Calibration;
 #[cfg(test)]
 pub(crate) use legacy::v2_bytes;
-pub use legacy::{ModelV2, ModelV3};
-use linalg::{dot, leverage};
+pub use legacy::{ModelV2, ModelV3, ModelV5};
+use linalg::{discounted_update, dot, grow_system, leverage};
 use posterior::{bound_quantile, posterior, BoundQuantile, Posterior};
 use recency::Recency;
+use spread::Spread;
 
 /// Weight kept by past statistics at each update: a memory of about
 /// `1 / (1 - 0.98) = 50` calls, short enough to follow a tool that got slower within
@@ -192,29 +197,6 @@ pub struct Prediction {
     pub uses_recency: bool,
 }
 
-/// How well the bounds a model gave for the calls they decided held.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    /// Deciding predictions checked against the runtime that followed.
-    pub checked: u64,
-    /// Of those, how many runtimes were at or under the upper bound.
-    pub covered: u64,
-    /// Sum of `|ln(runtime) - location|` over the checked predictions.
-    pub abs_error_ln_sum: f64,
-}
-
-impl Calibration {
-    /// Share of runtimes at or under the bound; `None` before any check.
-    pub fn coverage(&self) -> Option<f64> {
-        (self.checked > 0).then(|| self.covered as f64 / self.checked as f64)
-    }
-
-    /// Mean absolute error of `ln(runtime)`; `None` before any check.
-    pub fn mean_abs_error_ln(&self) -> Option<f64> {
-        (self.checked > 0).then(|| self.abs_error_ln_sum / self.checked as f64)
-    }
-}
-
 /// The persisted part of a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ModelState {
@@ -236,7 +218,11 @@ struct ModelState {
     /// Discounted sample count.
     weight: f64,
     samples: u64,
+    /// Of the samples, how many were runs cut off (taught as censored).
+    censored: u64,
     recency: Option<Recency>,
+    /// How the spread moves with the features (a tool's model; none for the pooled one).
+    spread: Option<Spread>,
     calibration: Calibration,
 }
 
@@ -253,6 +239,10 @@ impl TryFrom<ModelState> for RuntimeModel {
             && state.centers_ln.len() == slots
             && state.scales.len() == slots
             && state.scales.iter().all(|s| s.is_finite() && *s > 0.0)
+            && state
+                .spread
+                .as_ref()
+                .is_none_or(|spread| spread.fits(slots))
             && state.xtx.len() == dim * dim
             && state.xty.len() == dim;
         if consistent {
@@ -272,8 +262,8 @@ impl From<RuntimeModel> for ModelState {
 }
 
 impl RuntimeModel {
-    /// An empty model; `recency` enables the AR(1) term (off for a pooled model, whose
-    /// consecutive samples come from different tools).
+    /// An empty model; `recency` enables the AR(1) term and the spread model (off for a
+    /// pooled model, whose consecutive samples come from different tools).
     pub fn new(recency: bool) -> RuntimeModel {
         let state = ModelState {
             feature_names: Vec::new(),
@@ -285,7 +275,9 @@ impl RuntimeModel {
             yty: 0.0,
             weight: 0.0,
             samples: 0,
+            censored: 0,
             recency: recency.then(Recency::default),
+            spread: recency.then(|| Spread::new(0)),
             calibration: Calibration::default(),
         };
         RuntimeModel::with_state(state)
@@ -315,9 +307,15 @@ impl RuntimeModel {
         }
     }
 
-    /// Total samples taught.
+    /// Total samples taught, censored ones included.
     pub fn samples(&self) -> u64 {
         self.state.samples
+    }
+
+    /// Of the samples, the runs that were cut off and taught as censored
+    /// ([`RuntimeModel::observe_at_least`]).
+    pub fn censored(&self) -> u64 {
+        self.state.censored
     }
 
     /// Whether the model has enough samples for its number of coefficients.
@@ -349,8 +347,8 @@ impl RuntimeModel {
             .map(|(slot, name)| {
                 let (linear, square) = (posterior.mean[1 + 2 * slot], posterior.mean[2 + 2 * slot]);
                 let center = self.state.centers_ln[slot];
-                // Σ(u − c) sits in the intercept row of XᵀX.
-                let typical_offset = self.state.xtx[1 + 2 * slot] / weight;
+                // Σ(u − c) sits in the intercept column of XᵀX (its lower triangle).
+                let typical_offset = self.state.xtx[(1 + 2 * slot) * self.dim()] / weight;
                 let typical_ln = center + typical_offset;
                 FeatureEffect {
                     name: name.clone(),
@@ -374,14 +372,23 @@ impl RuntimeModel {
         recency.adjustment().map(|_| recency.coefficient())
     }
 
-    /// How the bounds this model gave for calls it decided held (see
-    /// [`RuntimeModel::score`]).
+    /// How the bounds this model gave for calls it decided held, and the offset that
+    /// calibrates its next bounds (see [`RuntimeModel::score`]).
     pub fn calibration(&self) -> Calibration {
         self.state.calibration
     }
 
+    /// The level of the model's own predictive distribution its bound at `risk` sits
+    /// at once calibrated (`1 − risk` for a model whose spread is right; lower when it
+    /// was too wide); `None` before a posterior forms.
+    pub fn bound_level(&self, risk: f64) -> Option<f64> {
+        let dof = self.posterior()?.dof;
+        calibration::bound_level(dof, risk, self.state.calibration.offset)
+    }
+
     /// Predicts the runtime of a call with these features, its upper bound at the
-    /// `1 - risk` quantile; `None` if the posterior could not be formed (see
+    /// `1 - risk` quantile, calibrated by the offset its record of misses keeps (see
+    /// [`Calibration`]); `None` if the posterior could not be formed (see
     /// [`RuntimeModel::observe`]) or `risk` is not strictly between 0 and 1.
     pub fn predict(&self, features: &Features, risk: f64) -> Option<Prediction> {
         let posterior = self.posterior()?;
@@ -390,14 +397,15 @@ impl RuntimeModel {
         let x = self.design_row(&self.inputs(features, self.in_slot_order(features)));
         let mut location_ln = dot(&posterior.mean, &x);
         let leverage = leverage(&posterior.cholesky, &x);
-        let mut scale_ln = (posterior.variance * (1.0 + leverage)).sqrt();
+        let spread_factor = self.spread_factor(posterior, &x);
+        let mut scale_ln = (posterior.variance * spread_factor * (1.0 + leverage)).sqrt();
         let mut uses_recency = false;
         if let Some((shift, factor)) = self.state.recency.as_ref().and_then(Recency::adjustment) {
             location_ln += shift;
             scale_ln *= factor;
             uses_recency = true;
         }
-        let upper_ln = location_ln + quantile.value * scale_ln;
+        let upper_ln = location_ln + (quantile.value + self.state.calibration.offset) * scale_ln;
         Some(Prediction {
             median_s: location_ln.exp(),
             upper_bound_s: upper_ln.exp(),
@@ -408,19 +416,30 @@ impl RuntimeModel {
         })
     }
 
-    /// Checks a prediction of this model (its median and bound) that decided a call
-    /// against the call's runtime: what [`RuntimeModel::calibration`] reports. Only
-    /// predictions that were acted on are scored, so the coverage says how often a
-    /// bound that decided held. A non-finite or negative runtime is ignored.
-    pub fn score(&mut self, median_s: f64, upper_bound_s: f64, runtime_s: f64) {
+    /// Checks a prediction of this model (its median and its bound at `risk`) that
+    /// decided a call against the call's runtime: what [`RuntimeModel::calibration`]
+    /// reports, and the step that calibrates the next bounds. Only predictions that were
+    /// acted on are scored, so the coverage says how often a bound that decided held. A
+    /// non-finite or negative runtime is ignored.
+    pub fn score(&mut self, median_s: f64, upper_bound_s: f64, risk: f64, runtime_s: f64) {
         if !(runtime_s.is_finite() && runtime_s >= 0.0) {
             return;
         }
         let y = runtime_s.max(MIN_RUNTIME_S).ln();
         let calibration = &mut self.state.calibration;
-        calibration.checked += 1;
-        calibration.covered += u64::from(y <= upper_bound_s.ln());
         calibration.abs_error_ln_sum += (y - median_s.ln()).abs();
+        calibration.track(y > upper_bound_s.ln(), risk);
+    }
+
+    /// Checks a deciding prediction against a run cut off after `cut_s`: a miss if the
+    /// run had already passed the bound, else unknown and not scored (so with many cut
+    /// runs the bound errs wide, never narrow). The error added is its least possible.
+    pub fn score_cut(&mut self, median_s: f64, upper_bound_s: f64, risk: f64, cut_s: f64) {
+        if cut_s.is_finite() && cut_s > upper_bound_s {
+            let calibration = &mut self.state.calibration;
+            calibration.abs_error_ln_sum += (cut_s.ln() - median_s.ln()).abs();
+            calibration.track(true, risk);
+        }
     }
 
     /// Teaches one finished run. A non-finite or negative runtime is ignored. Should
@@ -430,11 +449,62 @@ impl RuntimeModel {
         if !(runtime_s.is_finite() && runtime_s >= 0.0) {
             return;
         }
-        let y = runtime_s.max(MIN_RUNTIME_S).ln();
+        self.teach(features, |_| runtime_s.max(MIN_RUNTIME_S).ln());
+    }
+
+    /// Teaches a run that was cut off after `cut_s` (cancelled, stopped at shutdown or
+    /// by its hard timeout): it would have run at least that long. It is taught as its
+    /// expected runtime beyond the cut under the current model (see the `censored`
+    /// module). A cut under a millisecond says nothing and is ignored.
+    pub fn observe_at_least(&mut self, features: &Features, cut_s: f64) {
+        if !(cut_s.is_finite() && cut_s >= MIN_RUNTIME_S) {
+            return;
+        }
+        self.state.censored += 1;
+        let ln_cut = cut_s.ln();
+        self.teach(features, |model: &RuntimeModel| {
+            // The same design row is used for the location as for the update.
+            let (location_ln, spread_ln) = model.location_and_spread(features, ln_cut);
+            censored::expected_above(ln_cut, location_ln, spread_ln)
+        });
+    }
+
+    /// The factor on a call's variance, while the spread model's record says it helps.
+    #[inline]
+    fn spread_factor(&self, posterior: &Posterior, x: &[f64]) -> f64 {
+        let helps = self.state.spread.as_ref().is_some_and(Spread::helps);
+        match &posterior.spread {
+            Some(fit) if helps => fit.factor(x),
+            _ => 1.0,
+        }
+    }
+
+    /// The plain model's location and residual spread for a call: what a censored run
+    /// is imputed from. Before any sample the location is the prior's, 1 s, which says
+    /// nothing of this tool: the cut stands in for it, so the first cut run is taught as
+    /// a little longer than the cut, not as 1 s.
+    fn location_and_spread(&self, features: &Features, ln_cut: f64) -> (f64, f64) {
+        let x = self.design_row(&self.inputs(features, false));
+        match self.posterior().filter(|_| self.state.samples > 0) {
+            Some(posterior) => {
+                let factor = self.spread_factor(posterior, &x);
+                (
+                    dot(&posterior.mean, &x),
+                    (posterior.variance * factor).sqrt(),
+                )
+            }
+            None => (ln_cut, (PRIOR_SCALE / PRIOR_SHAPE).sqrt()),
+        }
+    }
+
+    /// Teaches the `ln(runtime)` that `target` gives for the model as it is before this
+    /// sample (after any new feature has its slot).
+    fn teach(&mut self, features: &Features, target: impl FnOnce(&RuntimeModel) -> f64) {
         let in_order = self.in_slot_order(features);
         if !in_order {
             self.grow(features);
         }
+        let y = target(self);
         let inputs = self.inputs(features, in_order);
         for (range, &u) in self.state.ranges_ln.iter_mut().zip(&inputs) {
             *range = (range.0.min(u), range.1.max(u));
@@ -443,20 +513,22 @@ impl RuntimeModel {
         if self.state.recency.is_some() && self.state.samples > 0 {
             // The one-step residual needs the posterior before this sample; a tool's
             // model has usually formed it already, to decide this very call.
-            let fitted = self.posterior().map(|p| dot(&p.mean, &x));
-            if let (Some(fitted), Some(recency)) = (fitted, &mut self.state.recency) {
-                recency.learn(y - fitted);
+            let fitted = self.posterior().map(|p| {
+                let factor = p.spread.as_ref().map(|fit| fit.factor(&x));
+                (dot(&p.mean, &x), p.variance, factor)
+            });
+            if let Some((fitted, variance, factor)) = fitted {
+                let state = &mut self.state;
+                if let Some(recency) = &mut state.recency {
+                    recency.learn(y - fitted);
+                }
+                if let Some(spread) = &mut state.spread {
+                    spread.learn(&x, y - fitted, variance, factor);
+                }
             }
         }
         let state = &mut self.state;
-        let dim = x.len();
-        for (i, xi) in x.iter().enumerate() {
-            for (j, xj) in x.iter().enumerate() {
-                let cell = &mut state.xtx[i * dim + j];
-                *cell = FORGETTING_FACTOR * *cell + xi * xj;
-            }
-            state.xty[i] = FORGETTING_FACTOR * state.xty[i] + xi * y;
-        }
+        discounted_update(&mut state.xtx, &mut state.xty, &x, y, FORGETTING_FACTOR);
         state.yty = FORGETTING_FACTOR * state.yty + y * y;
         state.weight = FORGETTING_FACTOR * state.weight + 1.0;
         state.samples += 1;
@@ -506,13 +578,10 @@ impl RuntimeModel {
         if dim == old_dim {
             return;
         }
-        let mut xtx = vec![0.0; dim * dim];
-        for i in 0..old_dim {
-            xtx[i * dim..i * dim + old_dim]
-                .copy_from_slice(&state.xtx[i * old_dim..(i + 1) * old_dim]);
+        if let Some(spread) = &mut state.spread {
+            spread.grow(state.feature_names.len());
         }
-        state.xtx = xtx;
-        state.xty.resize(dim, 0.0);
+        grow_system(&mut state.xtx, &mut state.xty, dim);
     }
 
     /// Each slot's `u` for a call's features (`ln(1+0) = 0` for a feature it lacks);

@@ -19,6 +19,8 @@ pub(super) struct Posterior {
     /// `bₙ / aₙ`
     pub(super) variance: f64,
     pub(super) dof: f64,
+    /// How the variance moves with the features, once learned.
+    pub(super) spread: Option<super::spread::SpreadFit>,
 }
 
 /// The Student-t quantile at `1 - risk` for `dof` on the grid ([`quantile_dof`]).
@@ -102,5 +104,6 @@ pub(super) fn posterior(state: &ModelState, previous: Option<Posterior>) -> Opti
         cholesky,
         variance: scale / shape,
         dof,
+        spread: state.spread.as_ref().and_then(super::spread::Spread::fit),
     })
 }

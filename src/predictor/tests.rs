@@ -128,7 +128,7 @@ fn the_95_bound_covers_at_least_93_percent_on_log_linear_data() {
             let prediction = model.predict(&features, 0.05).unwrap();
             checked += 1;
             covered += usize::from(y.exp() <= prediction.upper_bound_s);
-            model.score(prediction.median_s, prediction.upper_bound_s, y.exp());
+            model.score(prediction.median_s, prediction.upper_bound_s, 0.05, y.exp());
         }
         model.observe(&features, y.exp());
     }
@@ -141,6 +141,46 @@ fn the_95_bound_covers_at_least_93_percent_on_log_linear_data() {
     let tracked = model.calibration();
     assert_eq!(tracked.checked, checked as u64);
     assert_eq!(tracked.covered, covered as u64, "scored as counted here");
+    assert!(
+        (coverage - 0.95).abs() < 0.015,
+        "calibrated to its target: {coverage}"
+    );
+}
+
+/// Censored learning (issue 18): a tool whose every call is cut off at 2 s learns that it
+/// runs longer than 2 s, where a model that dropped them would know nothing.
+#[test]
+fn runs_always_cut_off_at_two_seconds_are_learned_as_longer() {
+    let mut model = RuntimeModel::new(true);
+    let features = call(json!({"scenario": "full"}));
+    for _ in 0..10 {
+        model.observe_at_least(&features, 2.0);
+    }
+    assert!(model.is_warm());
+    assert_eq!((model.samples(), model.censored()), (10, 10));
+    let prediction = model.predict(&features, 0.05).unwrap();
+    assert!(prediction.median_s > 2.0, "{prediction:?}");
+    // A run cut off after 1 ms says nothing and is not taught.
+    model.observe_at_least(&features, 1e-4);
+    assert_eq!(model.samples(), 10);
+}
+
+/// A run cancelled early, long before a slow tool's usual runtime, does not pull its
+/// model down: it is taught about what the model already expects.
+#[test]
+fn an_early_cancel_leaves_a_slow_tool_slow() {
+    let mut model = RuntimeModel::new(true);
+    let features = call(json!({"n": 1}));
+    let mut rng = Lcg(3);
+    for _ in 0..40 {
+        model.observe(&features, 100.0 * (0.2 * rng.normal()).exp());
+    }
+    let before = model.predict(&features, 0.05).unwrap().median_s;
+    for _ in 0..5 {
+        model.observe_at_least(&features, 1.0);
+    }
+    let after = model.predict(&features, 0.05).unwrap().median_s;
+    assert!((after / before - 1.0).abs() < 0.05, "{before} → {after}");
 }
 
 #[test]

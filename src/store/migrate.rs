@@ -6,7 +6,8 @@
 //! format 3 kept in each model the risk its bound was last computed for; formats 2 to
 //! 4 kept a completed job's result as bare JSON whose shape said whose it was
 //! (`{"upstream_result": …}`, `{"text", "structured"}`, or anything else), where
-//! format 5 keeps a typed [`JobOutput`].
+//! format 5 keeps a typed [`JobOutput`]; format 6 added to each model the count of
+//! censored runs and the calibration offset of its bound.
 
 use std::path::Path;
 
@@ -20,9 +21,11 @@ use crate::job::JobOutput;
 use crate::stats::ToolRecord;
 
 /// The earlier formats this version reads and rewrites as its own on open.
-const MIGRATES_FROM: [u32; 3] = [2, 3, 4];
-/// The formats whose models need rewriting (the models of format 4 are this format's).
-const MODELS_CHANGED_BEFORE: u32 = 4;
+const MIGRATES_FROM: [u32; 4] = [2, 3, 4, 5];
+/// The formats whose models need rewriting: every earlier one.
+const MODELS_CHANGED_BEFORE: u32 = FORMAT_VERSION;
+/// The formats whose jobs need their result typed.
+const JOBS_CHANGED_BEFORE: u32 = 5;
 
 /// `had_data`: the data file existed before this open. sled reads a damaged log as a
 /// torn write and opens empty, so an existing database without our version key is
@@ -88,7 +91,7 @@ fn migrate(path: &Path, trees: &Trees, from: u32) -> Result<()> {
         }
     }
     let mut jobs = Vec::new();
-    for item in trees.jobs.iter() {
+    for item in trees.jobs.iter().filter(|_| from < JOBS_CHANGED_BEFORE) {
         let (key, value) = item.map_err(io)?;
         let job = typed_result(&value).map_err(|e| {
             let id = uuid::Uuid::from_slice(&key).unwrap_or_default();
@@ -149,7 +152,8 @@ mod tests {
     #[test]
     fn a_format_2_database_is_upgraded_on_open_and_reads_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let mut record = ToolRecord::new(true);
+        // Without recency, so without the spread model format 2 had no room for.
+        let mut record = ToolRecord::new(false);
         for kb in 1..=20 {
             let features = Features::from_args(&json!({ "kb": kb * 100 }));
             record.model.observe(&features, 0.01 * f64::from(kb));

@@ -28,7 +28,7 @@ use writer::Writer;
 
 /// Bumped when the layout or an encoding changes incompatibly; an earlier format is
 /// migrated on open.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// sled's page cache; its own default is 1 GiB, far more than a few models and jobs need.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 

@@ -2,39 +2,63 @@
 //!
 //! Replay is online, as a server lives it: for each call every policy decides first,
 //! then learns the call's runtime (a failed call is scored but not learned from, as
-//! in the engine). The trace's format is [`TraceRecord`]'s.
+//! in the engine; a censored call, one cut off, teaches the learned policy a lower
+//! bound and the baselines nothing). The trace's format is [`TraceRecord`]'s.
 //!
 //! Metrics for budget D and poll cost P: *late* = decided inline and runtime > D (the
 //! caller waited the whole budget for nothing); *needless* = decided background and
 //! runtime ≤ D (one poll too many); `wasted_s = late·D + needless·P`;
-//! `accuracy = 1 − (late + needless)/calls`; rates are shares of all calls;
-//! *coverage* = share of a policy's bounds that the runtime stayed under.
+//! `accuracy = 1 − (late + needless)/calls`; rates are shares of the scored calls;
+//! *coverage* = share of a policy's bounds that the runtime stayed under, also after
+//! the first [`WARMUP_CALLS`] calls. A censored call cut off within the budget has no
+//! known side of it and is not scored.
+//!
+//! Only the policies asked for run ([`ReplayConfig::policies`]), each at a cost per
+//! call that does not grow with the trace.
 //!
 //! Pure over plain data: [`crate::TraceFile`] reads the file, the CLI draws the
 //! progress bar.
 
-use std::collections::HashMap;
+mod baselines;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::features::{Features, ASYNC_MODE_ARG};
 use crate::learner::Learner;
-use crate::policy::{Call, Decision, Mode, Policy, StaticTable};
+use crate::policy::{break_even_risk, Call, Decision, Mode, Policy};
 use crate::stats::Outcome;
 use crate::trace::TraceRecord;
+use baselines::{AlwaysSync, LastTwo, P90History, StaticOnly};
 
-/// Seconds one poll costs a caller (a model turn), by default.
-pub const DEFAULT_POLL_COST_S: f64 = 5.0;
+/// Every policy replay knows, in the order it reports them.
+pub const POLICY_NAMES: [&str; 6] = [
+    "learned",
+    "static",
+    "always_sync",
+    "last2_avg",
+    "p90_history",
+    "oracle",
+];
 
-/// Budget, risk, poll cost and table for a replay.
+/// Calls after which coverage is scored a second time, once calibration has had time
+/// to settle (`coverage_after_1000`).
+pub const WARMUP_CALLS: u64 = 1000;
+
+/// The policy to replay and the policies to score it against.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
-    /// The policy the `learned` and `static` entries use (budget, risk, table).
+    /// The policy the `learned` and `static` entries use (budget, risk, poll cost,
+    /// table); the poll cost is also what a needless background is scored at.
     pub policy: Policy,
-    /// Seconds a needless background costs.
-    pub poll_cost_s: f64,
+    /// The names of the policies to run ([`POLICY_NAMES`]); empty for all.
+    pub policies: Vec<String>,
 }
+
+/// A policy replay does not know.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("no policy is named '{0}': the policies are learned, static, always_sync, last2_avg, p90_history and oracle")]
+pub struct UnknownPolicy(pub String);
 
 /// One policy's score.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,6 +83,8 @@ pub struct PolicyScore {
     pub wasted_s: f64,
     /// Share of the policy's bounds the runtime stayed under; `None` without bounds.
     pub coverage: Option<f64>,
+    /// The same, over the calls after the first [`WARMUP_CALLS`].
+    pub coverage_after_1000: Option<f64>,
 }
 
 /// A whole replay's result.
@@ -66,9 +92,18 @@ pub struct PolicyScore {
 pub struct ReplayReport {
     /// The budget.
     pub budget_s: f64,
-    /// Calls replayed.
+    /// The poll cost a needless background is scored at.
+    pub poll_cost_s: f64,
+    /// The risk behind the learned policy's bound.
+    pub risk: f64,
+    /// The break-even risk of the budget and poll cost, `P / (D + P)`: the risk unless
+    /// `--risk` fixed another.
+    pub break_even_risk: f64,
+    /// Calls scored.
     pub calls: u64,
-    /// Every policy's score, in a fixed order.
+    /// Censored calls cut off within the budget: learned from, not scored.
+    pub unscored: u64,
+    /// Every policy's score, in [`POLICY_NAMES`] order.
     pub policies: Vec<PolicyScore>,
 }
 
@@ -82,6 +117,9 @@ trait Contender {
     fn learn(&mut self, tool: &str, features: &Features, runtime_s: f64);
     /// Hears of a run that failed: not learned from, as in the engine.
     fn failed(&mut self, _tool: &str, _features: &Features, _runtime_s: f64) {}
+    /// Hears of a run cut off after `runtime_s`: the baselines drop it, as their
+    /// authors' policies do.
+    fn cut(&mut self, _tool: &str, _features: &Features, _runtime_s: f64) {}
 }
 
 /// The engine's own policy, deciding and learning through the server's own learner.
@@ -120,158 +158,9 @@ impl Contender for EnginePolicy {
     fn failed(&mut self, tool: &str, features: &Features, runtime_s: f64) {
         self.finished(tool, features, runtime_s, Outcome::Failed);
     }
-}
 
-/// The cold-start table alone.
-struct StaticOnly {
-    table: StaticTable,
-}
-
-impl StaticOnly {
-    fn mode(table: &StaticTable, tool: &str, features: &Features, async_mode: bool) -> Mode {
-        let call = Call::new(tool, features, async_mode);
-        if async_mode || table.check(call).is_some() {
-            Mode::Background
-        } else {
-            Mode::Inline
-        }
-    }
-}
-
-impl Contender for StaticOnly {
-    fn name(&self) -> &'static str {
-        "static"
-    }
-
-    fn decide(&mut self, tool: &str, features: &Features, async_mode: bool) -> Said {
-        (Self::mode(&self.table, tool, features, async_mode), None)
-    }
-
-    fn learn(&mut self, _: &str, _: &Features, _: f64) {}
-}
-
-/// A plain server with deadline promotion: everything inline.
-struct AlwaysSync;
-
-impl Contender for AlwaysSync {
-    fn name(&self) -> &'static str {
-        "always_sync"
-    }
-
-    fn decide(&mut self, _: &str, _: &Features, _: bool) -> Said {
-        (Mode::Inline, None)
-    }
-
-    fn learn(&mut self, _: &str, _: &Features, _: f64) {}
-}
-
-/// Per tool, the mean of its last two runtimes (Tsafrir, Etsion & Feitelson 2007);
-/// the static table until a tool has two.
-struct LastTwo {
-    table: StaticTable,
-    budget_s: f64,
-    last: HashMap<String, (Option<f64>, Option<f64>)>,
-}
-
-impl Contender for LastTwo {
-    fn name(&self) -> &'static str {
-        "last2_avg"
-    }
-
-    fn decide(&mut self, tool: &str, features: &Features, async_mode: bool) -> Said {
-        match self.last.get(tool) {
-            Some((Some(a), Some(b))) if !async_mode => {
-                let mode = if (a + b) / 2.0 > self.budget_s {
-                    Mode::Background
-                } else {
-                    Mode::Inline
-                };
-                (mode, None)
-            }
-            _ => (
-                StaticOnly::mode(&self.table, tool, features, async_mode),
-                None,
-            ),
-        }
-    }
-
-    fn learn(&mut self, tool: &str, _: &Features, runtime_s: f64) {
-        let entry = self.last.entry(tool.to_owned()).or_default();
-        *entry = (Some(runtime_s), entry.0);
-    }
-}
-
-/// Per tool, the 90th percentile of all its past runtimes once it has five; the
-/// static table before. The history is a log-spaced histogram (1% wide bins), so memory
-/// stays bounded however long the trace.
-struct P90History {
-    table: StaticTable,
-    budget_s: f64,
-    histograms: HashMap<String, LogHistogram>,
-}
-
-impl Contender for P90History {
-    fn name(&self) -> &'static str {
-        "p90_history"
-    }
-
-    fn decide(&mut self, tool: &str, features: &Features, async_mode: bool) -> Said {
-        match self.histograms.get(tool) {
-            Some(history) if history.count >= 5 && !async_mode => {
-                let p90 = history.quantile(0.9);
-                let mode = if p90 > self.budget_s {
-                    Mode::Background
-                } else {
-                    Mode::Inline
-                };
-                (mode, Some(p90))
-            }
-            _ => (
-                StaticOnly::mode(&self.table, tool, features, async_mode),
-                None,
-            ),
-        }
-    }
-
-    fn learn(&mut self, tool: &str, _: &Features, runtime_s: f64) {
-        self.histograms
-            .entry(tool.to_owned())
-            .or_default()
-            .add(runtime_s);
-    }
-}
-
-/// Runtimes from 1 ms to ~10⁷ s in bins 1% wide.
-#[derive(Debug, Clone, Default)]
-struct LogHistogram {
-    bins: HashMap<u32, u64>,
-    count: u64,
-}
-
-const HISTOGRAM_MIN_S: f64 = 1e-3;
-const HISTOGRAM_BIN_RATIO_LN: f64 = 0.01;
-
-impl LogHistogram {
-    fn add(&mut self, runtime_s: f64) {
-        let bin = ((runtime_s.max(HISTOGRAM_MIN_S) / HISTOGRAM_MIN_S).ln() / HISTOGRAM_BIN_RATIO_LN)
-            as u32;
-        *self.bins.entry(bin).or_default() += 1;
-        self.count += 1;
-    }
-
-    /// The upper edge of the bin holding the q-quantile.
-    fn quantile(&self, q: f64) -> f64 {
-        let mut bins: Vec<(&u32, &u64)> = self.bins.iter().collect();
-        bins.sort_unstable();
-        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (bin, count) in bins {
-            seen += count;
-            if seen >= rank {
-                return HISTOGRAM_MIN_S * ((*bin + 1) as f64 * HISTOGRAM_BIN_RATIO_LN).exp();
-            }
-        }
-        f64::INFINITY
+    fn cut(&mut self, tool: &str, features: &Features, runtime_s: f64) {
+        self.finished(tool, features, runtime_s, Outcome::Cancelled);
     }
 }
 
@@ -283,6 +172,8 @@ struct Tally {
     needless: u64,
     bounds: u64,
     covered: u64,
+    bounds_after_warmup: u64,
+    covered_after_warmup: u64,
 }
 
 impl Tally {
@@ -299,6 +190,15 @@ impl Tally {
         }
     }
 
+    fn bound(&mut self, covered: bool, after_warmup: bool) {
+        self.bounds += 1;
+        self.covered += u64::from(covered);
+        if after_warmup {
+            self.bounds_after_warmup += 1;
+            self.covered_after_warmup += u64::from(covered);
+        }
+    }
+
     fn add(&mut self, other: &Tally) {
         self.sync += other.sync;
         self.background += other.background;
@@ -306,6 +206,8 @@ impl Tally {
         self.needless += other.needless;
         self.bounds += other.bounds;
         self.covered += other.covered;
+        self.bounds_after_warmup += other.bounds_after_warmup;
+        self.covered_after_warmup += other.covered_after_warmup;
     }
 }
 
@@ -313,48 +215,70 @@ impl Tally {
 pub struct Replay {
     budget_s: f64,
     poll_cost_s: f64,
+    risk: f64,
     contenders: Vec<Box<dyn Contender + Send>>,
     tallies: Vec<Tally>,
-    /// Sync iff the runtime fits, scored last.
-    oracle: Tally,
+    /// Sync iff the runtime fits, scored last; `None` when not asked for.
+    oracle: Option<Tally>,
     calls: u64,
+    unscored: u64,
 }
 
 impl Replay {
-    /// Every policy, fresh.
-    pub fn new(config: ReplayConfig) -> Replay {
-        let budget_s = config.policy.budget_s();
-        let table = config.policy.table().clone();
-        let contenders: Vec<Box<dyn Contender + Send>> = vec![
-            Box::new(EnginePolicy {
-                policy: config.policy,
+    /// The policies `config` names, fresh.
+    pub fn new(config: ReplayConfig) -> Result<Replay, UnknownPolicy> {
+        if let Some(unknown) =
+            (config.policies.iter()).find(|name| !POLICY_NAMES.contains(&name.as_str()))
+        {
+            return Err(UnknownPolicy(unknown.clone()));
+        }
+        let wanted =
+            |name: &str| config.policies.is_empty() || config.policies.iter().any(|n| n == name);
+        let policy = config.policy;
+        let budget_s = policy.budget_s();
+        let table = policy.table().clone();
+        let (poll_cost_s, risk) = (policy.poll_cost_s(), policy.risk());
+        let mut contenders: Vec<Box<dyn Contender + Send>> = Vec::new();
+        if wanted("learned") {
+            contenders.push(Box::new(EnginePolicy {
+                policy,
                 learner: Learner::default(),
                 decided: None,
-            }),
-            Box::new(StaticOnly {
+            }));
+        }
+        if wanted("static") {
+            contenders.push(Box::new(StaticOnly {
                 table: table.clone(),
-            }),
-            Box::new(AlwaysSync),
-            Box::new(LastTwo {
+            }));
+        }
+        if wanted("always_sync") {
+            contenders.push(Box::new(AlwaysSync));
+        }
+        if wanted("last2_avg") {
+            contenders.push(Box::new(LastTwo {
                 table: table.clone(),
                 budget_s,
-                last: HashMap::new(),
-            }),
-            Box::new(P90History {
+                last: Default::default(),
+            }));
+        }
+        if wanted("p90_history") {
+            contenders.push(Box::new(P90History {
                 table,
                 budget_s,
-                histograms: HashMap::new(),
-            }),
-        ];
+                histograms: Default::default(),
+            }));
+        }
         let tallies = vec![Tally::default(); contenders.len()];
-        Replay {
+        Ok(Replay {
             budget_s,
-            poll_cost_s: config.poll_cost_s,
+            poll_cost_s,
+            risk,
             contenders,
             tallies,
-            oracle: Tally::default(),
+            oracle: wanted("oracle").then(Tally::default),
             calls: 0,
-        }
+            unscored: 0,
+        })
     }
 
     /// Every policy decides this call, is scored, then learns it.
@@ -365,29 +289,49 @@ impl Replay {
             .get(ASYNC_MODE_ARG)
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        // A call cut off within the budget might have fit or not: not scored.
+        let scored = !record.censored || record.runtime_s > self.budget_s;
         let fits = record.runtime_s <= self.budget_s;
+        let after_warmup = self.calls >= WARMUP_CALLS;
         for (contender, tally) in self.contenders.iter_mut().zip(&mut self.tallies) {
             let (mode, bound) = contender.decide(&record.tool, &features, async_mode);
-            tally.count(mode, fits);
-            if let Some(bound) = bound {
-                tally.bounds += 1;
-                tally.covered += u64::from(record.runtime_s <= bound);
+            if scored {
+                tally.count(mode, fits);
             }
-            if record.ok {
+            if let Some(bound) = bound {
+                let covered = record.runtime_s <= bound;
+                // A cut run's bound is checked only when the run passed it.
+                if !record.censored || !covered {
+                    tally.bound(covered, after_warmup);
+                }
+            }
+            if record.censored {
+                contender.cut(&record.tool, &features, record.runtime_s);
+            } else if record.ok {
                 contender.learn(&record.tool, &features, record.runtime_s);
             } else {
                 contender.failed(&record.tool, &features, record.runtime_s);
             }
         }
+        if !scored {
+            self.unscored += 1;
+            return;
+        }
         // The oracle knows the runtime: the floor no policy can beat.
-        let oracle_mode = if fits { Mode::Inline } else { Mode::Background };
-        self.oracle.count(oracle_mode, fits);
+        if let Some(oracle) = &mut self.oracle {
+            oracle.count(if fits { Mode::Inline } else { Mode::Background }, fits);
+        }
         self.calls += 1;
     }
 
     /// The scores so far.
     pub fn report(&self) -> ReplayReport {
-        self.scored(&self.tallies, &self.oracle, self.calls)
+        self.scored(
+            &self.tallies,
+            self.oracle.as_ref(),
+            self.calls,
+            self.unscored,
+        )
     }
 
     /// The scores of several replays (of several traces, with one config) together:
@@ -397,25 +341,32 @@ impl Replay {
         let (first, rest) = replays.split_first()?;
         let mut tallies = first.tallies.clone();
         let mut oracle = first.oracle.clone();
-        let mut calls = first.calls;
+        let (mut calls, mut unscored) = (first.calls, first.unscored);
         for replay in rest {
             for (tally, theirs) in tallies.iter_mut().zip(&replay.tallies) {
                 tally.add(theirs);
             }
-            oracle.add(&replay.oracle);
+            if let (Some(oracle), Some(theirs)) = (&mut oracle, &replay.oracle) {
+                oracle.add(theirs);
+            }
             calls += replay.calls;
+            unscored += replay.unscored;
         }
-        Some(first.scored(&tallies, &oracle, calls))
+        Some(first.scored(&tallies, oracle.as_ref(), calls, unscored))
     }
 
-    fn scored(&self, tallies: &[Tally], oracle: &Tally, calls: u64) -> ReplayReport {
+    fn scored(
+        &self,
+        tallies: &[Tally],
+        oracle: Option<&Tally>,
+        calls: u64,
+        unscored: u64,
+    ) -> ReplayReport {
         let calls_f = calls.max(1) as f64;
-        let policies = self
-            .contenders
-            .iter()
-            .map(|contender| contender.name())
-            .chain(["oracle"])
-            .zip(tallies.iter().chain([oracle]))
+        let share = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
+        let policies = (self.contenders.iter().map(|contender| contender.name()))
+            .zip(tallies)
+            .chain(oracle.map(|tally| ("oracle", tally)))
             .map(|(name, t)| PolicyScore {
                 name: name.to_owned(),
                 sync: t.sync,
@@ -426,12 +377,17 @@ impl Replay {
                 needless_rate: t.needless as f64 / calls_f,
                 accuracy: 1.0 - (t.late + t.needless) as f64 / calls_f,
                 wasted_s: t.late as f64 * self.budget_s + t.needless as f64 * self.poll_cost_s,
-                coverage: (t.bounds > 0).then(|| t.covered as f64 / t.bounds as f64),
+                coverage: share(t.covered, t.bounds),
+                coverage_after_1000: share(t.covered_after_warmup, t.bounds_after_warmup),
             })
             .collect();
         ReplayReport {
             budget_s: self.budget_s,
+            poll_cost_s: self.poll_cost_s,
+            risk: self.risk,
+            break_even_risk: break_even_risk(self.budget_s, self.poll_cost_s),
             calls,
+            unscored,
             policies,
         }
     }
@@ -439,10 +395,33 @@ impl Replay {
 
 impl std::fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} calls, budget {} s", self.calls, self.budget_s)?;
+        let risk = if (self.risk - self.break_even_risk).abs() < 1e-12 {
+            format!(
+                "risk {:.3} (break-even, poll cost {} s)",
+                self.risk, self.poll_cost_s
+            )
+        } else {
+            format!(
+                "risk {} (--risk; break-even would be {:.3})",
+                self.risk, self.break_even_risk
+            )
+        };
+        write!(
+            f,
+            "{} calls, budget {} s, {risk}",
+            self.calls, self.budget_s
+        )?;
+        if self.unscored > 0 {
+            write!(
+                f,
+                ", {} cut off within the budget not scored",
+                self.unscored
+            )?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
-            "{:<12} {:>9} {:>10} {:>8} {:>9} {:>7} {:>9} {:>9} {:>12} {:>9}",
+            "{:<12} {:>9} {:>10} {:>8} {:>9} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9}",
             "policy",
             "sync",
             "background",
@@ -452,12 +431,14 @@ impl std::fmt::Display for ReplayReport {
             "needless%",
             "accuracy",
             "wasted_s",
-            "coverage"
+            "coverage",
+            "cov>1000"
         )?;
+        let rate = |value: Option<f64>| value.map_or("-".to_owned(), |c| format!("{c:.3}"));
         for p in &self.policies {
             writeln!(
                 f,
-                "{:<12} {:>9} {:>10} {:>8} {:>9} {:>7.2} {:>9.2} {:>9.4} {:>12.0} {:>9}",
+                "{:<12} {:>9} {:>10} {:>8} {:>9} {:>7.2} {:>9.2} {:>9.4} {:>12.0} {:>9} {:>9}",
                 p.name,
                 p.sync,
                 p.background,
@@ -467,7 +448,8 @@ impl std::fmt::Display for ReplayReport {
                 p.needless_rate * 100.0,
                 p.accuracy,
                 p.wasted_s,
-                p.coverage.map_or("-".to_owned(), |c| format!("{c:.3}")),
+                rate(p.coverage),
+                rate(p.coverage_after_1000),
             )?;
         }
         Ok(())
@@ -477,15 +459,24 @@ impl std::fmt::Display for ReplayReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{DEFAULT_BUDGET_S, DEFAULT_RISK};
+    use crate::policy::{StaticTable, DEFAULT_BUDGET_S, DEFAULT_POLL_COST_S};
     use serde_json::json;
 
+    fn policy() -> Policy {
+        Policy::break_even(
+            DEFAULT_BUDGET_S,
+            DEFAULT_POLL_COST_S,
+            StaticTable::default(),
+        )
+        .unwrap()
+    }
+
     fn replay() -> Replay {
-        let policy = Policy::new(DEFAULT_BUDGET_S, DEFAULT_RISK, StaticTable::default()).unwrap();
         Replay::new(ReplayConfig {
-            policy,
-            poll_cost_s: DEFAULT_POLL_COST_S,
+            policy: policy(),
+            policies: Vec::new(),
         })
+        .unwrap()
     }
 
     fn record(tool: &str, args: Value, runtime_s: f64) -> TraceRecord {
@@ -494,6 +485,7 @@ mod tests {
             args,
             runtime_s,
             ok: true,
+            censored: false,
         }
     }
 
@@ -549,13 +541,73 @@ mod tests {
     }
 
     #[test]
-    fn the_histogram_quantile_is_within_a_bin_of_the_truth() {
-        let mut h = LogHistogram::default();
-        for i in 1..=1000 {
-            h.add(i as f64);
+    fn only_the_policies_asked_for_run_and_a_wrong_name_says_which_exist() {
+        let mut replay = Replay::new(ReplayConfig {
+            policy: policy(),
+            policies: vec!["learned".into(), "oracle".into()],
+        })
+        .unwrap();
+        replay.step(&record("t", json!({}), 60.0));
+        let names: Vec<String> = replay
+            .report()
+            .policies
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["learned", "oracle"]);
+        let err = Replay::new(ReplayConfig {
+            policy: policy(),
+            policies: vec!["lerned".into()],
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("'lerned'") && err.to_string().contains("p90_history"));
+    }
+
+    #[test]
+    fn the_report_says_which_risk_the_learned_policy_used() {
+        let report = replay().report();
+        assert!((report.risk - 1.0 / 11.0).abs() < 1e-12);
+        assert_eq!(report.risk, report.break_even_risk);
+        assert!(report
+            .to_string()
+            .contains("risk 0.091 (break-even, poll cost 5 s)"));
+        let fixed = Replay::new(ReplayConfig {
+            policy: Policy::new(50.0, 0.05, StaticTable::default()).unwrap(),
+            policies: Vec::new(),
+        })
+        .unwrap()
+        .report();
+        assert!(fixed
+            .to_string()
+            .contains("risk 0.05 (--risk; break-even would be 0.091)"));
+    }
+
+    /// Censored calls: cut off past the budget they are late for an inline policy; cut
+    /// off within it they are not scored; the learned policy learns from both.
+    #[test]
+    fn censored_calls_teach_the_learned_policy_and_are_scored_when_their_side_is_known() {
+        let mut replay = replay();
+        for _ in 0..20 {
+            replay.step(&TraceRecord {
+                censored: true,
+                ..record("stuck", json!({}), 80.0)
+            });
         }
-        let p90 = h.quantile(0.9);
-        assert!((p90 / 900.0 - 1.0).abs() < 0.02, "{p90}");
+        replay.step(&TraceRecord {
+            censored: true,
+            ..record("stuck", json!({}), 10.0)
+        });
+        let report = replay.report();
+        assert_eq!((report.calls, report.unscored), (20, 1));
+        assert_eq!(score(&report, "always_sync").late, 20);
+        assert_eq!(
+            score(&report, "last2_avg").late,
+            20,
+            "the baselines drop cut runs"
+        );
+        let learned = score(&report, "learned");
+        assert!(learned.late <= 5, "{learned:?}");
     }
 
     #[test]

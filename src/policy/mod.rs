@@ -1,5 +1,6 @@
 //! The decision for one call: inline or background, with its source and a reason a
-//! person can read. Also the static cold-start table.
+//! person can read, and the risk it is taken at (by default the break-even risk of the
+//! call's budget and the poll cost). The static cold-start table is in [`table`].
 //!
 //! Pure: the engine hands in the call's features and the models it holds; nothing here
 //! reads a clock or a disk (the table is parsed from text the caller loaded).
@@ -14,21 +15,38 @@
 //! 4. Nothing learned: the static table → background if a rule fires
 //!    ([`Source::Static`]), else inline ([`Source::Default`]).
 
+mod table;
+
 use std::fmt;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::{FeatureKind, Features};
+use crate::features::Features;
 use crate::predictor::{Prediction, RuntimeModel};
+#[cfg(test)]
+use table::BUILTIN_STATIC_TABLE;
+pub use table::{StaticRule, StaticTable, StaticTableError};
 
 /// Seconds a call may take inline before clients start giving up. Most clients with a
 /// fixed timeout use 60 s; 50 s leaves room for transport and the model's own turn.
 pub const DEFAULT_BUDGET_S: f64 = 50.0;
-/// Share of runtimes allowed above the upper bound.
+/// Share of runtimes allowed above the upper bound when a fixed risk is asked for
+/// without a number (the default is the break-even risk, [`break_even_risk`]).
 pub const DEFAULT_RISK: f64 = 0.05;
-/// The built-in static table (`data/static_thresholds.toml`).
-pub const BUILTIN_STATIC_TABLE: &str = include_str!("../data/static_thresholds.toml");
+/// Seconds one poll costs a caller (a model turn), by default: what a call sent to the
+/// background needlessly costs.
+pub const DEFAULT_POLL_COST_S: f64 = 5.0;
+
+/// The probability of overrunning the budget past which a call is better sent to the
+/// background: `P / (D + P)` for budget D and poll cost P.
+///
+/// Inline, a call that overruns costs the caller the whole budget of waiting (D);
+/// in the background, one that would have fit costs one poll (P). With probability p
+/// of overrunning, inline costs `p·D` and background `(1 − p)·P`: background is cheaper
+/// exactly when `p > P / (D + P)`. With the defaults (50 s, 5 s) that is 1/11 ≈ 0.091.
+pub fn break_even_risk(budget_s: f64, poll_cost_s: f64) -> f64 {
+    poll_cost_s / (budget_s + poll_cost_s)
+}
 
 /// Where a call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,7 +238,9 @@ impl<'a> Call<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     budget_s: f64,
-    risk: f64,
+    /// A risk fixed for every call, else each call's break-even risk.
+    fixed_risk: Option<f64>,
+    poll_cost_s: f64,
     table: StaticTable,
 }
 
@@ -234,21 +254,52 @@ pub enum PolicyError {
     /// The risk is not strictly between 0 and 1.
     #[error("risk {0} is not between 0 and 1 (exclusive): use for example 0.05 for a 95% bound")]
     Risk(f64),
+    /// The poll cost is not a positive number of seconds.
+    #[error("poll cost {0} s is not a positive number of seconds: use for example 5")]
+    PollCost(f64),
 }
 
 impl Policy {
-    /// A policy; `budget_s > 0` and `0 < risk < 1`.
+    /// A policy whose bound is at the same `risk` for every call; `budget_s > 0` and
+    /// `0 < risk < 1`.
     pub fn new(budget_s: f64, risk: f64, table: StaticTable) -> Result<Policy, PolicyError> {
-        if !(budget_s.is_finite() && budget_s > 0.0) {
-            return Err(PolicyError::Budget(budget_s));
-        }
+        let mut policy = Policy::break_even(budget_s, DEFAULT_POLL_COST_S, table)?;
         if !(risk > 0.0 && risk < 1.0) {
             return Err(PolicyError::Risk(risk));
         }
+        policy.fixed_risk = Some(risk);
+        Ok(policy)
+    }
+
+    /// A policy whose risk is each call's break-even risk for its budget and this poll
+    /// cost ([`break_even_risk`]): the default of the server and of replay.
+    pub fn break_even(
+        budget_s: f64,
+        poll_cost_s: f64,
+        table: StaticTable,
+    ) -> Result<Policy, PolicyError> {
+        if !(budget_s.is_finite() && budget_s > 0.0) {
+            return Err(PolicyError::Budget(budget_s));
+        }
+        if !(poll_cost_s.is_finite() && poll_cost_s > 0.0) {
+            return Err(PolicyError::PollCost(poll_cost_s));
+        }
         Ok(Policy {
             budget_s,
-            risk,
+            fixed_risk: None,
+            poll_cost_s,
             table,
+        })
+    }
+
+    /// The same policy with another poll cost (`poll_cost_s > 0`).
+    pub fn with_poll_cost_s(self, poll_cost_s: f64) -> Result<Policy, PolicyError> {
+        if !(poll_cost_s.is_finite() && poll_cost_s > 0.0) {
+            return Err(PolicyError::PollCost(poll_cost_s));
+        }
+        Ok(Policy {
+            poll_cost_s,
+            ..self
         })
     }
 
@@ -257,9 +308,25 @@ impl Policy {
         self.budget_s
     }
 
-    /// The risk behind the upper bound.
+    /// The risk behind the upper bound of a call held against the policy's own budget.
     pub fn risk(&self) -> f64 {
-        self.risk
+        self.risk_for(self.budget_s)
+    }
+
+    /// The risk behind the upper bound of a call held against `budget_s`.
+    pub fn risk_for(&self, budget_s: f64) -> f64 {
+        self.fixed_risk
+            .unwrap_or_else(|| break_even_risk(budget_s, self.poll_cost_s))
+    }
+
+    /// Whether the risk was fixed (`--risk`), rather than each call's break-even risk.
+    pub fn has_fixed_risk(&self) -> bool {
+        self.fixed_risk.is_some()
+    }
+
+    /// Seconds a needless background costs, which the break-even risk weighs.
+    pub fn poll_cost_s(&self) -> f64 {
+        self.poll_cost_s
     }
 
     /// The static table.
@@ -276,13 +343,14 @@ impl Policy {
         pooled: Option<&RuntimeModel>,
     ) -> Decision {
         let budget_s = call.budget_s.unwrap_or(self.budget_s);
+        let risk = self.risk_for(budget_s);
         let decision = |mode, source, prediction: Option<Prediction>, rule| Decision {
             mode,
             source,
             predicted_s: prediction.map(|p| p.median_s),
             upper_bound_s: prediction.map(|p| p.upper_bound_s),
             budget_s,
-            risk: self.risk,
+            risk,
             rule,
         };
         if call.async_mode {
@@ -291,7 +359,7 @@ impl Policy {
         let warm = |model: Option<&RuntimeModel>| {
             model
                 .filter(|m| m.is_warm())
-                .and_then(|m| m.predict(call.features, self.risk))
+                .and_then(|m| m.predict(call.features, risk))
         };
         let learned = warm(tool_model)
             .map(|p| (Source::Learned, p))
@@ -346,159 +414,11 @@ impl fmt::Display for Percent {
     }
 }
 
-/// Fixed thresholds for tools nothing has been learned about.
-///
-/// ```
-/// use smart_async::StaticTable;
-/// let table = StaticTable::from_toml(r#"
-///     expensive_tools = ["llm"]
-///     [[rule]]
-///     name = "more than 20 files"
-///     kinds = ["array_len"]
-///     name_contains = ["files"]
-///     over = 20
-/// "#);
-/// assert_eq!(table.map(|t| t.rules().len()).ok(), Some(1));
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StaticTable {
-    /// Tools whose name contains one of these (case-insensitive) go to the background.
-    #[serde(default)]
-    expensive_tools: Vec<String>,
-    #[serde(default, rename = "rule")]
-    rules: Vec<StaticRule>,
-}
-
-/// One threshold of the static table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StaticRule {
-    /// What the rule says, for reasons.
-    pub name: String,
-    /// Feature kinds it looks at.
-    pub kinds: Vec<FeatureKind>,
-    /// Substrings of the feature name (case-insensitive); empty means any name.
-    #[serde(default)]
-    pub name_contains: Vec<String>,
-    /// The rule fires when the value is over this.
-    pub over: f64,
-}
-
-/// A static table that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StaticTableError {
-    /// The file could not be read.
-    #[error("cannot read the static table {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The text is not a valid table.
-    #[error("the static table {origin} is not valid: {message}; see data/static_thresholds.toml for the format")]
-    Parse {
-        /// Where the text came from.
-        origin: String,
-        /// What is wrong, with the line.
-        message: String,
-    },
-}
-
-impl Default for StaticTable {
-    /// The built-in table.
-    fn default() -> Self {
-        // The built-in table is parsed by a unit test, so this cannot fail at run time.
-        Self::from_toml(BUILTIN_STATIC_TABLE).unwrap_or(StaticTable {
-            expensive_tools: Vec::new(),
-            rules: Vec::new(),
-        })
-    }
-}
-
-impl StaticTable {
-    /// Parses a table from TOML text.
-    pub fn from_toml(text: &str) -> Result<StaticTable, StaticTableError> {
-        Self::parse(text, "given as text")
-    }
-
-    /// Reads a table from a TOML file.
-    pub fn load(path: &Path) -> Result<StaticTable, StaticTableError> {
-        let text = std::fs::read_to_string(path).map_err(|source| StaticTableError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    fn parse(text: &str, origin: &str) -> Result<StaticTable, StaticTableError> {
-        let mut table: StaticTable = toml::from_str(text).map_err(|e| StaticTableError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        if let Some(bad) = table.rules.iter().find(|r| !r.over.is_finite()) {
-            return Err(StaticTableError::Parse {
-                origin: origin.to_owned(),
-                message: format!("rule '{}' has a threshold that is not a number", bad.name),
-            });
-        }
-        for pattern in table.expensive_tools.iter_mut().chain(
-            table
-                .rules
-                .iter_mut()
-                .flat_map(|r| r.name_contains.iter_mut()),
-        ) {
-            *pattern = pattern.to_lowercase();
-        }
-        Ok(table)
-    }
-
-    /// The rules, in the order they are checked.
-    pub fn rules(&self) -> &[StaticRule] {
-        &self.rules
-    }
-
-    /// Why the call should go to the background, or `None`.
-    pub fn check(&self, call: Call<'_>) -> Option<String> {
-        let tool = call.tool.to_lowercase();
-        if call.expensive {
-            return Some(format!("tool '{}' is marked expensive", call.tool));
-        }
-        if let Some(pattern) = self
-            .expensive_tools
-            .iter()
-            .find(|p| tool.contains(p.as_str()))
-        {
-            return Some(format!(
-                "tool '{}' looks expensive (name contains '{pattern}')",
-                call.tool
-            ));
-        }
-        for feature in call.features.iter() {
-            let name = feature.name.to_lowercase();
-            let fired = self.rules.iter().find(|rule| {
-                feature.value > rule.over
-                    && rule.kinds.contains(&feature.kind)
-                    && (rule.name_contains.is_empty()
-                        || rule.name_contains.iter().any(|p| name.contains(p.as_str())))
-            });
-            if let Some(rule) = fired {
-                return Some(format!(
-                    "argument '{}' is {} > {} ({})",
-                    feature.name, feature.value, rule.over, rule.name
-                ));
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
 
     fn policy() -> Policy {
         Policy::new(DEFAULT_BUDGET_S, DEFAULT_RISK, StaticTable::default()).unwrap()
@@ -641,6 +561,30 @@ mod tests {
         assert_eq!(policy().decide(call, None, None).source, Source::Static);
         let fast = trained(1.0, 50);
         assert_eq!(policy().decide(call, Some(&fast), None).mode, Mode::Inline);
+    }
+
+    #[test]
+    fn the_default_risk_is_the_break_even_of_each_calls_budget() {
+        let policy = Policy::break_even(50.0, 5.0, StaticTable::default()).unwrap();
+        assert!((policy.risk() - 1.0 / 11.0).abs() < 1e-12);
+        // A client with a 10 s budget waits less for a late call: background pays sooner.
+        assert!((policy.risk_for(10.0) - 5.0 / 15.0).abs() < 1e-12);
+        let slow = trained(40.0, 50);
+        let features = Features::from_args(&json!({"x": 1}));
+        let call = Call {
+            budget_s: Some(10.0),
+            ..Call::new("t", &features, false)
+        };
+        let d = policy.decide(call, Some(&slow), None);
+        assert_eq!((d.risk, d.mode), (5.0 / 15.0, Mode::Background));
+        assert!(d.reason().contains("66.7% bound"), "{}", d.reason());
+        // --risk wins over the costs.
+        let fixed = Policy::new(50.0, 0.2, StaticTable::default()).unwrap();
+        assert_eq!((fixed.risk(), fixed.risk_for(10.0)), (0.2, 0.2));
+        assert_eq!(
+            Policy::break_even(50.0, 0.0, StaticTable::default()),
+            Err(PolicyError::PollCost(0.0))
+        );
     }
 
     #[test]
