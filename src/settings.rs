@@ -404,14 +404,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("config.toml"),
-            "budget_s = 20\nrisk = 0.1\nmax_running_jobs = 2\njob_retention_h = 1.5\n",
+            "budget_s = 20\nrisk = 0.1\npoll_cost_s = 2\nmax_running_jobs = 2\njob_retention_h = 1.5\n",
         )
         .unwrap();
         let mut given = flags(dir.path());
         given.budget_s = Some(30.0);
+        given.poll_cost_s = Some(3.0);
         let settings = Settings::resolve(given, no_default).unwrap();
         assert_eq!(settings.engine.budget_s, 30.0, "the flag");
+        assert_eq!(settings.engine.poll_cost_s, 3.0, "the flag");
         assert_eq!(settings.engine.risk, Some(0.1), "the file");
+        let settings = Settings::resolve(flags(dir.path()), no_default).unwrap();
+        assert_eq!(settings.engine.poll_cost_s, 2.0, "the file");
+        assert_eq!(
+            EngineConfig::new("d").risk,
+            None,
+            "the break-even risk by default"
+        );
         assert_eq!(settings.engine.deadline_s, None, "the default");
         assert_eq!(settings.engine.jobs.max_running, 2);
         assert_eq!(settings.engine.jobs.retention, Duration::from_secs(5400));

@@ -645,6 +645,14 @@ async fn bad_settings_are_refused_with_the_fix() {
         Engine::open(config).await,
         Err(EngineError::Deadline(_))
     ));
+    // A poll that costs nothing would make every background free (issue 18).
+    for poll_cost_s in [0.0, f64::NAN] {
+        let mut config = EngineConfig::new(dir.path());
+        config.poll_cost_s = poll_cost_s;
+        let err = Engine::open(config).await.unwrap_err();
+        assert!(err.to_string().contains("poll cost"), "{err}");
+        assert!(err.to_string().contains("use for example 5"), "{err}");
+    }
 }
 
 /// An inline call of `client` that the caller cancels after `after_s`.

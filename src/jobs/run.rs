@@ -79,8 +79,8 @@ impl Jobs {
         let signals = ctx.signals().clone();
         let cancel = ctx.token().clone();
         let mut running = job.clone();
+        let mut on_end = EndOnce::new(on_end, &running, None);
         let supervised = async move {
-            let mut on_end = EndOnce::new(on_end, &running, None);
             let Some(_slot) = jobs.acquire_slot(&cancel).await else {
                 jobs.finish(running, RunEnd::Cancelled, Instant::now(), on_end)
                     .await;
@@ -121,9 +121,11 @@ impl Jobs {
         let cancel = ctx.token().clone();
         let running = job.clone();
         let slot = self.try_slot();
+        // Made before the task, so that a task aborted before its first poll still drops
+        // it (issue 18: a call promoted just before a shutdown went unlearned).
+        let on_end = EndOnce::new(on_end, &running, Some(started));
         let supervised = async move {
             let _slot = slot;
-            let on_end = EndOnce::new(on_end, &running, Some(started));
             let end = run_to_end(work, &cancel, jobs.settings.cancel_grace).await;
             jobs.finish(running, end, started, on_end).await;
         };
