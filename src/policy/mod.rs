@@ -372,7 +372,7 @@ impl Policy {
             };
             return decision(mode, source, Some(prediction), None);
         }
-        match self.table.check(call) {
+        match self.table.check(call.tool, call.features, call.expensive) {
             Some(why) => decision(Mode::Background, Source::Static, None, Some(why)),
             None => decision(Mode::Inline, Source::Default, None, None),
         }

@@ -6,8 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::Call;
-use crate::features::FeatureKind;
+use crate::features::{FeatureKind, Features};
 
 /// The built-in static table (`data/static_thresholds.toml`).
 pub const BUILTIN_STATIC_TABLE: &str = include_str!("../../data/static_thresholds.toml");
@@ -126,11 +125,12 @@ impl StaticTable {
         &self.rules
     }
 
-    /// Why the call should go to the background, or `None`.
-    pub fn check(&self, call: Call<'_>) -> Option<String> {
-        let tool = call.tool.to_lowercase();
-        if call.expensive {
-            return Some(format!("tool '{}' is marked expensive", call.tool));
+    /// Why a call of `tool_name` with these features (`expensive` when the tool was
+    /// registered so) should go to the background, or `None`.
+    pub fn check(&self, tool_name: &str, features: &Features, expensive: bool) -> Option<String> {
+        let tool = tool_name.to_lowercase();
+        if expensive {
+            return Some(format!("tool '{tool_name}' is marked expensive"));
         }
         if let Some(pattern) = self
             .expensive_tools
@@ -139,10 +139,10 @@ impl StaticTable {
         {
             return Some(format!(
                 "tool '{}' looks expensive (name contains '{pattern}')",
-                call.tool
+                tool_name
             ));
         }
-        for feature in call.features.iter() {
+        for feature in features.iter() {
             let name = feature.name.to_lowercase();
             let fired = self.rules.iter().find(|rule| {
                 feature.value > rule.over

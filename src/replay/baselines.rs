@@ -4,7 +4,7 @@
 //! a tool's state is a few numbers or a histogram of fixed size.
 
 use crate::features::Features;
-use crate::policy::{Call, Mode, StaticTable};
+use crate::policy::{Mode, StaticTable};
 
 use super::{Contender, Said};
 
@@ -19,8 +19,7 @@ pub(super) struct StaticOnly {
 
 impl StaticOnly {
     fn mode(table: &StaticTable, tool: &str, features: &Features, async_mode: bool) -> Mode {
-        let call = Call::new(tool, features, async_mode);
-        if async_mode || table.check(call).is_some() {
+        if async_mode || table.check(tool, features, false).is_some() {
             Mode::Background
         } else {
             Mode::Inline
