@@ -71,11 +71,11 @@ impl EngineConfig {
     /// The policy these settings make.
     fn policy(&self) -> Result<Policy, PolicyError> {
         let table = self.static_table.clone();
-        let policy = Policy::break_even(self.budget_s, self.poll_cost_s, table)?;
         match self.risk {
-            Some(risk) => Policy::new(self.budget_s, risk, policy.table().clone())?
-                .with_poll_cost_s(self.poll_cost_s),
-            None => Ok(policy),
+            Some(risk) => {
+                Policy::new(self.budget_s, risk, table)?.with_poll_cost_s(self.poll_cost_s)
+            }
+            None => Policy::break_even(self.budget_s, self.poll_cost_s, table),
         }
     }
 

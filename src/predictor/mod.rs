@@ -463,7 +463,7 @@ impl RuntimeModel {
         self.state.censored += 1;
         let ln_cut = cut_s.ln();
         self.teach(features, |model: &RuntimeModel| {
-            // The same design row is used for the location as for the update.
+            // The model before this run: its ranges not yet widened by it.
             let (location_ln, spread_ln) = model.location_and_spread(features, ln_cut);
             censored::expected_above(ln_cut, location_ln, spread_ln)
         });

@@ -79,9 +79,9 @@ pub fn ridge(index: usize, sum_of_squares: f64, weight: f64) -> f64 {
 /// The posterior of `state`, formed in the buffers of `previous`.
 pub(super) fn posterior(state: &ModelState, previous: Option<Posterior>) -> Option<Posterior> {
     let dim = dim_for(state.feature_names.len());
-    let (mut cholesky, mut mean) = match previous {
-        Some(p) => (p.cholesky, p.mean),
-        None => (Vec::new(), Vec::new()),
+    let (mut cholesky, mut mean, spread) = match previous {
+        Some(p) => (p.cholesky, p.mean, p.spread),
+        None => (Vec::new(), Vec::new(), None),
     };
     let matrix = |i: usize, j: usize| {
         let cell = state.xtx[i * dim + j];
@@ -104,6 +104,6 @@ pub(super) fn posterior(state: &ModelState, previous: Option<Posterior>) -> Opti
         cholesky,
         variance: scale / shape,
         dof,
-        spread: state.spread.as_ref().and_then(super::spread::Spread::fit),
+        spread: state.spread.as_ref().and_then(|model| model.fit(spread)),
     })
 }

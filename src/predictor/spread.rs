@@ -63,6 +63,8 @@ pub(super) struct Spread {
 pub(super) struct SpreadFit {
     coefficients: Vec<f64>,
     mean_z: f64,
+    /// The factorisation it was solved with, kept to be formed again in place.
+    lower: Vec<f64>,
 }
 
 impl Spread {
@@ -125,8 +127,9 @@ impl Spread {
     }
 
     /// The fitted log-variance, once there are enough runs; `None` before (or if the
-    /// system will not factor).
-    pub(super) fn fit(&self) -> Option<SpreadFit> {
+    /// system will not factor). Formed in the buffers of `previous`, as the posterior
+    /// is: a tool's model forms both after every run, and deciding allocates nothing.
+    pub(super) fn fit(&self, previous: Option<SpreadFit>) -> Option<SpreadFit> {
         if self.weight < SPREAD_MIN_WEIGHT {
             return None;
         }
@@ -141,15 +144,16 @@ impl Spread {
                 (true, _) => cell + SPREAD_RIDGE * (cell / weight).max(MIN_SCALE),
             }
         };
-        let mut lower = Vec::new();
+        let (mut lower, mut coefficients) =
+            previous.map_or_else(Default::default, |fit| (fit.lower, fit.coefficients));
         if !cholesky_into(&mut lower, dim, matrix) {
             return None;
         }
-        let mut coefficients = Vec::new();
         cholesky_solve_into(&mut coefficients, &lower, dim, &self.xtz);
         Some(SpreadFit {
             coefficients,
             mean_z: self.xtz[0] / weight,
+            lower,
         })
     }
 }
@@ -193,20 +197,20 @@ mod tests {
             let sigma = 0.5 + 0.08 * u;
             let e = Normal::new(0.0, sigma).map_or(0.0, |d| d.sample(&mut rng));
             let flat_e = Normal::new(0.0, 0.5).map_or(0.0, |d| d.sample(&mut rng));
-            let (fit_growing, fit_flat) = (growing.fit(), flat.fit());
+            let (fit_growing, fit_flat) = (growing.fit(None), flat.fit(None));
             let factor_at = |fit: Option<SpreadFit>| fit.map(|fit| fit.factor(&[1.0, u, u * u]));
             growing.learn(&[1.0, u, u * u], e, 0.25, factor_at(fit_growing));
             flat.learn(&[1.0, u, u * u], flat_e, 0.25, factor_at(fit_flat));
         }
         assert!(growing.helps(), "{growing:?}");
-        let growing = growing.fit().unwrap();
+        let growing = growing.fit(None).unwrap();
         let (low, high) = (
             growing.factor(&[1.0, -4.5, 0.0]),
             growing.factor(&[1.0, 4.5, 0.0]),
         );
         // The true variance ratio is (0.86/0.14)² ≈ 38: clamped, and clearly apart.
         assert!(high / low > 8.0, "{low} {high}");
-        let flat = flat.fit().unwrap();
+        let flat = flat.fit(None).unwrap();
         for u in [-4.5, 0.0, 4.5] {
             let factor = flat.factor(&[1.0, u, 0.0]);
             assert!((factor - 1.0).abs() < 0.35, "{u}: {factor}");
@@ -217,13 +221,15 @@ mod tests {
     fn it_waits_for_enough_runs_and_grows_with_the_model() {
         let mut spread = Spread::new(0);
         spread.learn(&[1.0], 0.3, 0.1, None);
-        assert!(spread.fit().is_none());
+        assert!(spread.fit(None).is_none());
         spread.grow(2);
         assert!(spread.fits(2) && !spread.fits(1));
         for _ in 0..20 {
             spread.learn(&[1.0, 0.5, 0.25, -0.5, 0.25], 0.3, 0.1, None);
         }
-        let fit = spread.fit().unwrap();
+        let fit = spread.fit(None).unwrap();
+        // Formed again in its own buffers, it is the same fit.
+        assert_eq!(spread.fit(Some(fit.clone())), Some(fit.clone()));
         assert!(fit.factor(&[1.0, 0.0, 0.0, 0.0, 0.0]).is_finite());
     }
 }
